@@ -1,0 +1,1 @@
+"""saaslab package."""

@@ -1,0 +1,229 @@
+"""The tenancy decision core: pure code, no I/O, no clock reads (the twin rule, DESIGN.md).
+
+Two kinds of decisions live here, each used by both the service and the SimPy model:
+
+* Who is the caller? `hash_api_key` and `reject_smuggled_tenant` decide identity and refuse a
+  tenant named anywhere but in the key.
+* Who runs next? A *scheduler* owns `slots` concurrent work slots (the service's request slots,
+  the simulation's workers) and decides which queued request takes a slot when one frees:
+
+  - `FifoScheduler`: one shared queue; a bursting tenant's backlog delays everyone behind it.
+  - `BulkheadScheduler`: FIFO, but no tenant holds more than `per_tenant` slots at once.
+  - `WeightedFairScheduler`: start-time fair queuing (Goyal et al., SFQ) over per-tenant queues,
+    so each backlogged tenant gets slots in proportion to its weight.
+
+A scheduler is a state machine driven by three calls: `submit` (a request arrives), `dispatch`
+(a slot is free: which request gets it?) and `release` (a request finished). The caller owns the
+clock and the waiting: asyncio futures in the service, SimPy events in the simulation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# ---------------------------------------------------------------------------------------------
+# Identity
+
+
+API_KEY_PREFIX = "sk_"
+SMUGGLED_TENANT_FIELDS = frozenset({"tenant_id", "tenant"})
+
+
+def new_api_key() -> str:
+    """An unguessable API key (32 random bytes). Only its hash is ever stored."""
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_api_key(api_key: str) -> str:
+    """SHA-256 of the key. Keys carry 256 bits of entropy, so a fast hash is enough (no salt needed)."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def same_secret(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def reject_smuggled_tenant(*sources: Mapping[str, Any] | Iterable[str] | None) -> str | None:
+    """The first field naming a tenant in a body or query string, or None.
+
+    The tenant comes from the API key alone; a request that tries to name one is refused (422)
+    rather than silently ignored, so a client bug surfaces instead of reading the wrong tenant.
+    """
+    for src in sources:
+        if not src:
+            continue
+        for name in src:
+            if str(name).lower() in SMUGGLED_TENANT_FIELDS:
+                return str(name)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedulers
+
+
+@dataclass(slots=True)
+class Job:
+    """A request waiting for a slot. `token` is the caller's handle (a future, a SimPy event)."""
+
+    tenant: str
+    token: Any
+    arrival_us: int
+    cost_us: int = 1000
+    seq: int = 0
+    start_tag: int = 0
+
+
+class Scheduler(Protocol):
+    design: str
+    slots: int
+    busy: int
+
+    def submit(self, job: Job) -> None: ...
+
+    def dispatch(self) -> Job | None: ...
+
+    def release(self, tenant: str) -> None: ...
+
+    def queued(self) -> int: ...
+
+
+@dataclass
+class _Base:
+    slots: int
+    busy: int = 0
+    in_flight: dict[str, int] = field(default_factory=dict)
+    _seq: int = 0
+
+    def _started(self, job: Job) -> Job:
+        self.busy += 1
+        self.in_flight[job.tenant] = self.in_flight.get(job.tenant, 0) + 1
+        return job
+
+    def release(self, tenant: str) -> None:
+        if self.in_flight.get(tenant, 0) <= 0 or self.busy <= 0:
+            raise ValueError(f"release for tenant {tenant!r} without a started job")
+        self.busy -= 1
+        self.in_flight[tenant] -= 1
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+
+@dataclass
+class FifoScheduler(_Base):
+    """First come, first served across all tenants."""
+
+    design: str = "fifo"
+    _queue: deque[Job] = field(default_factory=deque)
+
+    def submit(self, job: Job) -> None:
+        job.seq = self._next_seq()
+        self._queue.append(job)
+
+    def dispatch(self) -> Job | None:
+        if self.busy >= self.slots or not self._queue:
+            return None
+        return self._started(self._queue.popleft())
+
+    def queued(self) -> int:
+        return len(self._queue)
+
+
+@dataclass
+class BulkheadScheduler(_Base):
+    """FIFO among tenants below their cap: one tenant can fill at most `per_tenant` slots."""
+
+    per_tenant: int = 2
+    design: str = "bulkhead"
+    _queues: dict[str, deque[Job]] = field(default_factory=dict)
+
+    def submit(self, job: Job) -> None:
+        job.seq = self._next_seq()
+        self._queues.setdefault(job.tenant, deque()).append(job)
+
+    def dispatch(self) -> Job | None:
+        if self.busy >= self.slots:
+            return None
+        best: deque[Job] | None = None
+        for tenant, q in self._queues.items():
+            if q and self.in_flight.get(tenant, 0) < self.per_tenant and (best is None or q[0].seq < best[0].seq):
+                best = q
+        return self._started(best.popleft()) if best is not None else None
+
+    def queued(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+
+# Virtual-time tags are integers: cost_us * TAG_SCALE // weight keeps them exact and comparable.
+TAG_SCALE = 1000
+
+
+@dataclass
+class WeightedFairScheduler(_Base):
+    """Start-time fair queuing: serve the queued request with the smallest virtual start tag.
+
+    A request's start tag is max(virtual time, its tenant's previous finish tag); its finish tag
+    adds cost/weight. Virtual time is the start tag of the request last dispatched. A tenant that
+    floods the queue only pushes its own tags into the future.
+    """
+
+    weights: dict[str, int] = field(default_factory=dict)
+    default_weight: int = 1
+    design: str = "wfq"
+    _queues: dict[str, deque[Job]] = field(default_factory=dict)
+    _last_finish: dict[str, int] = field(default_factory=dict)
+    _vtime: int = 0
+
+    def weight(self, tenant: str) -> int:
+        return max(1, self.weights.get(tenant, self.default_weight))
+
+    def submit(self, job: Job) -> None:
+        job.seq = self._next_seq()
+        start = max(self._vtime, self._last_finish.get(job.tenant, 0))
+        job.start_tag = start
+        self._last_finish[job.tenant] = start + job.cost_us * TAG_SCALE // self.weight(job.tenant)
+        self._queues.setdefault(job.tenant, deque()).append(job)
+
+    def dispatch(self) -> Job | None:
+        if self.busy >= self.slots:
+            return None
+        best: deque[Job] | None = None
+        for q in self._queues.values():
+            if q and (best is None or (q[0].start_tag, q[0].seq) < (best[0].start_tag, best[0].seq)):
+                best = q
+        if best is None:
+            return None
+        job = best.popleft()
+        self._vtime = max(self._vtime, job.start_tag)
+        return self._started(job)
+
+    def queued(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+
+SCHEDULER_DESIGNS = ("fifo", "bulkhead", "wfq")
+
+
+def make_scheduler(design: str, slots: int, *, per_tenant: int = 2,
+                   weights: Mapping[str, int] | None = None) -> Scheduler:
+    """Build a scheduler by design name; the one factory both the service and the simulation use."""
+    if design == "fifo":
+        return FifoScheduler(slots=slots)
+    if design == "bulkhead":
+        return BulkheadScheduler(slots=slots, per_tenant=per_tenant)
+    if design == "wfq":
+        return WeightedFairScheduler(slots=slots, weights=dict(weights or {}))
+    raise ValueError(f"unknown scheduler design {design!r}; choose one of {', '.join(SCHEDULER_DESIGNS)}")
+
+
+PLANS = ("free", "pro", "enterprise")
+PLAN_WEIGHTS = {"free": 1, "pro": 2, "enterprise": 4}
+"""A plan's share under weighted fair queuing (tiers, not per-tenant quotas: AWS SaaS Factory)."""

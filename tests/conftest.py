@@ -1,0 +1,49 @@
+"""Shared fixtures: real PostgreSQL and Redis for every integration and e2e test.
+
+With `SAASLAB_DATABASE_URL` / `SAASLAB_REDIS_URL` set the suite uses those servers; otherwise it
+starts the embedded ones (as `make test` does on a fresh machine). Each test session gets its own
+fresh database and Redis key prefix, so parallel sessions on one server never see each other.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from saaslab.services import services_for
+from saaslab.settings import Settings
+
+
+def _with_database(url: str, dbname: str) -> str:
+    base, _, _old = url.rpartition("/")
+    return f"{base}/{dbname}"
+
+
+@pytest.fixture(scope="session")
+def service_urls() -> Iterator[Settings]:
+    """Settings whose URLs point at running servers (embedded ones started if needed)."""
+    with services_for(Settings()) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def settings(service_urls: Settings) -> Iterator[Settings]:
+    """Settings on a fresh database of this session, with a Redis prefix of its own."""
+    tag = uuid.uuid4().hex[:10]
+    dbname = f"saaslab_t_{tag}"
+    admin_url = service_urls.database_url
+    with psycopg.connect(admin_url, autocommit=True) as c:
+        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    try:
+        yield service_urls.model_copy(update={
+            "database_url": _with_database(admin_url, dbname),
+            "redis_prefix": f"t{tag}",
+            "admin_token": "test-admin-token",
+        })
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as c:
+            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
