@@ -12,7 +12,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-IsolationDesign = Literal["filtered", "rls", "schema"]
+# `leaky` forgets the tenant filter on purpose: the unsafe design the checker must catch.
+IsolationDesign = Literal["filtered", "rls", "schema", "leaky"]
 SchedulerDesign = Literal["fifo", "bulkhead", "wfq"]
 
 

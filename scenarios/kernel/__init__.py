@@ -1,0 +1,1 @@
+"""The simulation kernel every pattern's scenarios share: workloads, faults, metrics, sweeps."""
