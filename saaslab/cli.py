@@ -1,0 +1,278 @@
+"""The `saaslab` command line: services, serve, sim, load, check, report, demo (CONTRACT.md).
+
+Every command builds its `Settings` from `SAASLAB_*` variables. A command that needs PostgreSQL and
+Redis gets them from `services_for`, which starts the embedded servers for its lifetime when none
+are configured. Errors print one line saying what is wrong and how to fix it (`--debug` shows the
+traceback) and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from saaslab import PATTERNS
+from saaslab.services import EmbeddedServices, ServiceError, port_is_free, services_for
+from saaslab.settings import Settings
+
+console = Console(stderr=True, soft_wrap=True)
+app = typer.Typer(
+    help="A simulation and load-testing lab for SaaS backend patterns.\n\n"
+    "Start with `saaslab demo` (the quick lab for every pattern), then explore one pattern:\n"
+    "`saaslab sim tenancy`, `saaslab load tenancy`, `saaslab report tenancy`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+services_app = typer.Typer(help="The PostgreSQL and Redis the lab uses (embedded unless SAASLAB_*_URL are set).",
+                           no_args_is_help=True)
+app.add_typer(services_app, name="services")
+
+_debug = False
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line."""
+
+
+# Typer vendors its own copy of click; find its UsageError through a public class rather than
+# importing a private module.
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False) -> None:
+    global _debug
+    _debug = debug
+
+
+def _patterns(pattern: str) -> list[str]:
+    if pattern == "all":
+        return list(PATTERNS)
+    if pattern not in PATTERNS:
+        raise UserError(f"unknown pattern {pattern!r}; choose one of: {', '.join(PATTERNS)}, all")
+    return [pattern]
+
+
+def _out_dir(out: Path | None, pattern: str, many: bool) -> Path:
+    if out is None:
+        return Path("reports") / pattern
+    return out / pattern if many else out
+
+
+PatternArg = Annotated[str, typer.Argument(help=f"Pattern slug ({', '.join(PATTERNS)}) or 'all'.")]
+QuickOpt = Annotated[bool, typer.Option("--quick", help="The short version used by `saaslab demo`.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Output folder (default reports/<pattern>/).")]
+
+
+# --- services -----------------------------------------------------------------------------------
+
+@services_app.command("up")
+def services_up() -> None:
+    """Start embedded PostgreSQL and Redis and leave them running (until `saaslab services down`)."""
+    s = Settings()
+    if s.database_url and s.redis_url:
+        console.print("SAASLAB_DATABASE_URL and SAASLAB_REDIS_URL are set: using those servers, nothing to start.")
+        return
+    ep = EmbeddedServices(s.state_dir).up()
+    console.print(f"PostgreSQL: {ep.database_url}\nRedis:      {ep.redis_url}")
+    console.print("To point other tools at them: "
+                  f"export SAASLAB_DATABASE_URL={ep.database_url} SAASLAB_REDIS_URL={ep.redis_url}")
+
+
+@services_app.command("down")
+def services_down() -> None:
+    """Stop the embedded PostgreSQL and Redis (data stays under .saaslab/)."""
+    EmbeddedServices(Settings().state_dir).down()
+    console.print("embedded services stopped")
+
+
+@services_app.command("status")
+def services_status() -> None:
+    """Show which servers the lab would use and whether the embedded ones are running."""
+    s = Settings()
+    if s.database_url and s.redis_url:
+        console.print(f"configured: PostgreSQL {s.database_url}, Redis {s.redis_url}")
+        return
+    for k, v in EmbeddedServices(s.state_dir).status().items():
+        console.print(f"{k:13} {v}")
+
+
+# --- serve --------------------------------------------------------------------------------------
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(help="Service worker processes.", min=1, max=64)] = 1,
+) -> None:
+    """Run the reference service (FastAPI on uvicorn). Ready when GET /readyz answers 200."""
+    import uvicorn
+
+    if not port_is_free(port, host):
+        raise UserError(f"port {port} on {host} is busy; pick another with --port N")
+    settings = Settings()
+    token = settings.admin_token or secrets.token_urlsafe(24)
+    if not settings.admin_token:
+        console.print(f"admin token (set SAASLAB_ADMIN_TOKEN to choose one): {token}")
+    with services_for(settings) as s:
+        # Workers are separate processes that build their settings from the environment.
+        os.environ.update({"SAASLAB_DATABASE_URL": s.database_url or "", "SAASLAB_REDIS_URL": s.redis_url or "",
+                           "SAASLAB_ADMIN_TOKEN": token})
+        console.print(f"serving on http://{host}:{port} with {workers} worker(s); Ctrl-C stops")
+        uvicorn.run("reference_impl.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    loop="uvloop", http="httptools", log_level="warning", access_log=False)
+
+
+# --- sim / load / check / report -----------------------------------------------------------------
+
+@contextmanager
+def _progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _sim(pattern: str, out: Path, quick: bool, seeds: int, jobs: int) -> Path:
+    module = importlib.import_module(f"scenarios.{pattern}")
+    with _progress_bar(f"sim {pattern}") as progress:
+        return module.run(out, quick=quick, seeds=seeds, jobs=jobs, progress=progress)
+
+
+@app.command()
+def sim(
+    pattern: PatternArg,
+    quick: QuickOpt = False,
+    seeds: Annotated[int, typer.Option(help="Seeds per design and load point (>= 5 for confidence intervals).",
+                                       min=1, max=1000)] = 5,
+    jobs: Annotated[int, typer.Option(help="Worker processes for the sweep.", min=1, max=256)] = os.cpu_count() or 1,
+    out: OutOpt = None,
+) -> None:
+    """Run a pattern's SimPy scenarios; writes <out>/sim/results.csv and run.json."""
+    names = _patterns(pattern)
+    for p in names:
+        path = _sim(p, _out_dir(out, p, len(names) > 1), quick, seeds, jobs)
+        console.print(f"{p}: simulated results in {path}")
+
+
+def _load(pattern: str, out: Path, quick: bool, host: str | None, rate: float | None,
+          duration: float | None) -> Path:
+    from saaslab.loadrun import run_load
+
+    settings = Settings()
+    with services_for(settings) as s:
+        return run_load(pattern, s, out, quick=quick, host=host, rate=rate, duration=duration,
+                        progress=lambda msg: console.log(msg))
+
+
+@app.command()
+def load(
+    pattern: PatternArg,
+    quick: QuickOpt = False,
+    host: Annotated[str | None, typer.Option(help="URL of a running service; default: start one here.")] = None,
+    rate: Annotated[float | None, typer.Option(help="Override the offered load (requests/s).", min=0.1)] = None,
+    duration: Annotated[float | None, typer.Option(help="Override the load duration in seconds.", min=1)] = None,
+    out: OutOpt = None,
+) -> None:
+    """Drive the live service with Locust; writes <out>/live/results.csv, run.json, history and checks."""
+    names = _patterns(pattern)
+    for p in names:
+        path = _load(p, _out_dir(out, p, len(names) > 1), quick, host, rate, duration)
+        console.print(f"{p}: measured results in {path}")
+
+
+def _check(pattern: str, out: Path) -> bool:
+    module = importlib.import_module(f"reference_impl.{pattern}.invariants")
+    if not (out / "live" / "history.jsonl").exists():
+        raise UserError(f"no history in {out / 'live'}; run `saaslab load {pattern}` first")
+    with services_for(Settings()) as s:
+        results = module.check_run(out, s)
+    ok = all(r.valid for r in results)
+    for r in results:
+        mark = "[green]valid[/]" if r.valid else "[red]VIOLATED[/]"
+        console.print(f"{pattern}: {r.name}: {mark} ({r.checked} checked, {r.violations} violations)")
+    return ok
+
+
+@app.command()
+def check(pattern: PatternArg, out: OutOpt = None) -> None:
+    """Run a pattern's invariant checks over the last live run's history and final state."""
+    names = _patterns(pattern)
+    ok = all([_check(p, _out_dir(out, p, len(names) > 1)) for p in names])
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(pattern: PatternArg) -> None:
+    """Write reports/<pattern>/index.html and summary.md, and reports/index.html."""
+    from saaslab.report import write_index, write_pattern_report
+
+    for p in _patterns(pattern):
+        console.print(f"{p}: report in {write_pattern_report(p)}")
+    console.print(f"index: {write_index()}")
+
+
+@app.command()
+def demo(
+    skip_load: Annotated[bool, typer.Option("--skip-load", help="Simulate only; no live load runs.")] = False,
+) -> None:
+    """The quick lab for every pattern: simulate, load the live service, check, report."""
+    from saaslab.report import write_index, write_pattern_report
+
+    started = time.monotonic()
+    settings = Settings()
+    with services_for(settings):
+        for p in PATTERNS:
+            out = Path("reports") / p
+            _sim(p, out, quick=True, seeds=5, jobs=os.cpu_count() or 1)
+            if not skip_load:
+                _load(p, out, quick=True, host=None, rate=None, duration=None)
+            console.print(f"{p}: report in {write_pattern_report(p)}")
+        index = write_index()
+    console.print(f"demo finished in {time.monotonic() - started:.0f}s; open {index.resolve()}")
+
+
+def main() -> None:
+    """Entry point: run the Typer app, turning known errors into one line and an exit code."""
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except _UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:
+            typer.echo(e.ctx.get_help())
+            sys.exit(0)
+        cmd = e.ctx.command_path if e.ctx else "saaslab"
+        console.print(f"error: {e.format_message()} (see `{cmd} --help`)", highlight=False)
+        sys.exit(2)
+    except (UserError, ServiceError) as e:
+        if _debug:
+            raise
+        console.print(f"error: {e}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
