@@ -68,10 +68,10 @@ def schedule(faults: Iterable[Fault], seed: int = 0, jitter_s: float = 0.0) -> t
 def inject(env: simpy.Environment, faults: Iterable[Fault], targets: Iterable[FaultTarget]
            ) -> list[simpy.Process]:
     """Start one SimPy process per fault (the clock in µs); returns them, to wait for their ends."""
-    targets = tuple(targets)
+    modelled = tuple(targets)
     procs = []
     for f in faults:
-        hit = [t for t in targets if f.hits(t.name)]
+        hit = [t for t in modelled if f.hits(t.name)]
         if not hit:
             raise ValueError(f"fault {f.name!r} targets {f.target!r}, which is not modelled")
         procs.append(env.process(_run_fault(env, f, hit)))

@@ -28,16 +28,19 @@ class TenantStats:
 class Metrics:
     """Counters and latency histograms of one simulated run, keyed by tenant."""
 
-    def __init__(self, slo_us: int) -> None:
+    def __init__(self, slo_us: int, tenants: Iterable[str] = ()) -> None:
         self.slo_us = slo_us
-        self._stats: dict[str, TenantStats] = {}
+        self._stats: dict[str, TenantStats] = {t: TenantStats() for t in tenants}
 
     def __getitem__(self, tenant: str) -> TenantStats:
-        return self._stats.setdefault(tenant, TenantStats())
+        stats = self._stats.get(tenant)
+        if stats is None:
+            stats = self._stats[tenant] = TenantStats()
+        return stats
 
     @property
     def tenants(self) -> list[str]:
-        """Tenants in the order they first appeared (deterministic for a seeded run)."""
+        """Tenants given at construction, then in the order they first appeared."""
         return list(self._stats)
 
     def offer(self, tenant: str) -> None:
