@@ -222,10 +222,13 @@ def check(pattern: PatternArg, out: OutOpt = None) -> None:
 @app.command()
 def report(pattern: PatternArg) -> None:
     """Write reports/<pattern>/index.html and summary.md, and reports/index.html."""
-    from saaslab.report import write_index, write_pattern_report
+    from saaslab.report import ReportError, write_index, write_pattern_report
 
     for p in _patterns(pattern):
-        console.print(f"{p}: report in {write_pattern_report(p)}")
+        try:
+            console.print(f"{p}: report in {write_pattern_report(p)}")
+        except ReportError as e:
+            raise UserError(str(e)) from e
     console.print(f"index: {write_index()}")
 
 

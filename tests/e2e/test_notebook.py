@@ -1,0 +1,76 @@
+"""The tenancy notebook runs top to bottom in this venv's kernel, with and without a live run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from saaslab.results import ALL_TENANTS, Row, write_run
+
+pytestmark = pytest.mark.e2e
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "tenancy.ipynb"
+BUDGET_S = 60.0
+"""The notebook promises a run well under a minute."""
+
+
+def execute(reports_dir: Path) -> tuple[nbformat.NotebookNode, float]:
+    """Execute the notebook with its `parameters` cell pointed at `reports_dir`; returns it and the run time."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, "the notebook needs exactly one cell tagged 'parameters'"
+    params[0].source = f"REPORTS = Path({str(reports_dir)!r})"
+    started = time.monotonic()
+    NotebookClient(nb, kernel_name="python3", timeout=120,
+                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    return nb, time.monotonic() - started
+
+
+def text_of(nb: nbformat.NotebookNode) -> str:
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def images(nb: nbformat.NotebookNode) -> int:
+    return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_notebook_is_stored_without_outputs() -> None:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.outputs == [] and c.execution_count is None for c in code)
+    assert nb.metadata.kernelspec.name == "python3"
+    assert not any("sys.path" in c.source for c in code)
+
+
+def test_without_a_live_run_it_simulates_and_says_how_to_measure(tmp_path: Path) -> None:
+    nb, elapsed = execute(tmp_path)
+    out = text_of(nb)
+    assert elapsed < BUDGET_S
+    table = {tuple(line.split()[:2]) for line in out.splitlines() if "x" in line}
+    assert {(d, lp) for d in ("fifo", "bulkhead", "wfq") for lp in ("0.3", "0.5", "0.7")} <= table
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("load 0")] == [
+        "load 0.3", "load 0.5", "load 0.7"]
+    assert "saaslab load tenancy --quick" in out
+    assert images(nb) == 1
+
+
+def test_with_a_live_run_it_sets_measured_beside_simulated(tmp_path: Path) -> None:
+    live_ratio = {"fifo": 40.0, "bulkhead": 2.5, "wfq": 1.25}
+    rows = [Row("tenancy-live-test", "live", "tenancy", design, 0, 0.5, ALL_TENANTS, "quiet_p99_vs_solo",
+                ratio, "ratio") for design, ratio in live_ratio.items()]
+    write_run(tmp_path / "tenancy" / "live", run_id="tenancy-live-test", pattern="tenancy", source="live",
+              rows=rows, parameters={})
+    nb, elapsed = execute(tmp_path)
+    out = text_of(nb)
+    assert elapsed < BUDGET_S
+    # Rows of the simulated-versus-measured table: design, load, simulated (± CI), measured, gap.
+    measured = sorted((cols[0], cols[-2]) for cols in map(str.split, out.splitlines())
+                      if cols[:1] in (["fifo"], ["bulkhead"], ["wfq"]) and cols[-1].endswith("%"))
+    assert measured == [("bulkhead", "2.50x"), ("fifo", "40.0x"), ("wfq", "1.25x")]
+    assert "No live results" not in out
+    assert images(nb) == 2
