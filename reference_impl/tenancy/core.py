@@ -227,3 +227,41 @@ def make_scheduler(design: str, slots: int, *, per_tenant: int = 2,
 PLANS = ("free", "pro", "enterprise")
 PLAN_WEIGHTS = {"free": 1, "pro": 2, "enterprise": 4}
 """A plan's share under weighted fair queuing (tiers, not per-tenant quotas: AWS SaaS Factory)."""
+
+
+def withdraw(scheduler: Scheduler, job: Job) -> bool:
+    """Take a still-queued job back out because its caller stopped waiting; False if it is not queued.
+
+    The service calls this when a waiting request is cancelled (client gone, timeout), so the queue
+    never holds work nobody will run. Under WFQ the tenant keeps the virtual time the job was charged:
+    a request that queued and then gave up still counted against its tenant's share.
+    """
+    if isinstance(scheduler, FifoScheduler):
+        queue: deque[Job] | None = scheduler._queue
+    elif isinstance(scheduler, BulkheadScheduler | WeightedFairScheduler):
+        queue = scheduler._queues.get(job.tenant)
+    else:
+        raise TypeError(f"cannot withdraw from {type(scheduler).__name__}")
+    if queue is None:
+        return False
+    for i, queued in enumerate(queue):
+        if queued is job:  # identity: two jobs may compare equal field by field
+            del queue[i]
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Metering
+
+
+def usage_period(epoch_s: float) -> str:
+    """The metering period ("YYYY-MM", UTC) an instant falls in."""
+    import time
+
+    return time.strftime("%Y-%m", time.gmtime(epoch_s))
+
+
+def usage_key(prefix: str, tenant_id: str, period: str) -> str:
+    """Redis key of a tenant's usage counter; the hash tag keeps a tenant's keys in one cluster slot."""
+    return f"{prefix}:{{{tenant_id}}}:usage:{period}"

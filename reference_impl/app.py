@@ -1,0 +1,151 @@
+"""The reference service. `create_app(settings)` is the one place that wires everything.
+
+Run it with `saaslab serve`, or `uvicorn reference_impl.app:app_from_env --factory` with the
+`SAASLAB_*` environment set (or the embedded servers up: `saaslab services up`).
+
+Requests pass, outermost first: MetricsMiddleware, ErrorMiddleware, BodyLimitMiddleware,
+TenantAuthMiddleware (only /v1), then FastAPI's router. All four are pure ASGI.
+
+`GET /bench/bare` is the benchmark's baseline: a tiny JSON answer through the same middleware but
+without auth, Redis, PostgreSQL or the scheduler, to compare `GET /v1/projects/{id}` against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import psycopg
+import psycopg_pool
+import redis.exceptions
+from fastapi import APIRouter, FastAPI
+from redis.asyncio import Redis
+from starlette.responses import JSONResponse, Response
+
+from reference_impl.common.auth import TenantAuthMiddleware, admin_guard
+from reference_impl.common.db import make_pool, migrate, ping
+from reference_impl.common.faults import Faults, faults_router
+from reference_impl.common.metrics import Metrics
+from reference_impl.common.middleware import BodyLimitMiddleware, ErrorMiddleware, MetricsMiddleware
+from reference_impl.common.per_request import PerRequest
+from reference_impl.common.problem import allowed_methods, install_problem_handlers, unavailable
+from reference_impl.common.redis_client import make_redis
+from reference_impl.tenancy.gate import Gate
+from reference_impl.tenancy.repository import FAULT_POINTS, TenantDirectory, make_store
+from reference_impl.tenancy.routes import admin_router, tenant_router
+from saaslab.services import EmbeddedServices
+from saaslab.settings import Settings
+
+MIGRATIONS = (Path(__file__).parent / "tenancy" / "schema.sql",)
+READY_TIMEOUT_S = 1.0
+# Failures of a backing service: answered 503 (retry later), never 500.
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    psycopg.OperationalError, psycopg_pool.PoolTimeout,
+    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+)
+BARE_BODY = b'{"ok":true}'
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The service for `settings` (both URLs set). Pools open in the lifespan, once per app.
+
+    Without `settings.admin_token` a random one is made; either way it is on `app.state.admin_token`.
+    """
+    if not settings.database_url or not settings.redis_url:
+        raise ValueError("create_app needs settings.database_url and settings.redis_url; "
+                         "`saaslab serve` fills them in (starting embedded servers if needed)")
+    admin_token = settings.admin_token or secrets.token_urlsafe(32)
+    metrics = Metrics()
+    faults = Faults(FAULT_POINTS, metrics)
+    pool = make_pool(settings)
+    redis_client = make_redis(settings)
+    gate = Gate.from_settings(settings)
+    directory = TenantDirectory(pool)
+    store = make_store(settings.isolation, pool, faults)
+    require_admin = admin_guard(admin_token)
+
+    metrics.gauge("saaslab_scheduler_slots", "Request slots the scheduler hands out", lambda: gate.scheduler.slots)
+    metrics.gauge("saaslab_scheduler_busy_slots", "Slots held by running requests", lambda: gate.busy)
+    metrics.gauge("saaslab_scheduler_queued_requests", "Requests waiting for a slot", gate.queued)
+    metrics.counter("saaslab_scheduler_waits_total", "Requests that found no free slot and queued",
+                    lambda: gate.waits)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await pool.open(wait=True, timeout=30.0)
+        try:
+            await migrate(pool, MIGRATIONS)
+            yield
+        finally:
+            await redis_client.aclose()
+            await pool.close()
+
+    app = FastAPI(title="saaslab reference service", version="1", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.admin_token = admin_token
+    app.state.gate = gate
+    app.state.faults = faults
+    app.state.store = store
+
+    # FastAPI tries routes in order: the hot /v1 routes go first.
+    routers = [tenant_router(store, gate, faults), _ops_router(pool, redis_client, metrics),
+               admin_router(directory, store, require_admin)]
+    if settings.lab_mode:
+        routers.append(faults_router(faults, require_admin))
+    install_problem_handlers(app, UNAVAILABLE_ERRORS, allow=allowed_methods(routers))
+    for router in routers:
+        app.include_router(router)
+
+    # add_middleware wraps: the last added runs first.
+    app.add_middleware(TenantAuthMiddleware, resolver=directory,
+                       per_request=PerRequest(redis_client, settings.redis_prefix))
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ErrorMiddleware, unavailable_errors=UNAVAILABLE_ERRORS)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def _ops_router(pool: psycopg_pool.AsyncConnectionPool, redis_client: Redis,
+                metrics: Metrics) -> APIRouter:
+    router = APIRouter(tags=["ops"])
+
+    @router.get("/healthz")
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @router.get("/readyz")
+    async def readyz() -> Response:
+        try:
+            await asyncio.wait_for(asyncio.gather(ping(pool, READY_TIMEOUT_S), redis_client.ping()),
+                                   timeout=READY_TIMEOUT_S)
+        except Exception as exc:  # whatever the failure, the answer is "not ready"
+            raise unavailable(f"PostgreSQL or Redis did not answer within {READY_TIMEOUT_S:g} s "
+                              f"({type(exc).__name__}).") from None
+        return JSONResponse({"status": "ready"})
+
+    @router.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @router.get("/bench/bare")
+    async def bench_bare() -> Response:
+        """The benchmark's baseline: same app and middleware, no auth, Redis, database or scheduler."""
+        return Response(BARE_BODY, media_type="application/json")
+
+    return router
+
+
+def app_from_env() -> FastAPI:
+    """ASGI factory for uvicorn workers: settings from `SAASLAB_*`, else the running embedded servers."""
+    settings = Settings()
+    if not (settings.database_url and settings.redis_url):
+        running = EmbeddedServices(settings.state_dir).running()
+        if running is None:
+            raise RuntimeError("no SAASLAB_DATABASE_URL / SAASLAB_REDIS_URL and no embedded servers running; "
+                               "set both, run `saaslab services up`, or start with `saaslab serve`")
+        settings = settings.model_copy(update={"database_url": settings.database_url or running.database_url,
+                                               "redis_url": settings.redis_url or running.redis_url})
+    return create_app(settings)

@@ -1,0 +1,1 @@
+"""What every pattern's service face shares: errors, middleware, pools, metrics, lab-mode faults, auth."""

@@ -1,0 +1,68 @@
+"""Prometheus metrics on an app-local registry (several apps in one process never collide).
+
+The hot path touches only pre-resolved label children kept in a dict, so recording a request
+costs a dict lookup, a counter increment and a histogram observation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Requests answered before routing (401, 413) or matching no route share one label, so random
+# paths cannot blow up the label set.
+UNROUTED = "unrouted"
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._requests = Counter("saaslab_http_requests_total", "HTTP requests by route template and status",
+                                 ("method", "route", "status"), registry=self.registry)
+        self._latency = Histogram("saaslab_http_request_duration_seconds",
+                                  "HTTP request latency by route template and status",
+                                  ("method", "route", "status"), buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.faults_fired = Counter("saaslab_faults_fired_total", "Lab-mode faults fired, by point and mode",
+                                    ("point", "mode"), registry=self.registry)
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        pair = self._children.get(key)
+        if pair is None:
+            labels = (method, route, str(status))
+            pair = self._children[key] = (self._requests.labels(*labels), self._latency.labels(*labels))
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        """A gauge read at scrape time, so the hot path never updates it."""
+        Gauge(name, doc, registry=self.registry).set_function(read)
+
+    def counter(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        """A counter kept elsewhere as a plain number, read at scrape time."""
+        self.registry.register(_ReadCounter(name, doc, read))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _ReadCounter(Collector):
+    def __init__(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        self._name, self._doc, self._read = name, doc, read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._doc, value=self._read())

@@ -1,0 +1,265 @@
+"""HTTP face of tenancy: tenant provisioning (admin) and the tenant-scoped /v1 resources.
+
+Routes never check ownership: they hand the tenant (set by TenantAuthMiddleware from the API key)
+to the store, and the store's design decides how isolation is enforced. Each route's storage work
+runs inside a scheduler slot, behind the `tenancy.query` fault point.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from starlette.responses import JSONResponse, Response
+
+from reference_impl.common.auth import ADMISSION_SCOPE_KEY, TENANT_SCOPE_KEY, Tenant
+from reference_impl.common.faults import Faults
+from reference_impl.common.per_request import Admission
+from reference_impl.common.problem import Problem, not_found
+from reference_impl.tenancy.gate import Gate
+from reference_impl.tenancy.repository import (
+    PAYMENTS,
+    PROJECTS,
+    QUERY_POINT,
+    Position,
+    Row,
+    Store,
+    TenantDirectory,
+)
+
+T = TypeVar("T")
+
+PAGE_DEFAULT = 20
+PAGE_MAX = 100
+PAYMENT_STATUS = "succeeded"
+
+
+# --- request and response bodies ------------------------------------------------------------------
+
+def _storable(text: str) -> str:
+    # PostgreSQL text cannot hold NUL, and lone surrogates cannot be encoded: refuse both as input
+    # errors here rather than let them fail as 500s in the database driver.
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return text
+
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_storable)]
+
+
+class _Input(BaseModel):
+    # Strict: "5" is not an amount. Unknown fields are errors, which also refuses a smuggled tenant_id.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class LimitsIn(_Input):
+    requests: int = Field(gt=0, le=1_000_000_000)
+    window_s: float = Field(gt=0, le=366 * 86400, allow_inf_nan=False)
+
+
+class TenantIn(_Input):
+    name: Name
+    plan: Literal["free", "pro", "enterprise"]
+    limits: LimitsIn | None = None
+
+
+class TenantOut(BaseModel):
+    tenant_id: str
+    api_key: str
+    plan: str
+
+
+class ProjectIn(_Input):
+    name: Name
+
+
+class ProjectOut(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+
+
+class PaymentIn(_Input):
+    amount: int = Field(gt=0, le=2**63 - 1, description="minor units")
+    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")
+
+
+class PaymentOut(BaseModel):
+    id: str
+    amount: int
+    currency: str
+    status: str
+    created_at: datetime
+
+
+class ProjectPage(BaseModel):
+    items: list[ProjectOut]
+    next_cursor: str | None
+
+
+class PaymentPage(BaseModel):
+    items: list[PaymentOut]
+    next_cursor: str | None
+
+
+class UsageOut(BaseModel):
+    tenant_id: str
+    period: str
+    requests: int
+
+
+def project_json(row: Row) -> dict[str, Any]:
+    object_id, name, created_at = row
+    return {"id": str(object_id), "name": name, "created_at": created_at.isoformat()}
+
+
+def payment_json(row: Row) -> dict[str, Any]:
+    object_id, amount, currency, status, created_at = row
+    return {"id": str(object_id), "amount": amount, "currency": currency, "status": status,
+            "created_at": created_at.isoformat()}
+
+
+# --- ids and cursors --------------------------------------------------------------------------------
+
+def parse_id(raw: str, what: str) -> UUID:
+    """A malformed id is answered exactly like a missing one: ids are not a way to probe."""
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise not_found(what) from None
+
+
+def encode_cursor(row: Row) -> str:
+    """Opaque to clients: the (created_at, id) of a page's last row."""
+    raw = f"{row[-1].isoformat()}|{row[0]}".encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> Position:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, _, object_id = raw.partition("|")
+        created_at = datetime.fromisoformat(stamp)
+        if created_at.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return Position(created_at, UUID(object_id))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise Problem(422, "invalid-cursor", "The cursor is not one this service issued; "
+                      "start again without `cursor`.") from None
+
+
+# --- routers ----------------------------------------------------------------------------------------
+
+def tenant_of(request: Request) -> Tenant:
+    # Read from the scope rather than injected with Depends: on the hot path FastAPI's dependency
+    # solving costs more than everything else the route does in Python.
+    return request.scope[TENANT_SCOPE_KEY]
+
+
+PageLimit = Annotated[int, Query(ge=1, le=PAGE_MAX)]
+PageCursor = Annotated[str | None, Query(max_length=512)]
+
+
+def admin_router(directory: TenantDirectory, store: Store, require_admin: Callable[..., Awaitable[None]]) -> APIRouter:
+    router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+    @router.post("/tenants", status_code=201, response_model=TenantOut)
+    async def create_tenant(body: TenantIn) -> Response:
+        limits = body.limits.model_dump() if body.limits is not None else None
+        tenant, api_key = await directory.create(body.name, body.plan, limits)
+        await store.provision(tenant)
+        return JSONResponse({"tenant_id": tenant.id, "api_key": api_key, "plan": tenant.plan}, status_code=201)
+
+    return router
+
+
+def tenant_router(store: Store, gate: Gate, faults: Faults) -> APIRouter:
+    """The /v1 routes. Routes by id read `{id}` from `request.path_params` instead of declaring it,
+    which skips a validation step on the hot path (the id is parsed by `parse_id` anyway)."""
+    router = APIRouter(prefix="/v1", tags=["tenant"])
+
+    async def scoped(tenant: Tenant, work: Callable[[], Awaitable[T]]) -> T:
+        """Storage work of one request: inside a scheduler slot, behind the `tenancy.query` point."""
+        async with gate.slot(tenant.id, tenant.plan):
+            await faults.before(QUERY_POINT)
+            result = await work()
+        faults.after(QUERY_POINT)
+        return result
+
+    def page_response(rows: list[Row], limit: int, render: Callable[[Row], dict[str, Any]]) -> Response:
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return JSONResponse({"items": [render(r) for r in rows],
+                             "next_cursor": encode_cursor(rows[-1]) if more else None})
+
+    @router.post("/projects", status_code=201, response_model=ProjectOut)
+    async def create_project(body: ProjectIn, request: Request) -> Response:
+        tenant = tenant_of(request)
+        row = await scoped(tenant, lambda: store.insert(tenant, PROJECTS, {"name": body.name}))
+        return JSONResponse(project_json(row), status_code=201)
+
+    @router.get("/projects/{project_id}", response_model=ProjectOut)
+    async def get_project(request: Request) -> Response:
+        tenant = tenant_of(request)
+        object_id = parse_id(request.path_params["project_id"], "project")
+        row = await scoped(tenant, lambda: store.get(tenant, PROJECTS, object_id))
+        if row is None:
+            raise not_found("project")
+        return JSONResponse(project_json(row))
+
+    @router.get("/projects", response_model=ProjectPage)
+    async def list_projects(request: Request, limit: PageLimit = PAGE_DEFAULT, cursor: PageCursor = None) -> Response:
+        tenant = tenant_of(request)
+        after = decode_cursor(cursor) if cursor else None
+        rows = await scoped(tenant, lambda: store.page(tenant, PROJECTS, limit + 1, after))
+        return page_response(rows, limit, project_json)
+
+    @router.delete("/projects/{project_id}", status_code=204)
+    async def delete_project(request: Request) -> Response:
+        tenant = tenant_of(request)
+        object_id = parse_id(request.path_params["project_id"], "project")
+        if not await scoped(tenant, lambda: store.delete(tenant, PROJECTS, object_id)):
+            raise not_found("project")
+        return Response(status_code=204)
+
+    @router.post("/payments", status_code=201, response_model=PaymentOut)
+    async def create_payment(body: PaymentIn, request: Request) -> Response:
+        tenant = tenant_of(request)
+        values = {"amount": body.amount, "currency": body.currency, "status": PAYMENT_STATUS}
+        row = await scoped(tenant, lambda: store.insert(tenant, PAYMENTS, values))
+        return JSONResponse(payment_json(row), status_code=201)
+
+    @router.get("/payments/{payment_id}", response_model=PaymentOut)
+    async def get_payment(request: Request) -> Response:
+        tenant = tenant_of(request)
+        object_id = parse_id(request.path_params["payment_id"], "payment")
+        row = await scoped(tenant, lambda: store.get(tenant, PAYMENTS, object_id))
+        if row is None:
+            raise not_found("payment")
+        return JSONResponse(payment_json(row))
+
+    @router.get("/payments", response_model=PaymentPage)
+    async def list_payments(request: Request, limit: PageLimit = PAGE_DEFAULT, cursor: PageCursor = None) -> Response:
+        tenant = tenant_of(request)
+        after = decode_cursor(cursor) if cursor else None
+        rows = await scoped(tenant, lambda: store.page(tenant, PAYMENTS, limit + 1, after))
+        return page_response(rows, limit, payment_json)
+
+    @router.get("/usage", response_model=UsageOut)
+    async def usage(request: Request) -> Response:
+        # Counted by the request's own Redis round trip in the auth middleware: no second trip here.
+        admission: Admission = request.scope[ADMISSION_SCOPE_KEY]
+        return JSONResponse({"tenant_id": tenant_of(request).id, "period": admission.period,
+                             "requests": admission.requests})
+
+    return router

@@ -1,0 +1,74 @@
+"""The command line as a user meets it: one-line errors, help, and the quick simulation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+SAASLAB = [sys.executable, "-m", "saaslab.cli"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*SAASLAB, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["sim", "nosuchpattern"], "unknown pattern 'nosuchpattern'"),
+    (["sim", "tenancy", "--seeds", "many"], "--seeds"),
+    (["sim", "tenancy", "--seeds", "0"], "--seeds"),
+    (["frobnicate"], "No such command"),
+    (["load", "nosuchpattern"], "unknown pattern"),
+    (["report", "nosuchpattern"], "unknown pattern"),
+])
+def test_wrong_arguments_print_one_line_and_fail(args: list[str], needle: str) -> None:
+    r = run_cli(*args)
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ") and needle in lines[0]
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_busy_port_is_one_line() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = run_cli("serve", "--port", str(port))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: port {port} on 127.0.0.1 is busy; pick another with --port N"]
+
+
+def test_help_teaches_every_command() -> None:
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for cmd in ("services", "serve", "sim", "load", "check", "report", "demo"):
+        assert cmd in r.stdout
+
+
+def test_check_without_a_run_says_what_to_do(tmp_path: Path) -> None:
+    r = run_cli("check", "tenancy", "--out", str(tmp_path))
+    assert r.returncode == 2
+    assert "run `saaslab load tenancy` first" in r.stderr
+
+
+def test_quick_sim_writes_rows_and_run_json(tmp_path: Path) -> None:
+    r = run_cli("sim", "tenancy", "--quick", "--out", str(tmp_path), "--jobs", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader((tmp_path / "sim" / "results.csv").open()))
+    assert {row["design"] for row in rows} == {"fifo", "bulkhead", "wfq"}
+    assert {row["source"] for row in rows} == {"sim"}
+    assert len({row["seed"] for row in rows}) >= 5
+    run = json.loads((tmp_path / "sim" / "run.json").read_text())
+    assert run["pattern"] == "tenancy" and run["rows"] == len(rows)
+    assert run["machine"]["cpus"] and run["packages"]["simpy"]
