@@ -91,6 +91,8 @@ class Scheduler(Protocol):
 
     def release(self, tenant: str) -> None: ...
 
+    def withdraw(self, job: Job) -> bool: ...
+
     def queued(self) -> int: ...
 
 
@@ -116,6 +118,25 @@ class _Base:
         self._seq += 1
         return self._seq
 
+    def _queue_of(self, job: Job) -> deque[Job] | None:
+        raise NotImplementedError
+
+    def withdraw(self, job: Job) -> bool:
+        """Take a still-queued job back out because its caller stopped waiting; False if it is not queued.
+
+        The service calls this when a waiting request is cancelled (client gone, timeout), so the queue
+        never holds work nobody will run. Under WFQ the tenant keeps the virtual time the job was
+        charged: a request that queued and then gave up still counted against its tenant's share.
+        """
+        queue = self._queue_of(job)
+        if queue is None:
+            return False
+        for i, queued in enumerate(queue):
+            if queued is job:  # identity: two jobs may compare equal field by field
+                del queue[i]
+                return True
+        return False
+
 
 @dataclass
 class FifoScheduler(_Base):
@@ -135,6 +156,9 @@ class FifoScheduler(_Base):
 
     def queued(self) -> int:
         return len(self._queue)
+
+    def _queue_of(self, job: Job) -> deque[Job] | None:
+        return self._queue
 
 
 @dataclass
@@ -160,6 +184,9 @@ class BulkheadScheduler(_Base):
 
     def queued(self) -> int:
         return sum(len(q) for q in self._queues.values())
+
+    def _queue_of(self, job: Job) -> deque[Job] | None:
+        return self._queues.get(job.tenant)
 
 
 # Virtual-time tags are integers: cost_us * TAG_SCALE // weight keeps them exact and comparable.
@@ -208,6 +235,9 @@ class WeightedFairScheduler(_Base):
     def queued(self) -> int:
         return sum(len(q) for q in self._queues.values())
 
+    def _queue_of(self, job: Job) -> deque[Job] | None:
+        return self._queues.get(job.tenant)
+
 
 SCHEDULER_DESIGNS = ("fifo", "bulkhead", "wfq")
 
@@ -227,28 +257,6 @@ def make_scheduler(design: str, slots: int, *, per_tenant: int = 2,
 PLANS = ("free", "pro", "enterprise")
 PLAN_WEIGHTS = {"free": 1, "pro": 2, "enterprise": 4}
 """A plan's share under weighted fair queuing (tiers, not per-tenant quotas: AWS SaaS Factory)."""
-
-
-def withdraw(scheduler: Scheduler, job: Job) -> bool:
-    """Take a still-queued job back out because its caller stopped waiting; False if it is not queued.
-
-    The service calls this when a waiting request is cancelled (client gone, timeout), so the queue
-    never holds work nobody will run. Under WFQ the tenant keeps the virtual time the job was charged:
-    a request that queued and then gave up still counted against its tenant's share.
-    """
-    if isinstance(scheduler, FifoScheduler):
-        queue: deque[Job] | None = scheduler._queue
-    elif isinstance(scheduler, BulkheadScheduler | WeightedFairScheduler):
-        queue = scheduler._queues.get(job.tenant)
-    else:
-        raise TypeError(f"cannot withdraw from {type(scheduler).__name__}")
-    if queue is None:
-        return False
-    for i, queued in enumerate(queue):
-        if queued is job:  # identity: two jobs may compare equal field by field
-            del queue[i]
-            return True
-    return False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from reference_impl.tenancy.core import (
     Scheduler,
     WeightedFairScheduler,
     make_scheduler,
-    withdraw,
 )
 from saaslab.settings import Settings
 
@@ -63,7 +62,7 @@ class Gate:
                 self.release(tenant_id)  # granted, but the waiter is gone: hand the slot on
             else:
                 granted.cancel()
-                withdraw(self.scheduler, job)
+                self.scheduler.withdraw(job)
             raise
 
     def release(self, tenant_id: str) -> None:

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from reference_impl.tenancy.core import Job, make_scheduler, withdraw
+from reference_impl.tenancy.core import Job, make_scheduler
 from reference_impl.tenancy.gate import Gate
 
 DESIGNS = ("fifo", "bulkhead", "wfq")
@@ -123,7 +123,7 @@ def test_withdraw_takes_back_only_queued_jobs() -> None:
         twin = dataclasses.replace(queued)  # equal field by field, but not the queued job
         assert twin == queued
         assert scheduler.dispatch() is running
-        assert not withdraw(scheduler, running)
-        assert not withdraw(scheduler, twin)
-        assert withdraw(scheduler, queued)
+        assert not scheduler.withdraw(running)
+        assert not scheduler.withdraw(twin)
+        assert scheduler.withdraw(queued)
         assert scheduler.queued() == 0 and scheduler.dispatch() is None
