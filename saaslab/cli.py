@@ -255,7 +255,10 @@ def demo(
 def main() -> None:
     """Entry point: run the Typer app, turning known errors into one line and an exit code."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a command's exit code instead of exiting.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:

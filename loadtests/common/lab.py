@@ -1,0 +1,250 @@
+"""The Locust side of every lab scenario: tenants provisioned once, one driver per process, results on disk.
+
+`LabUser` is an abstract `FastHttpUser`. A scenario subclass names its tenants (`tenant_specs`)
+and implements `drive`, which runs the whole scenario once per Locust process (an open-model
+replay, a probe sequence), recording every operation in `self.history`.
+
+How a run unfolds, with `--processes N` or without:
+
+* `test_start` on the master (or the single local process) creates the tenants through
+  `POST /admin/tenants` and sends them to every worker in one custom message, together with a
+  common start time and the worker count. Tenants are created once per run, not per process: a
+  tenant split into N service tenants would get N bulkheads and N fair shares, which is exactly
+  what the noisy-neighbour experiment measures.
+* Each process runs `drive` in its first user only; further users Locust hands the same
+  process (more `-u` than processes, or a worker that quit early) stop at once.
+* When `drive` returns, the process writes `<class>-w<index>.json` (tenants, counters, encoded
+  histograms) and its history `<class>-w<index>.history.jsonl` into `$SAASLAB_LOAD_OUT`, then
+  quits; when the last worker has quit, the master ends the run. A run stopped early (Ctrl-C,
+  `--run-time`) writes what it has from `test_stop`.
+
+This module imports Locust, which monkey-patches the process for gevent: import it only from
+locustfiles, never from the orchestrator (it uses `provision` and `openmodel`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gevent
+from gevent.event import Event
+from locust import FastHttpUser, constant, events, task
+from locust.env import Environment
+from locust.exception import StopUser
+from locust.rpc import Message
+from locust.runners import LocalRunner, MasterRunner, Runner, WorkerRunner
+
+from loadtests.common.openmodel import DEFAULT_MAX_IN_FLIGHT
+from loadtests.common.provision import ProvisioningError, Tenant, admin_token_from_env, create_tenants
+from saaslab.history import History
+from scenarios.kernel.workload import TenantSpec
+
+OUT_ENV = "SAASLAB_LOAD_OUT"
+RUN_ENV = "SAASLAB_LOAD_RUN"
+DEFAULT_OUT = Path("reports") / "locust"
+SETUP_MESSAGE = "saaslab_setup"
+START_MARGIN_S = 2.0
+"""Workers start their schedules this long after provisioning, so they all share one time origin."""
+SETUP_TIMEOUT_S = 60.0
+CLIENT_TIMEOUT_S = 30.0
+"""A request unanswered this long is recorded as `info` (unknown outcome) and counted as a timeout."""
+
+log = logging.getLogger("saaslab.lab")
+
+
+@dataclass
+class ProcessRun:
+    """What one process knows about the run of one user class."""
+
+    tenants: dict[str, Tenant] = field(default_factory=dict)
+    workers: int = 1
+    start_at: float | None = None
+    """Common start time (epoch seconds) sent by the master; None means start when ready."""
+    ready: Event = field(default_factory=Event)
+    claimed: bool = False
+    written: bool = False
+    user: LabUser | None = None
+
+
+_runs: dict[str, ProcessRun] = {}
+
+
+def _run_of(cls: type[LabUser]) -> ProcessRun:
+    return _runs.setdefault(cls.__name__, ProcessRun())
+
+
+def out_dir() -> Path:
+    return Path(os.environ.get(OUT_ENV) or DEFAULT_OUT)
+
+
+def worker_index(runner: Runner | None) -> int:
+    """0 for a local run; the master-assigned index of a worker process."""
+    return max(0, int(getattr(runner, "worker_index", 0) or 0))
+
+
+class LabUser(FastHttpUser):
+    """Base of the lab's Locust users: provisioned tenants, one `drive` per process, a history."""
+
+    abstract = True
+    wait_time = constant(0)
+    network_timeout = CLIENT_TIMEOUT_S
+    connection_timeout = CLIENT_TIMEOUT_S
+    # One user drives all of a process's requests, so its connection pool must cover them all.
+    concurrency = DEFAULT_MAX_IN_FLIGHT
+
+    tenant_specs: ClassVar[Sequence[TenantSpec]] = ()
+    history: History
+
+    def drive(self) -> None:
+        """Run the scenario once; subclasses implement it."""
+        raise NotImplementedError
+
+    def summary(self) -> dict[str, Any]:
+        """The scenario's counters so far, written to this process's JSON file."""
+        return {}
+
+    # -- plumbing --------------------------------------------------------------------------------
+    @property
+    def lab(self) -> ProcessRun:
+        return _run_of(type(self))
+
+    @property
+    def tenants(self) -> dict[str, Tenant]:
+        return self.lab.tenants
+
+    def headers(self, tenant: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tenants[tenant].api_key}"}
+
+    def start_monotonic(self) -> float:
+        """The shared start time on this process's monotonic clock (now, if none was set)."""
+        if self.lab.start_at is None:
+            return time.monotonic()
+        return time.monotonic() + (self.lab.start_at - time.time())
+
+    def _file_stem(self) -> str:
+        return f"{type(self).__name__}-w{worker_index(self.environment.runner)}"
+
+    @task
+    def drive_once(self) -> None:
+        run = self.lab
+        if run.claimed:
+            raise StopUser()
+        run.claimed = True
+        run.user = self
+        if not run.ready.wait(SETUP_TIMEOUT_S):
+            log.error("no tenants from the master within %.0fs; stopping", SETUP_TIMEOUT_S)
+            self._quit(exit_code=2)
+            raise StopUser()
+        stem = self._file_stem()
+        path = out_dir() / f"{stem}.history.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        self.history = History(path=path, process=f"{os.environ.get(RUN_ENV, 'run')}:{stem}")
+        try:
+            self.drive()
+        except gevent.GreenletExit:
+            write_outputs(self)
+            raise
+        except Exception:
+            log.exception("%s failed", type(self).__name__)
+            write_outputs(self)
+            self._quit(exit_code=2)
+            raise StopUser() from None
+        write_outputs(self)
+        self._quit()
+        raise StopUser()
+
+    def _quit(self, exit_code: int | None = None) -> None:
+        """End the run: quit (headless, or a worker), or just stop so the web UI stays up."""
+        if exit_code is not None:
+            self.environment.process_exit_code = exit_code
+        runner = self.environment.runner
+        options = self.environment.parsed_options
+        keep_ui = isinstance(runner, LocalRunner) and options is not None and not options.headless
+        # From another greenlet: stopping stops every user, this one included.
+        gevent.spawn(runner.stop if keep_ui else runner.quit)
+
+
+def write_outputs(user: LabUser) -> None:
+    """Write this process's JSON summary once (the history file streams as it goes)."""
+    run = user.lab
+    if run.written:
+        return
+    run.written = True
+    stem = user._file_stem()
+    data = {
+        "user_class": type(user).__name__,
+        "run": os.environ.get(RUN_ENV, "run"),
+        "worker_index": worker_index(user.environment.runner),
+        "workers": run.workers,
+        "tenants": {n: t._asdict() for n, t in run.tenants.items()},
+        "history": f"{stem}.history.jsonl",
+        "summary": user.summary(),
+    }
+    if hasattr(user, "history"):
+        user.history.close()
+    path = out_dir() / f"{stem}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def _lab_classes(environment: Environment) -> list[type[LabUser]]:
+    return [c for c in environment.user_classes if issubclass(c, LabUser)]
+
+
+@events.init.add_listener
+def _on_init(environment: Environment, runner: Runner | None = None, **_kw: Any) -> None:
+    if runner is not None and not isinstance(runner, MasterRunner):
+        runner.register_message(SETUP_MESSAGE, _on_setup)
+
+
+def _on_setup(environment: Environment, msg: Message, **_kw: Any) -> None:
+    for name, setup in msg.data.items():
+        run = _runs.setdefault(name, ProcessRun())
+        run.tenants = {n: Tenant(*t) for n, t in setup["tenants"].items()}
+        run.workers = int(setup["workers"])
+        run.start_at = setup["start_at"]
+        run.claimed = run.written = False
+        run.ready.set()
+
+
+@events.test_start.add_listener
+def _on_test_start(environment: Environment, **_kw: Any) -> None:
+    """On the master (or the only process): create the tenants once and hand them to every process."""
+    runner = environment.runner
+    if runner is None or isinstance(runner, WorkerRunner):
+        return
+    distributed = isinstance(runner, MasterRunner)
+    try:
+        token = admin_token_from_env()
+        setup = {}
+        for cls in _lab_classes(environment):
+            tenants = create_tenants(environment.host or "", token, cls.tenant_specs)
+            setup[cls.__name__] = {
+                "tenants": {n: list(t) for n, t in tenants.items()},
+                "workers": runner.worker_count if distributed else 1,
+                "start_at": time.time() + START_MARGIN_S if distributed else None,
+            }
+    except (ProvisioningError, OSError) as e:
+        log.error("provisioning failed: %s", e)
+        environment.process_exit_code = 2
+        gevent.spawn(runner.quit)
+        return
+    runner.send_message(SETUP_MESSAGE, setup)
+
+
+@events.test_stop.add_listener
+def _on_test_stop(environment: Environment, **_kw: Any) -> None:
+    """A run stopped before `drive` finished still leaves its counters and history behind."""
+    for run in _runs.values():
+        if run.user is not None and not run.written:
+            write_outputs(run.user)

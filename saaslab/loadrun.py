@@ -1,0 +1,478 @@
+"""`saaslab load PATTERN`: live runs of a pattern's Locust scenario against the reference service.
+
+For tenancy, each scheduler design gets a service of its own (a uvicorn subprocess with lab mode
+on, `SLOTS` scheduler slots and the delay fault at `tenancy.query`, so every request holds a slot
+for `SERVICE_MS`: the server the simulation models). Against it Locust replays the
+noisy-neighbour schedule (open model, the same seeded arrivals the simulation replays) and then
+the same traffic without the burst (the solo baseline). Once per run the cross-tenant probe runs
+too. Everything lands in `<out>/live/`: `results.csv` and `run.json` (the simulation's metric
+names, source "live"), `history.jsonl`, `state.json` (objects read back per tenant) and
+`check.json` (the invariants).
+
+Locust runs headless in a subprocess. In full mode it forks min(2, cores) worker processes
+(`--processes`): one Locust process drives a few hundred requests per second comfortably, and on
+a 2-core machine the service, PostgreSQL and Redis need the rest; quick mode uses one process.
+Every subprocess runs in its own process group and is stopped (SIGTERM, then SIGKILL) when its
+block ends, whatever ends it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+import loadtests
+from loadtests.common.openmodel import DEFAULT_MAX_IN_FLIGHT, OpenModelResult
+from loadtests.common.provision import ProvisioningError, arm_fault, clear_faults
+from reference_impl.tenancy.invariants import check, merge_states, read_state, write_check
+from saaslab.history import CheckResult, Op, load, save
+from saaslab.results import ALL_TENANTS, LatencyHistogram, Row, new_run_id, write_run
+from saaslab.services import ServiceError, free_port, port_is_free
+from saaslab.settings import Settings
+from saaslab.stats import jain_index
+from scenarios import tenancy as scenario
+from scenarios.kernel.metrics import RunKey
+
+Progress = Callable[[str], None]
+
+LIVE_SEED = 1
+FAULT_POINT = "tenancy.query"
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+CLIENT_TIMEOUT_S = 30.0
+LOCUST_OVERHEAD_S = 30.0
+"""Start-up, provisioning and the shared start margin, on top of the workload and its drain."""
+
+QUICK_BURST = {"duration_s": 10.0, "burst_start_s": 3.0, "burst_length_s": 4.0}
+QUICK_SOLO_S = 6.0
+FULL_SOLO_S = 10.0
+PROBE_OBJECTS = 6
+
+
+# ---------------------------------------------------------------------------------------------
+# Subprocesses
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the orchestrator dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _spawn(cmd: list[str], env: Mapping[str, str], log_path: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        return subprocess.Popen(cmd, env=dict(env), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM the process group, then SIGKILL it if it has not exited within `timeout_s`."""
+    if proc.poll() is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of an exited leader (forked workers)
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=timeout_s)
+
+
+_EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Timeout|Refused)\b[^:]*: ")
+
+
+def _reason(log_path: Path) -> str:
+    """The line of a child's log most likely to say what went wrong: its last error, else its last line."""
+    try:
+        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if _EXCEPTION_LINE.match(line) or "/ERROR/" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else ""
+
+
+def _root() -> Path:
+    return Path(loadtests.__file__).resolve().parent.parent
+
+
+def _child_env(extra: Mapping[str, str]) -> dict[str, str]:
+    # The children get their settings from us alone, not from stray SAASLAB_* in our environment.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAASLAB_")}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Service:
+    url: str
+    token: str
+    proc: subprocess.Popen[bytes] | None = None
+
+
+@contextlib.contextmanager
+def service(settings: Settings, *, token: str, scheduler: str, isolation: str, log_path: Path,
+            host: str | None = None, progress: Progress | None = None) -> Iterator[Service]:
+    """A ready reference service in lab mode; `host` means use that one as it is."""
+    if host is not None:
+        _wait_ready(host.rstrip("/"), None, log_path)
+        yield Service(host.rstrip("/"), token)
+        return
+    port = free_port()
+    if not port_is_free(port):
+        raise ServiceError(f"port {port} on 127.0.0.1 is busy; stop whatever holds it or retry")
+    env = {f"SAASLAB_{k.upper()}": str(v) for k, v in settings.model_dump().items() if v is not None}
+    env.update({
+        "SAASLAB_ADMIN_TOKEN": token,
+        "SAASLAB_LAB_MODE": "1",
+        "SAASLAB_SCHEDULER": scheduler,
+        "SAASLAB_ISOLATION": isolation,
+        "SAASLAB_SCHEDULER_SLOTS": str(scenario.SLOTS),
+        "SAASLAB_BULKHEAD_PER_TENANT": str(scenario.BULKHEAD_PER_TENANT),
+    })
+    cmd = [sys.executable, "-m", "uvicorn", "reference_impl.app:app_from_env", "--factory", "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1", "--log-level", "warning", "--no-access-log"]
+    url = f"http://127.0.0.1:{port}"
+    if progress:
+        progress(f"starting the service (scheduler={scheduler}, isolation={isolation}) on {url}")
+    proc = _spawn(cmd, _child_env(env), log_path, _root())
+    try:
+        _wait_ready(url, proc, log_path)
+        yield Service(url, token, proc)
+    finally:
+        _stop(proc)
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes] | None, log_path: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    last = ""
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise ServiceError(f"the service exited with code {proc.returncode} before it was ready "
+                                   f"({_reason(log_path) or 'no output'}); see {log_path}")
+            try:
+                resp = client.get(f"{url}/readyz")
+                if resp.status_code == 200:
+                    return
+                last = f"HTTP {resp.status_code}"
+            except httpx.HTTPError as e:
+                last = type(e).__name__
+            time.sleep(0.2)
+    where = f"see {log_path}" if proc is not None else "is it running, with PostgreSQL and Redis reachable?"
+    raise ServiceError(f"the service at {url} was not ready within {READY_TIMEOUT_S:.0f}s (last answer: {last}); "
+                       f"{where}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Locust
+
+
+@dataclass
+class LocustRun:
+    """The merged outputs of one Locust run: one JSON per process, their histories."""
+
+    label: str
+    outputs: list[dict[str, Any]]
+    history: list[Op]
+    wall_s: float
+
+    @property
+    def api_keys(self) -> dict[str, str]:
+        """tenant id -> API key, for reading the state back."""
+        return {t["tenant_id"]: t["api_key"] for o in self.outputs for t in o["tenants"].values()}
+
+    def open_model(self) -> OpenModelResult:
+        return OpenModelResult.merge(OpenModelResult.from_json(o["summary"]["open_model"]) for o in self.outputs
+                                     if o["summary"].get("open_model"))
+
+
+def _check_locust() -> None:
+    if importlib.util.find_spec("locust") is None:
+        raise ServiceError("Locust is not installed in this environment; run `make demo` or "
+                           "`.venv/bin/pip install -e .`")
+
+
+def run_locust(url: str, user_class: str, *, label: str, token: str, env: Mapping[str, str], processes: int,
+               budget_s: float, logs: Path, progress: Progress | None = None) -> LocustRun:
+    """Run `loadtests/tenancy.py`'s `user_class` headless; every process drives once, then quits."""
+    _check_locust()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="saaslab-locust-") as raw:
+        run_time = round(budget_s + LOCUST_OVERHEAD_S)
+        cmd = [sys.executable, "-m", "locust", "-f", str(_root() / "loadtests" / "tenancy.py"), "--headless",
+               "--host", url, "-u", str(processes), "-r", str(processes), "--run-time", f"{run_time}s",
+               "--stop-timeout", "5", "--only-summary", "--loglevel", "WARNING"]
+        if processes > 1:
+            cmd += ["--processes", str(processes)]
+        cmd.append(user_class)
+        child_env = _child_env({**env, "SAASLAB_ADMIN_TOKEN": token, "SAASLAB_LOAD_OUT": raw,
+                                "SAASLAB_LOAD_RUN": label})
+        log_path = logs / f"{label}.locust.log"
+        if progress:
+            progress(f"{label}: Locust {user_class} ({processes} process{'es' if processes > 1 else ''})")
+        proc = _spawn(cmd, child_env, log_path, _root())
+        try:
+            proc.wait(timeout=run_time + LOCUST_OVERHEAD_S)
+        except subprocess.TimeoutExpired:
+            raise ServiceError(f"Locust run {label} did not finish within {run_time + LOCUST_OVERHEAD_S:.0f}s; "
+                               f"see {log_path}") from None
+        finally:
+            _stop(proc)
+        outputs = [json.loads(p.read_text()) for p in sorted(Path(raw).glob("*.json"))]
+        if proc.returncode not in (0, 1) or len(outputs) != processes:
+            raise ServiceError(f"Locust run {label} failed (exit code {proc.returncode}, {len(outputs)} of "
+                               f"{processes} process results): {_reason(log_path) or 'no output'}; see {log_path}")
+        history = [op for o in outputs for op in load(Path(raw) / o["history"])]
+    return LocustRun(label, outputs, history, time.monotonic() - started)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tenancy
+
+
+@dataclass
+class TenancyPlan:
+    designs: tuple[str, ...]
+    load_points: tuple[float, ...]
+    burst: dict[str, float]
+    solo: dict[str, Any]
+    processes: int
+    seed: int = LIVE_SEED
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def tenancy_plan(settings: Settings, *, quick: bool, host: str | None, rate: float | None,
+                 duration: float | None) -> TenancyPlan:
+    designs = scenario.DESIGNS if host is None else (settings.scheduler,)
+    if rate is not None:
+        load_points: tuple[float, ...] = (round(rate / scenario.CAPACITY_RPS, 6),)
+    else:
+        load_points = (0.5,) if quick else scenario.LOAD_POINTS
+    if duration is not None:
+        burst = {"duration_s": duration, "burst_start_s": duration / 3, "burst_length_s": duration / 3}
+    elif quick:
+        burst = dict(QUICK_BURST)
+    else:
+        burst = {"duration_s": scenario.DURATION_S, "burst_start_s": 5.0, "burst_length_s": 5.0}
+    solo_s = min(burst["duration_s"], QUICK_SOLO_S if quick else FULL_SOLO_S)
+    processes = 1 if quick else max(1, min(2, os.cpu_count() or 1))
+    return TenancyPlan(designs, load_points, burst, {"duration_s": solo_s, "burst": False}, processes)
+
+
+def tenancy_rows(key: RunKey, burst: OpenModelResult, solo: OpenModelResult) -> list[Row]:
+    """The simulation's rows (`scenarios.tenancy.simulate_one`) from a measured run, plus the generator's health."""
+    duration = burst.duration_s
+    tenants = [scenario.NOISY, *scenario.QUIET]
+    rows = []
+    for t in tenants:
+        c = burst.tenants[t]
+        rows += [
+            key.row(t, "latency_p50", c.latency.percentile_ms(50), "ms"),
+            key.row(t, "latency_p99", c.latency.percentile_ms(99), "ms"),
+            key.row(t, "offered", c.offered, "requests"),
+            key.row(t, "completed", c.completed, "requests"),
+            key.row(t, "goodput", c.within_slo / duration, "rps"),
+        ]
+
+    def pooled(result: OpenModelResult, names: tuple[str, ...]) -> LatencyHistogram:
+        h = LatencyHistogram()
+        for n in names:
+            h.add(result.tenants[n].latency)
+        return h
+
+    quiet_p99 = pooled(burst, scenario.QUIET).percentile_ms(99)
+    solo_quiet_p99 = pooled(solo, scenario.QUIET).percentile_ms(99)
+    served = [burst.tenants[t].within_slo / burst.tenants[t].offered if burst.tenants[t].offered else float("nan")
+              for t in tenants]
+    total = [burst.tenants[t] for t in tenants]
+    return rows + [
+        key.row(ALL_TENANTS, "quiet_p99", quiet_p99, "ms"),
+        key.row(ALL_TENANTS, "noisy_p99", burst.tenants[scenario.NOISY].latency.percentile_ms(99), "ms"),
+        key.row(ALL_TENANTS, "solo_quiet_p99", solo_quiet_p99, "ms"),
+        key.row(ALL_TENANTS, "quiet_p99_vs_solo", quiet_p99 / solo_quiet_p99, "ratio"),
+        key.row(ALL_TENANTS, "jain_index", jain_index([min(1.0, s) for s in served]), "ratio"),
+        key.row(ALL_TENANTS, "goodput", sum(c.within_slo for c in total) / duration, "rps"),
+        key.row(ALL_TENANTS, "dropped", burst.dropped, "requests"),
+        key.row(ALL_TENANTS, "sent_rate", burst.sent_rate, "rps"),
+        key.row(ALL_TENANTS, "target_rate", burst.target_rate, "rps"),
+        key.row(ALL_TENANTS, "errors", sum(c.errors for c in total), "requests"),
+        key.row(ALL_TENANTS, "timeouts", sum(c.timeouts for c in total), "requests"),
+        key.row(ALL_TENANTS, "send_lag_p99", burst.send_lag.percentile_ms(99), "ms"),
+    ]
+
+
+def _noisy_env(load_point: float, seed: int, workload: Mapping[str, Any]) -> dict[str, str]:
+    return {"SAASLAB_LOAD_POINT": repr(load_point), "SAASLAB_SEED": str(seed),
+            "SAASLAB_LOAD_WORKLOAD": json.dumps(dict(workload))}
+
+
+def _probe(svc: Service, *, label: str, processes: int, logs: Path, progress: Progress | None) -> LocustRun:
+    # The probe asks about isolation, not speed: no injected delay.
+    clear_faults(svc.url, svc.token)
+    return run_locust(svc.url, "CrossTenantProbe", label=label, token=svc.token,
+                      env={"SAASLAB_PROBE_OBJECTS": str(PROBE_OBJECTS)}, processes=processes, budget_s=30,
+                      logs=logs, progress=progress)
+
+
+def _write_checked(live: Path, history: list[Op], states: list[dict[str, Any]]) -> list[CheckResult]:
+    save(live / "history.jsonl", history)
+    state = merge_states(states)
+    (live / "state.json").write_text(json.dumps(state))
+    results = check(history, state)
+    write_check(live / "check.json", results)
+    return results
+
+
+def _summary(results: list[CheckResult]) -> str:
+    return ", ".join(f"{r.name} {'valid' if r.valid else 'VIOLATED'}" for r in results)
+
+
+def run_probe(settings: Settings, out: Path, *, isolation: str | None = None, host: str | None = None,
+              processes: int = 1, progress: Progress | None = None) -> list[CheckResult]:
+    """The cross-tenant probe alone against a service with `isolation` (default: the settings').
+
+    Writes `out/live/history.jsonl`, `state.json` and `check.json` (so `saaslab check tenancy
+    --out OUT` re-checks it) and returns the verdicts. With isolation "leaky" they must fail.
+    """
+    live = out / "live"
+    logs = live / "logs"
+    token = settings.admin_token or secrets.token_urlsafe(24)
+    design = isolation or settings.isolation
+    with service(settings, token=token, scheduler=settings.scheduler, isolation=design,
+                 log_path=logs / f"service-{design}.log", host=host, progress=progress) as svc:
+        try:
+            run = _probe(svc, label=f"probe-{design}", processes=processes, logs=logs, progress=progress)
+            state = read_state(svc.url, run.api_keys)
+        except ProvisioningError as e:
+            raise ServiceError(str(e)) from None
+    results = _write_checked(live, run.history, [state])
+    if progress:
+        progress(f"probe against isolation={design}: {_summary(results)}")
+    return results
+
+
+def run_tenancy(settings: Settings, out: Path, *, quick: bool = False, host: str | None = None,
+                rate: float | None = None, duration: float | None = None, progress: Progress | None = None,
+                unsafe_probe: bool = False, seed: int = LIVE_SEED) -> Path:
+    started = time.monotonic()
+    plan = tenancy_plan(settings, quick=quick, host=host, rate=rate, duration=duration)
+    plan.seed = seed
+    live = out / "live"
+    logs = live / "logs"
+    token = settings.admin_token or secrets.token_urlsafe(24)
+    run_id = new_run_id(scenario.PATTERN, "live")
+    rows: list[Row] = []
+    history: list[Op] = []
+    states: list[dict[str, Any]] = []
+    measured: list[dict[str, Any]] = []
+    budget = plan.burst["duration_s"] + CLIENT_TIMEOUT_S
+    for design in plan.designs:
+        with service(settings, token=token, scheduler=design, isolation=settings.isolation,
+                     log_path=logs / f"service-{design}.log", host=host, progress=progress) as svc:
+            try:
+                clear_faults(svc.url, token)
+                arm_fault(svc.url, token, FAULT_POINT, "delay", delay_ms=round(scenario.SERVICE_MS))
+                for lp in plan.load_points:
+                    tag = f"{design}-lp{lp:g}"
+                    burst = run_locust(svc.url, "NoisyNeighbour", label=f"{tag}-burst", token=token,
+                                       env=_noisy_env(lp, plan.seed, plan.burst), processes=plan.processes,
+                                       budget_s=budget, logs=logs, progress=progress)
+                    solo = run_locust(svc.url, "NoisyNeighbour", label=f"{tag}-solo", token=token,
+                                      env=_noisy_env(lp, plan.seed, plan.solo), processes=plan.processes,
+                                      budget_s=plan.solo["duration_s"] + CLIENT_TIMEOUT_S, logs=logs,
+                                      progress=progress)
+                    key = RunKey(run_id=run_id, pattern=scenario.PATTERN, design=design, seed=plan.seed,
+                                 load_point=lp, source="live")
+                    b, s = burst.open_model(), solo.open_model()
+                    point_rows = tenancy_rows(key, b, s)
+                    rows += point_rows
+                    got = {r.metric: r.value for r in point_rows if r.tenant == ALL_TENANTS}
+                    measured.append({"design": design, "load_point": lp, "burst_wall_s": round(burst.wall_s, 1),
+                                     "solo_wall_s": round(solo.wall_s, 1), **got})
+                    if progress:
+                        progress(f"{tag}: quiet p99 {got['quiet_p99']:.0f} ms (solo {got['solo_quiet_p99']:.0f} ms,"
+                                 f" x{got['quiet_p99_vs_solo']:.2f}), jain {got['jain_index']:.3f}, sent "
+                                 f"{b.sent_rate:.1f}/s of {b.target_rate:.1f}/s, dropped {b.dropped}")
+                    history += burst.history + solo.history
+                    states.append(read_state(svc.url, {**burst.api_keys, **solo.api_keys}))
+                if design == plan.designs[0]:
+                    probe = _probe(svc, label=f"probe-{settings.isolation}", processes=1, logs=logs,
+                                   progress=progress)
+                    history += probe.history
+                    states.append(read_state(svc.url, probe.api_keys))
+            except ProvisioningError as e:
+                raise ServiceError(str(e)) from None
+    results = _write_checked(live, history, states)
+    if progress:
+        progress(f"tenancy invariants: {_summary(results)}")
+    parameters = {
+        "designs": list(plan.designs),
+        "load_points": list(plan.load_points),
+        "seed": plan.seed,
+        "quick": quick,
+        "workload": {**{k: v for k, v in scenario.noisy_neighbour(0.0, **plan.burst).params.items()
+                        if k != "load_point"}, "duration_s": plan.burst["duration_s"]},
+        "solo_workload": {"duration_s": plan.solo["duration_s"], "burst": False},
+        "tenants": [scenario.NOISY, *scenario.QUIET],
+        "slots": scenario.SLOTS,
+        "service_ms": scenario.SERVICE_MS,
+        "bulkhead_per_tenant": scenario.BULKHEAD_PER_TENANT,
+        "slo_ms": scenario.SLO_MS,
+        "isolation": settings.isolation,
+        "host": host or "started per design",
+        "locust_processes": plan.processes,
+        "client_timeout_s": CLIENT_TIMEOUT_S,
+        "max_in_flight": DEFAULT_MAX_IN_FLIGHT,
+        "fault": {"point": FAULT_POINT, "mode": "delay", "delay_ms": round(scenario.SERVICE_MS)},
+        "measured": measured,
+        "checks": {r.name: r.valid for r in results},
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+    csv_path = write_run(live, run_id=run_id, pattern=scenario.PATTERN, source="live", rows=rows,
+                         parameters=parameters)
+    if unsafe_probe:
+        run_probe(settings, out / "unsafe", isolation="leaky", host=None, progress=progress)
+    return csv_path
+
+
+RUNNERS = {"tenancy": run_tenancy}
+
+
+def run_load(pattern: str, settings: Settings, out: Path, *, quick: bool = False, host: str | None = None,
+             rate: float | None = None, duration: float | None = None, progress: Progress | None = None,
+             unsafe_probe: bool = False) -> Path:
+    """Run `pattern`'s live load scenario; returns `<out>/live/results.csv`.
+
+    `host` drives an already running service (lab mode on) instead of starting one per design;
+    `rate` (requests/s before the burst) and `duration` (seconds) override the workload.
+    `unsafe_probe` also probes a service with the deliberately leaky isolation design, into
+    `<out>/unsafe/live/` (its checks are expected to fail).
+    """
+    runner = RUNNERS.get(pattern)
+    if runner is None:
+        raise ServiceError(f"no live load scenario for pattern {pattern!r} yet; choose one of: {', '.join(RUNNERS)}")
+    return runner(settings, out, quick=quick, host=host, rate=rate, duration=duration, progress=progress,
+                  unsafe_probe=unsafe_probe)

@@ -1,0 +1,76 @@
+"""Live tenancy runs against real services: the quick load run and the probe against the leaky design."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from reference_impl.tenancy.invariants import check_run
+from saaslab.loadrun import PROBE_OBJECTS, QUICK_BURST, run_load, run_probe
+from saaslab.results import ALL_TENANTS, read_rows
+from saaslab.settings import Settings
+from scenarios import tenancy as scenario
+from scenarios.kernel.workload import arrivals
+
+pytestmark = pytest.mark.e2e
+
+
+def test_quick_live_run_writes_the_simulations_rows_holds_the_rate_and_passes_the_checker(
+        settings: Settings, tmp_path: Path) -> None:
+    csv_path = run_load("tenancy", settings, tmp_path, quick=True)
+    assert csv_path == tmp_path / "live" / "results.csv"
+    rows = read_rows(csv_path)
+    assert {r.source for r in rows} == {"live"} and {r.load_point for r in rows} == {0.5}
+    assert {r.design for r in rows} == set(scenario.DESIGNS)
+
+    # The live run replays the very schedule the simulation replays: same offered counts.
+    schedule = arrivals(scenario.noisy_neighbour(0.5, **QUICK_BURST), seed=1)
+    expected_offered = Counter(tenant for _, tenant in schedule)
+    for design in scenario.DESIGNS:
+        mine = [r for r in rows if r.design == design]
+        live_names = {(r.tenant, r.metric) for r in mine}
+        sim_names = {(r.tenant, r.metric) for r in scenario.simulate_one(design, 0.5, 1, duration_s=2.0)}
+        assert sim_names <= live_names, sim_names - live_names
+        value = {(r.tenant, r.metric): r.value for r in mine}
+        assert {t: value[(t, "offered")] for t in expected_offered} == dict(expected_offered)
+        assert value[(ALL_TENANTS, "dropped")] == 0
+        target = value[(ALL_TENANTS, "target_rate")]
+        assert target == pytest.approx(len(schedule) / QUICK_BURST["duration_s"])
+        assert value[(ALL_TENANTS, "sent_rate")] == pytest.approx(target, rel=0.02)
+        assert value[(ALL_TENANTS, "errors")] == 0 and value[(ALL_TENANTS, "timeouts")] == 0
+        assert value[(ALL_TENANTS, "quiet_p99_vs_solo")] > 0
+
+    run = json.loads((tmp_path / "live" / "run.json").read_text())
+    assert run["parameters"]["workload"]["burst_start_s"] == QUICK_BURST["burst_start_s"]
+    assert run["parameters"]["wall_s"] < 180
+    check = json.loads((tmp_path / "live" / "check.json").read_text())
+    assert check["valid"] is True, check
+    # `saaslab check tenancy` re-checks the same folder with the same verdicts.
+    assert all(r.valid for r in check_run(tmp_path, settings))
+
+
+def test_the_probe_catches_the_leaky_isolation_design(settings: Settings, tmp_path: Path) -> None:
+    # Two Locust processes: the tenants are created once on the master and shared.
+    processes = 2
+    results = {r.name: r for r in run_probe(settings, tmp_path, isolation="leaky", processes=processes)}
+    read = results["no_cross_tenant_read"]
+    # Every one of B's reads of A's projects and payments got through, in each process.
+    assert not read.valid and read.violations == 2 * PROBE_OBJECTS * processes
+    assert not results["no_cross_tenant_write"].valid
+    # The control still holds: the probe really exercised the routes.
+    assert results["own_objects_visible"].valid and results["own_objects_visible"].checked > 0
+    assert json.loads((tmp_path / "live" / "check.json").read_text())["valid"] is False
+
+    # And the command line says so with its exit code, so scripts and CI can rely on it.
+    env = {**os.environ, "SAASLAB_DATABASE_URL": settings.database_url or "",
+           "SAASLAB_REDIS_URL": settings.redis_url or ""}
+    cli = subprocess.run([sys.executable, "-m", "saaslab.cli", "check", "tenancy", "--out", str(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert cli.returncode == 1, cli.stderr
+    assert "no_cross_tenant_read: VIOLATED" in cli.stdout + cli.stderr
