@@ -1,0 +1,1 @@
+"""Tenant rate limiting: fixed window, sliding log, sliding counter, token bucket, GCRA, and the unsafe naive design."""

@@ -1,0 +1,29 @@
+-- Fixed window: the twin of core.fixed_window.
+-- KEYS: limiter HASH {w: window start µs, n: count}, usage counter.
+-- ARGV: now_us (-1 = TIME), requests, window_us, cost, ttl_slack_ms, usage_ttl_s.
+-- Returns {allowed, remaining, reset_us, retry_after_us, usage}.
+local now = clock(ARGV[1])
+local requests, window, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+
+local start = idiv(now, window) * window
+local count = 0
+local s = redis.call('HMGET', KEYS[1], 'w', 'n')
+if s[1] then
+    local stored = tonumber(s[1])
+    -- Same window, or the clock stepped back into an older one: keep counting the newest.
+    if stored >= start then
+        start, count = stored, tonumber(s[2])
+    end
+end
+
+local allowed = count + cost <= requests
+if allowed then
+    count = count + cost
+    redis.call('HSET', KEYS[1], 'w', int(start), 'n', int(count))
+end
+local reset = start + window - now
+local retry = 0
+if not allowed then
+    retry = reset
+end
+return finish(allowed, requests - count, reset, retry)

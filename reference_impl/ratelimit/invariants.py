@@ -1,0 +1,147 @@
+"""Invariants of rate limiting, as pure checks over a history of decisions (saaslab.history).
+
+A decision is an `ok` op whose value is `decision_value(...)`: tenant, time_us (the clock the
+limiter decided with), allowed, cost, the policy (requests, window_us), algorithm, and whether
+the tenant is one of the workload's quiet ones. The same checks run on simulated histories, live
+load-test histories and in pytest.
+
+`no_over_admission`: per tenant (and policy), the admitted requests never exceed what the
+algorithm promises (CONTRACT.md, "Rate limiting"):
+
+* sliding_log: at most `requests` in any span of `window_us`.
+* fixed_window, sliding_counter, naive: at most `requests` in any epoch-aligned window, which
+  allows up to 2x `requests` over a span straddling a boundary (the fixed window's known
+  weakness). Aligned windows need `time_us` to be the limiter's own clock.
+* token_bucket: at most `requests + floor(span * requests / window_us)` between any two
+  admissions `span` µs apart (a full bucket plus the refill over the span).
+* gcra: at most `requests + floor(span / T)`, T = window_us // requests (the emission interval).
+
+`naive` is held to the fixed window's promise, which it breaks under concurrency: the checker
+must catch it. `quiet_never_limited`: a tenant flagged quiet was never refused.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from reference_impl.ratelimit.core import Policy, gcra_interval
+from saaslab.history import CheckResult, Op
+
+F_DECIDE = "decide"
+MAX_EXAMPLES = 5
+ALIGNED = frozenset({"fixed_window", "sliding_counter", "naive"})
+
+
+def decision_value(*, tenant: str, time_us: int, allowed: bool, policy: Policy, algorithm: str,
+                   cost: int = 1, quiet: bool = False) -> dict[str, Any]:
+    """The value of a decision's `ok` op: what the checks read."""
+    return {"tenant": tenant, "time_us": time_us, "allowed": allowed, "cost": cost,
+            "requests": policy.requests, "window_us": policy.window_us, "algorithm": algorithm,
+            "quiet": quiet}
+
+
+def _decisions(ops: Iterable[Op]) -> Iterable[dict[str, Any]]:
+    return (op.value for op in ops if op.type == "ok" and op.f == F_DECIDE and "allowed" in op.value)
+
+
+def no_over_admission(ops: Iterable[Op]) -> CheckResult:
+    groups: dict[tuple[str, str, int, int], list[tuple[int, int]]] = defaultdict(list)
+    checked = 0
+    for v in _decisions(ops):
+        checked += 1
+        if v["allowed"]:
+            key = (v["tenant"], v["algorithm"], int(v["requests"]), int(v["window_us"]))
+            groups[key].append((int(v["time_us"]), int(v.get("cost", 1))))
+    violations = 0
+    examples: list[dict[str, Any]] = []
+    for (tenant, algorithm, requests, window_us), admitted in sorted(groups.items()):
+        admitted.sort()
+        found = _violations(algorithm, Policy(requests, window_us), admitted)
+        violations += len(found)
+        for f in found[:MAX_EXAMPLES - len(examples)]:
+            examples.append({"tenant": tenant, "algorithm": algorithm, "requests": requests,
+                             "window_us": window_us, **f})
+    return CheckResult(name="no_over_admission", valid=violations == 0, checked=checked, violations=violations,
+                       examples=examples, detail=f"{len(groups)} tenant policies, {checked} decisions")
+
+
+def _violations(algorithm: str, policy: Policy, admitted: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Windows (or spans) where `admitted` (sorted (time_us, cost)) exceeds the algorithm's bound."""
+    r, w = policy.requests, policy.window_us
+    if algorithm in ALIGNED:
+        out = []
+        for start, group in itertools.groupby(admitted, key=lambda a: a[0] - a[0] % w):
+            n = sum(cost for _, cost in group)
+            if n > r:
+                out.append({"window_start_us": start, "admitted": n, "bound": r})
+        return out
+    if algorithm == "sliding_log":
+        return _sliding_violations(admitted, r, w)
+    if algorithm == "token_bucket":
+        return _refill_violations(admitted, r, unit=w, per_us=r)
+    if algorithm == "gcra":
+        return _refill_violations(admitted, r, unit=gcra_interval(policy), per_us=1)
+    raise ValueError(f"no admission bound for algorithm {algorithm!r}")
+
+
+def _sliding_violations(admitted: list[tuple[int, int]], r: int, w: int) -> list[dict[str, Any]]:
+    """Spans [t, t + w) starting at an admission holding more than r (two pointers)."""
+    out = []
+    j = total = 0
+    for i, (t, _) in enumerate(admitted):
+        while j < len(admitted) and admitted[j][0] < t + w:
+            total += admitted[j][1]
+            j += 1
+        if total > r:
+            out.append({"window_start_us": t, "admitted": total, "bound": r})
+        total -= admitted[i][1]
+    return out
+
+
+def _refill_violations(admitted: list[tuple[int, int]], r: int, *, unit: int, per_us: int
+                       ) -> list[dict[str, Any]]:
+    """Pairs of admissions i <= j, span s apart, holding n > r + floor(s * per_us / unit).
+
+    n - r <= floor(s * per_us / unit) iff (n - r) * unit <= s * per_us, i.e.
+    (before_i * unit - t_i * per_us) >= (through_j * unit - t_j * per_us) - r * unit, with before_i
+    and through_j the admitted totals before i and through j. So a running minimum finds the
+    worst span ending at each j in one pass.
+    """
+    out = []
+    total = 0
+    lowest: tuple[int, int] | None = None  # (before_i * unit - t_i * per_us, t_i)
+    for t, cost in admitted:
+        here = total * unit - t * per_us
+        if lowest is None or here < lowest[0]:
+            lowest = (here, t)
+        total += cost
+        excess = (total * unit - t * per_us) - lowest[0] - r * unit
+        if excess > 0:
+            span = t - lowest[1]
+            out.append({"span_start_us": lowest[1], "span_us": span,
+                        "admitted": r + (excess + span * per_us) // unit, "bound": r + span * per_us // unit})
+    return out
+
+
+def quiet_never_limited(ops: Iterable[Op], quiet_tenants: Collection[str] | None = None) -> CheckResult:
+    """No decision refused a quiet tenant (flagged in the op, or named in `quiet_tenants`)."""
+    checked = violations = 0
+    examples: list[dict[str, Any]] = []
+    for v in _decisions(ops):
+        if not (v.get("quiet") or (quiet_tenants is not None and v["tenant"] in quiet_tenants)):
+            continue
+        checked += 1
+        if not v["allowed"]:
+            violations += 1
+            if len(examples) < MAX_EXAMPLES:
+                examples.append({"tenant": v["tenant"], "time_us": v["time_us"], "algorithm": v["algorithm"]})
+    return CheckResult(name="quiet_never_limited", valid=violations == 0, checked=checked, violations=violations,
+                       examples=examples, detail=f"{checked} decisions of quiet tenants")
+
+
+def check_history(ops: Iterable[Op], quiet_tenants: Collection[str] | None = None) -> list[CheckResult]:
+    ops = list(ops)
+    return [no_over_admission(ops), quiet_never_limited(ops, quiet_tenants)]

@@ -1,0 +1,45 @@
+-- Sliding window log: the twin of core.sliding_log.
+-- KEYS: limiter LIST of admitted times (µs, oldest first, one per unit of cost), usage counter.
+-- ARGV: now_us (-1 = TIME), requests, window_us, cost, ttl_slack_ms, usage_ttl_s.
+-- Returns {allowed, remaining, reset_us, retry_after_us, usage}.
+local now = clock(ARGV[1])
+local requests, window, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local key = KEYS[1]
+
+-- Entries are stamped max(now, newest) so the list stays sorted when the clock steps back.
+local t = now
+local newest = redis.call('LINDEX', key, -1)
+if newest and tonumber(newest) > t then
+    t = tonumber(newest)
+end
+
+-- Entries that left the window (t - window, t] sit at the head of the sorted list.
+local horizon = t - window
+while true do
+    local head = redis.call('LINDEX', key, 0)
+    if not head or tonumber(head) > horizon then
+        break
+    end
+    redis.call('LPOP', key)
+end
+
+local n = redis.call('LLEN', key)
+local allowed = n + cost <= requests
+if allowed then
+    local stamp = int(t)
+    for _ = 1, cost do
+        redis.call('RPUSH', key, stamp)
+    end
+    n = n + cost
+end
+
+local retry = 0
+if not allowed then
+    -- The oldest entries must age out until `cost` more fit; the last of them sets the wait.
+    retry = tonumber(redis.call('LINDEX', key, n + cost - requests - 1)) + window - now
+end
+local reset = 0
+if n > 0 then
+    reset = tonumber(redis.call('LINDEX', key, -1)) + window - now
+end
+return finish(allowed, requests - n, reset, retry)

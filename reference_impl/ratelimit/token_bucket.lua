@@ -1,0 +1,43 @@
+-- Token bucket: the twin of core.token_bucket.
+-- KEYS: limiter HASH {l: level in token-µs (one token = window_us units), t: time of it}, usage.
+-- ARGV: now_us (-1 = TIME), requests, window_us, cost, ttl_slack_ms, usage_ttl_s.
+-- Returns {allowed, remaining, reset_us, retry_after_us, usage}.
+local now = clock(ARGV[1])
+local requests, window, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+
+local capacity = requests * window
+local level, updated = capacity, now
+local s = redis.call('HMGET', KEYS[1], 'l', 't')
+if s[1] then
+    level, updated = tonumber(s[1]), tonumber(s[2])
+    -- After a policy change the old level is clamped to the new capacity.
+    if level > capacity then
+        level = capacity
+    end
+end
+if now > updated then
+    -- A full window refills the whole bucket, so longer idle gaps need not be multiplied.
+    local gap = now - updated
+    if gap > window then
+        gap = window
+    end
+    level = level + gap * requests
+    if level > capacity then
+        level = capacity
+    end
+    updated = now
+end
+
+local need = cost * window
+local allowed = level >= need
+if allowed then
+    level = level - need
+end
+local ahead = updated - now -- > 0 only when the clock stepped back
+local retry = 0
+if not allowed then
+    retry = ahead + ceil_div(need - level, requests)
+end
+local reset = ahead + ceil_div(capacity - level, requests)
+redis.call('HSET', KEYS[1], 'l', int(level), 't', int(updated))
+return finish(allowed, idiv(level, window), reset, retry)
