@@ -26,7 +26,7 @@ from saaslab import PATTERNS
 from saaslab.services import EmbeddedServices, ServiceError, port_is_free, services_for
 from saaslab.settings import Settings
 
-console = Console(stderr=True, soft_wrap=True)
+console = Console(stderr=True, soft_wrap=True, log_path=False)
 app = typer.Typer(
     help="A simulation and load-testing lab for SaaS backend patterns.\n\n"
     "Start with `saaslab demo` (the quick lab for every pattern), then explore one pattern:\n"
