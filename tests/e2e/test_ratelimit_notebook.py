@@ -1,0 +1,98 @@
+"""The rate-limiting notebook runs top to bottom in this venv's kernel, with and without a live run."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from saaslab.history import CheckResult
+from saaslab.results import ALL_TENANTS, Row, write_run
+
+pytestmark = pytest.mark.e2e
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "ratelimit.ipynb"
+BUDGET_S = 60.0
+"""The notebook promises a run well under a minute."""
+DESIGNS = ("fixed_window", "sliding_log", "sliding_counter", "token_bucket", "gcra", "naive")
+QUIET = ("quiet1", "quiet2", "quiet3", "quiet4")
+
+
+def execute(reports_dir: Path) -> tuple[nbformat.NotebookNode, float]:
+    """Execute the notebook with its `parameters` cell pointed at `reports_dir`; returns it and the run time."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, "the notebook needs exactly one cell tagged 'parameters'"
+    params[0].source = f"REPORTS = Path({str(reports_dir)!r})"
+    started = time.monotonic()
+    NotebookClient(nb, kernel_name="python3", timeout=120,
+                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    return nb, time.monotonic() - started
+
+
+def lines_of(nb: nbformat.NotebookNode) -> list[str]:
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs).splitlines()
+
+
+def images(nb: nbformat.NotebookNode) -> int:
+    return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def rows_starting(lines: list[str], first: str) -> list[list[str]]:
+    return [line.split() for line in lines if line.split()[:1] == [first]]
+
+
+def test_notebook_is_stored_without_outputs() -> None:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.outputs == [] and c.execution_count is None for c in code)
+    assert nb.metadata.kernelspec.name == "python3"
+    assert not any("sys.path" in c.source for c in code)
+
+
+def test_without_a_live_run_it_simulates_and_says_how_to_measure(tmp_path: Path) -> None:
+    nb, elapsed = execute(tmp_path)
+    lines = lines_of(nb)
+    assert elapsed < BUDGET_S
+    # The boundary table: one row per design, three flood sizes.
+    boundary = {d: rows_starting(lines, d)[0][1:] for d in DESIGNS}
+    assert boundary["fixed_window"] == boundary["naive"] == ["1.00x", "2.00x", "2.00x"]
+    assert boundary["sliding_log"] == ["1.00x", "1.00x", "1.00x"]
+    assert "flood 10x: most admitted by fixed_window and naive (2.00x the limit), least by sliding_log (1.00x)" in lines
+    # The race table: the atomic designs stop at the limit of 50 and hold; naive admits every request.
+    race = {d: rows_starting(lines, d)[1][1:] for d in DESIGNS}
+    for d in DESIGNS[:-1]:
+        assert race[d] == ["50", "50", "50", "50", "held"]
+    assert race["naive"] == ["50", "100", "200", "500", "VIOLATED"]
+    # The noisy neighbour: the quiet tenants are never refused.
+    assert all(rows_starting(lines, d)[2][-1] == "0.0%" for d in DESIGNS)
+    assert any("saaslab load ratelimit" in line for line in lines)
+    assert images(nb) == 2
+
+
+def test_with_a_live_run_it_sets_measured_beside_simulated(tmp_path: Path) -> None:
+    live = tmp_path / "ratelimit" / "live"
+    rows = []
+    for design, lp, noisy in (("gcra", 2.0, 0.5), ("fixed_window", 10.0, 0.9)):
+        def row(tenant: str, metric: str, value: float, design: str = design, lp: float = lp) -> Row:
+            return Row("ratelimit-live-test", "live", "ratelimit", design, 0, lp, tenant, metric, value, "")
+
+        rows += [row("noisy", "rejected_rate", noisy), *(row(q, "rejected_rate", 0.0) for q in QUIET),
+                 row(ALL_TENANTS, "latency_p99", 12.5)]
+    write_run(live, run_id="ratelimit-live-test", pattern="ratelimit", source="live", rows=rows, parameters={})
+    (live / "check.json").write_text(json.dumps([CheckResult("no_over_admission", True, 1234).to_dict()]))
+    nb, elapsed = execute(tmp_path)
+    lines = lines_of(nb)
+    assert elapsed < BUDGET_S
+    # Rows of the simulated-versus-measured table: design, load, simulated, measured, gap, quiet, p99.
+    measured = sorted((cols[0], cols[1], cols[3], cols[5], cols[6]) for cols in map(str.split, lines)
+                      if len(cols) == 7 and cols[0] in DESIGNS)
+    assert measured == [("fixed_window", "10", "90.0%", "0.0%", "12.5"), ("gcra", "2", "50.0%", "0.0%", "12.5")]
+    assert "check no_over_admission: held (1234 checked, 0 violations)" in lines
+    assert not any("No live results" in line for line in lines)
+    assert images(nb) == 3
