@@ -6,5 +6,8 @@ histories for invariant checkers, statistics, the report writer and the command 
 
 __version__ = "0.1.0"
 
-PATTERNS = ("tenancy",)
-"""Pattern slugs built so far, in the order the demo runs them."""
+PATTERNS = ("tenancy", "ratelimit")
+"""Pattern slugs with a simulation and a report, in the order the demo runs them."""
+
+LIVE_PATTERNS = ("tenancy",)
+"""Patterns that also have a live face: a load test against the reference service and its checker."""

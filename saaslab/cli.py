@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from saaslab import PATTERNS
+from saaslab import LIVE_PATTERNS, PATTERNS
 from saaslab.services import EmbeddedServices, ServiceError, port_is_free, services_for
 from saaslab.settings import Settings
 
@@ -57,11 +57,16 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full traceba
     _debug = debug
 
 
-def _patterns(pattern: str) -> list[str]:
+def _patterns(pattern: str, *, live: bool = False) -> list[str]:
+    """The pattern slugs a PATTERN argument names; `live` keeps those with a load test."""
+    known = LIVE_PATTERNS if live else PATTERNS
     if pattern == "all":
-        return list(PATTERNS)
-    if pattern not in PATTERNS:
-        raise UserError(f"unknown pattern {pattern!r}; choose one of: {', '.join(PATTERNS)}, all")
+        return list(known)
+    if pattern in PATTERNS and pattern not in known:
+        raise UserError(f"{pattern} has no live load test yet; try `saaslab sim {pattern}`, "
+                        f"or one of: {', '.join(known)}")
+    if pattern not in known:
+        raise UserError(f"unknown pattern {pattern!r}; choose one of: {', '.join(known)}, all")
     return [pattern]
 
 
@@ -191,7 +196,7 @@ def load(
     out: OutOpt = None,
 ) -> None:
     """Drive the live service with Locust; writes <out>/live/results.csv, run.json, history and checks."""
-    names = _patterns(pattern)
+    names = _patterns(pattern, live=True)
     for p in names:
         path = _load(p, _out_dir(out, p, len(names) > 1), quick, host, rate, duration)
         console.print(f"{p}: measured results in {path}")
@@ -213,7 +218,7 @@ def _check(pattern: str, out: Path) -> bool:
 @app.command()
 def check(pattern: PatternArg, out: OutOpt = None) -> None:
     """Run a pattern's invariant checks over the last live run's history and final state."""
-    names = _patterns(pattern)
+    names = _patterns(pattern, live=True)
     ok = all([_check(p, _out_dir(out, p, len(names) > 1)) for p in names])
     if not ok:
         raise typer.Exit(1)
@@ -245,7 +250,7 @@ def demo(
         for p in PATTERNS:
             out = Path("reports") / p
             _sim(p, out, quick=True, seeds=5, jobs=os.cpu_count() or 1)
-            if not skip_load:
+            if not skip_load and p in LIVE_PATTERNS:
                 _load(p, out, quick=True, host=None, rate=None, duration=None)
             console.print(f"{p}: report in {write_pattern_report(p)}")
         index = write_index()
