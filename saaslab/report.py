@@ -228,6 +228,8 @@ class Report:
     sim_vs_live_note: str = ""
     notes: list[str] = field(default_factory=list)
     """Caveats about the data (too few seeds, missing metrics), shown beside the sources."""
+    simulation_only: bool = False
+    """The pattern has no live face: a missing live run is expected, not something to go and make."""
 
     @property
     def headline(self) -> str:
@@ -334,12 +336,15 @@ def markdown_table(t: Table) -> str:
     return "\n".join(lines)
 
 
-def source_lines(data: PatternData) -> list[str]:
+def source_lines(data: PatternData, simulation_only: bool = False) -> list[str]:
     """One line per source: what was found, or that it is missing and which command makes it."""
     make = {"sim": f"saaslab sim {data.pattern}", "live": f"saaslab load {data.pattern}"}
     label = {"sim": "Simulated", "live": "Measured (live)"}
     out = []
     for name, run in (("sim", data.sim), ("live", data.live)):
+        if run is None and name == "live" and simulation_only:
+            out.append(f"{label[name]}: none — {data.pattern} is a simulation-only pattern, with no live face to measure.")
+            continue
         if run is None:
             out.append(f"{label[name]}: missing — no {data.directory / name / 'results.csv'}; "
                        f"run `{make[name]}` to produce it.")
@@ -379,7 +384,7 @@ def render_html(report: Report, data: PatternData, generated_at: str) -> str:
         "<h2>Answer</h2>",
         '<ul class="conclusions">' + "".join(f"<li>{_e(c)}</li>" for c in report.conclusions) + "</ul>",
         "<h2>Data</h2>",
-        "<ul>" + "".join(f"<li>{_e(line)}</li>" for line in source_lines(data)) + "</ul>",
+        "<ul>" + "".join(f"<li>{_e(line)}</li>" for line in source_lines(data, report.simulation_only)) + "</ul>",
         *(f'<p class="note">{_e(n)}</p>' for n in report.notes),
         "<h2>Designs</h2>",
         "<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in report.designs.items()) + "</dl>",
@@ -408,7 +413,7 @@ def render_markdown(report: Report, data: PatternData, generated_at: str) -> str
     lines = [f"# {report.pattern}: {report.question}", "", report.headline, "",
              f"_Generated {generated_at}; the full report with plots is index.html beside this file._", "",
              "## Conclusions", "", *(f"- {c}" for c in report.conclusions), "",
-             "## Data", "", *(f"- {line}" for line in source_lines(data)), *(f"- {n}" for n in report.notes), "",
+             "## Data", "", *(f"- {line}" for line in source_lines(data, report.simulation_only)), *(f"- {n}" for n in report.notes), "",
              "## Designs", "", *(f"- **{k}**: {v}" for k, v in report.designs.items()), "",
              "## Workload", "", *(f"- {w}" for w in report.workload), "",
              "## Results", ""]
