@@ -10,9 +10,10 @@ With `--processes N`, pass `-u N` so each process gets its driver. `saaslab load
 of this (service per scheduler design, the delay fault, the solo baseline, the checker).
 
 Environment: `SAASLAB_LOAD_POINT` (default 0.5), `SAASLAB_SEED` (default 1),
-`SAASLAB_LOAD_WORKLOAD` (JSON keyword arguments of `scenarios.tenancy.noisy_neighbour`, e.g.
-`{"duration_s": 10, "burst": false}`), `SAASLAB_PROBE_OBJECTS` (default 6), `SAASLAB_LOAD_OUT`
-(where each process writes its counters and history).
+`SAASLAB_LOAD_WORKLOAD` (JSON keyword arguments of `scenarios.tenancy.noisy_neighbour`; empty,
+the simulation's canonical workload; `{"duration_s": 6, "burst": false}` is its solo baseline),
+`SAASLAB_PROBE_OBJECTS` (default 6), `SAASLAB_LOAD_OUT` (where each process writes its counters
+and history).
 """
 
 from __future__ import annotations

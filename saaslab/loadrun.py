@@ -2,11 +2,14 @@
 
 For tenancy, each scheduler design gets a service of its own (a uvicorn subprocess with lab mode
 on, `SLOTS` scheduler slots and the delay fault at `tenancy.query`, so every request holds a slot
-for `SERVICE_MS`: the server the simulation models). Against it Locust replays the
-noisy-neighbour schedule (open model, the same seeded arrivals the simulation replays) and then
-the same traffic without the burst (the solo baseline). Once per run the cross-tenant probe runs
-too. Everything lands in `<out>/live/`: `results.csv` and `run.json` (the simulation's metric
-names, source "live"), `history.jsonl`, `state.json` (objects read back per tenant) and
+for `SERVICE_MS`: the server the simulation models). Against it Locust replays the canonical
+noisy-neighbour schedule (open model, the very workload and seeded arrivals the simulation
+replays) and then its solo baseline (the same traffic without the burst). Around each run the
+service's gate counters are read from /metrics, so the rows also say how long a request really
+held its slot and how much of its latency no slot accounts for: the numbers the simulation's
+`SLOT_OVERHEAD_MS` and `OUTSIDE_SLOT_MS` are calibrated from. Once per run the cross-tenant probe
+runs too. Everything lands in `<out>/live/`: `results.csv` and `run.json` (the simulation's
+metric names, source "live"), `history.jsonl`, `state.json` (objects read back per tenant) and
 `check.json` (the invariants).
 
 Locust runs headless in a subprocess. In full mode it forks min(2, cores) worker processes
@@ -22,6 +25,7 @@ import contextlib
 import ctypes
 import importlib.util
 import json
+import math
 import os
 import re
 import secrets
@@ -30,12 +34,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 import loadtests
 from loadtests.common.openmodel import DEFAULT_MAX_IN_FLIGHT, OpenModelResult
@@ -59,9 +64,8 @@ CLIENT_TIMEOUT_S = 30.0
 LOCUST_OVERHEAD_S = 30.0
 """Start-up, provisioning and the shared start margin, on top of the workload and its drain."""
 
-QUICK_BURST = {"duration_s": 10.0, "burst_start_s": 3.0, "burst_length_s": 4.0}
-QUICK_SOLO_S = 6.0
-FULL_SOLO_S = 10.0
+DELAY_MS = round(scenario.SERVICE_MS)
+"""The lab-mode delay at `FAULT_POINT`: the part of a slot hold the simulation calls `SERVICE_MS`."""
 PROBE_OBJECTS = 6
 
 
@@ -266,6 +270,7 @@ class TenancyPlan:
 
 def tenancy_plan(settings: Settings, *, quick: bool, host: str | None, rate: float | None,
                  duration: float | None) -> TenancyPlan:
+    """The simulation's canonical workload (quick: one load point), unless `rate`/`duration` override it."""
     designs = scenario.DESIGNS if host is None else (settings.scheduler,)
     if rate is not None:
         load_points: tuple[float, ...] = (round(rate / scenario.CAPACITY_RPS, 6),)
@@ -273,13 +278,19 @@ def tenancy_plan(settings: Settings, *, quick: bool, host: str | None, rate: flo
         load_points = (0.5,) if quick else scenario.LOAD_POINTS
     if duration is not None:
         burst = {"duration_s": duration, "burst_start_s": duration / 3, "burst_length_s": duration / 3}
-    elif quick:
-        burst = dict(QUICK_BURST)
     else:
-        burst = {"duration_s": scenario.DURATION_S, "burst_start_s": 5.0, "burst_length_s": 5.0}
-    solo_s = min(burst["duration_s"], QUICK_SOLO_S if quick else FULL_SOLO_S)
+        burst = {"duration_s": scenario.DURATION_S, "burst_start_s": scenario.BURST_START_S,
+                 "burst_length_s": scenario.BURST_LENGTH_S}
+    solo_s = min(burst["duration_s"], scenario.SOLO_DURATION_S)
     processes = 1 if quick else max(1, min(2, os.cpu_count() or 1))
     return TenancyPlan(designs, load_points, burst, {"duration_s": solo_s, "burst": False}, processes)
+
+
+def _pooled(result: OpenModelResult, names: Iterable[str]) -> LatencyHistogram:
+    h = LatencyHistogram()
+    for n in names:
+        h.add(result.tenants[n].latency)
+    return h
 
 
 def tenancy_rows(key: RunKey, burst: OpenModelResult, solo: OpenModelResult) -> list[Row]:
@@ -297,14 +308,8 @@ def tenancy_rows(key: RunKey, burst: OpenModelResult, solo: OpenModelResult) -> 
             key.row(t, "goodput", c.within_slo / duration, "rps"),
         ]
 
-    def pooled(result: OpenModelResult, names: tuple[str, ...]) -> LatencyHistogram:
-        h = LatencyHistogram()
-        for n in names:
-            h.add(result.tenants[n].latency)
-        return h
-
-    quiet_p99 = pooled(burst, scenario.QUIET).percentile_ms(99)
-    solo_quiet_p99 = pooled(solo, scenario.QUIET).percentile_ms(99)
+    quiet_p99 = _pooled(burst, scenario.QUIET).percentile_ms(99)
+    solo_quiet_p99 = _pooled(solo, scenario.QUIET).percentile_ms(99)
     served = [burst.tenants[t].within_slo / burst.tenants[t].offered if burst.tenants[t].offered else float("nan")
               for t in tenants]
     total = [burst.tenants[t] for t in tenants]
@@ -321,6 +326,70 @@ def tenancy_rows(key: RunKey, burst: OpenModelResult, solo: OpenModelResult) -> 
         key.row(ALL_TENANTS, "errors", sum(c.errors for c in total), "requests"),
         key.row(ALL_TENANTS, "timeouts", sum(c.timeouts for c in total), "requests"),
         key.row(ALL_TENANTS, "send_lag_p99", burst.send_lag.percentile_ms(99), "ms"),
+    ]
+
+
+GATE_COUNTERS = {"holds": "saaslab_scheduler_holds_total", "hold_s": "saaslab_scheduler_hold_seconds_total",
+                 "hold_s2": "saaslab_scheduler_hold_seconds_squared_total",
+                 "wait_s": "saaslab_scheduler_wait_seconds_total"}
+
+
+@dataclass(frozen=True)
+class GateCounters:
+    """The service's scheduler-gate counters at one moment; a difference of two covers a run."""
+
+    holds: float
+    """Slots given back."""
+    hold_s: float
+    """Their holds, grant to release, summed."""
+    hold_s2: float
+    """The squares of their holds, summed."""
+    wait_s: float
+    """Time granted requests queued for their slot."""
+
+    def __sub__(self, other: GateCounters) -> GateCounters:
+        return GateCounters(self.holds - other.holds, self.hold_s - other.hold_s, self.hold_s2 - other.hold_s2,
+                            self.wait_s - other.wait_s)
+
+
+def read_gate(url: str) -> GateCounters:
+    """The gate's counters from the service's /metrics."""
+    try:
+        resp = httpx.get(f"{url}/metrics", timeout=CLIENT_TIMEOUT_S)
+        resp.raise_for_status()
+    except httpx.HTTPError as e:
+        raise ServiceError(f"could not read {url}/metrics: {e}") from None
+    samples = {s.name: s.value for family in text_string_to_metric_families(resp.text) for s in family.samples}
+    missing = [name for name in GATE_COUNTERS.values() if name not in samples]
+    if missing:
+        raise ServiceError(f"{url}/metrics has no {', '.join(missing)}: is the service an older version?")
+    return GateCounters(**{field: samples[name] for field, name in GATE_COUNTERS.items()})
+
+
+def slot_rows(key: RunKey, gate: GateCounters, result: OpenModelResult, *, prefix: str = "") -> list[Row]:
+    """Where one run's request time went, from the gate's counters over the run and the client's latencies.
+
+    `slot_hold_ms` is the mean time a request held its slot (the simulation's service time) and
+    `slot_hold_sd_ms` its standard deviation, `service_overhead_ms` the mean less the injected
+    delay, and `outside_slot_ms` the client's
+    total latency less all queueing for and holding of slots, per completed request: what no
+    slot accounts for (HTTP on both sides, the auth middleware and its Redis round trip, Locust
+    itself). Totals rather than means, because the gate also counts the few requests that set
+    the run up (they never queue), which would otherwise dilute the burst's long mean wait.
+    `prefix` names the run ("solo_" for the baseline). With another client on the service
+    (`--host`) its requests count too.
+    """
+    client = _pooled(result, result.tenants)
+    if gate.holds <= 0 or client.count == 0:
+        return []
+    hold_ms = gate.hold_s / gate.holds * 1000
+    sd_ms = math.sqrt(max(0.0, gate.hold_s2 / gate.holds - (gate.hold_s / gate.holds) ** 2)) * 1000
+    outside_ms = client.mean_ms() - (gate.wait_s + gate.hold_s) * 1000 / client.count
+    return [
+        key.row(ALL_TENANTS, f"{prefix}slot_hold_ms", hold_ms, "ms"),
+        key.row(ALL_TENANTS, f"{prefix}slot_hold_sd_ms", sd_ms, "ms"),
+        key.row(ALL_TENANTS, f"{prefix}service_overhead_ms", hold_ms - DELAY_MS, "ms"),
+        key.row(ALL_TENANTS, f"{prefix}outside_slot_ms", outside_ms, "ms"),
     ]
 
 
@@ -394,20 +463,24 @@ def run_tenancy(settings: Settings, out: Path, *, quick: bool = False, host: str
                      log_path=logs / f"service-{design}.log", host=host, progress=progress) as svc:
             try:
                 clear_faults(svc.url, token)
-                arm_fault(svc.url, token, FAULT_POINT, "delay", delay_ms=round(scenario.SERVICE_MS))
+                arm_fault(svc.url, token, FAULT_POINT, "delay", delay_ms=DELAY_MS)
                 for lp in plan.load_points:
                     tag = f"{design}-lp{lp:g}"
+                    before = read_gate(svc.url)
                     burst = run_locust(svc.url, "NoisyNeighbour", label=f"{tag}-burst", token=token,
                                        env=_noisy_env(lp, plan.seed, plan.burst), processes=plan.processes,
                                        budget_s=budget, logs=logs, progress=progress)
+                    between = read_gate(svc.url)
                     solo = run_locust(svc.url, "NoisyNeighbour", label=f"{tag}-solo", token=token,
                                       env=_noisy_env(lp, plan.seed, plan.solo), processes=plan.processes,
                                       budget_s=plan.solo["duration_s"] + CLIENT_TIMEOUT_S, logs=logs,
                                       progress=progress)
+                    after = read_gate(svc.url)
                     key = RunKey(run_id=run_id, pattern=scenario.PATTERN, design=design, seed=plan.seed,
                                  load_point=lp, source="live")
                     b, s = burst.open_model(), solo.open_model()
-                    point_rows = tenancy_rows(key, b, s)
+                    point_rows = [*tenancy_rows(key, b, s), *slot_rows(key, between - before, b),
+                                  *slot_rows(key, after - between, s, prefix="solo_")]
                     rows += point_rows
                     got = {r.metric: r.value for r in point_rows if r.tenant == ALL_TENANTS}
                     measured.append({"design": design, "load_point": lp, "burst_wall_s": round(burst.wall_s, 1),
@@ -415,7 +488,10 @@ def run_tenancy(settings: Settings, out: Path, *, quick: bool = False, host: str
                     if progress:
                         progress(f"{tag}: quiet p99 {got['quiet_p99']:.0f} ms (solo {got['solo_quiet_p99']:.0f} ms,"
                                  f" x{got['quiet_p99_vs_solo']:.2f}), jain {got['jain_index']:.3f}, sent "
-                                 f"{b.sent_rate:.1f}/s of {b.target_rate:.1f}/s, dropped {b.dropped}")
+                                 f"{b.sent_rate:.1f}/s of {b.target_rate:.1f}/s, dropped {b.dropped}; slot hold "
+                                 f"{got.get('slot_hold_ms', math.nan):.1f} ms, outside the slot "
+                                 f"{got.get('outside_slot_ms', math.nan):.1f} ms (solo "
+                                 f"{got.get('solo_outside_slot_ms', math.nan):.1f} ms)")
                     history += burst.history + solo.history
                     states.append(read_state(svc.url, {**burst.api_keys, **solo.api_keys}))
                 if design == plan.designs[0]:
@@ -446,7 +522,7 @@ def run_tenancy(settings: Settings, out: Path, *, quick: bool = False, host: str
         "locust_processes": plan.processes,
         "client_timeout_s": CLIENT_TIMEOUT_S,
         "max_in_flight": DEFAULT_MAX_IN_FLIGHT,
-        "fault": {"point": FAULT_POINT, "mode": "delay", "delay_ms": round(scenario.SERVICE_MS)},
+        "fault": {"point": FAULT_POINT, "mode": "delay", "delay_ms": DELAY_MS},
         "measured": measured,
         "checks": {r.name: r.valid for r in results},
         "wall_s": round(time.monotonic() - started, 1),

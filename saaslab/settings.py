@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # `leaky` forgets the tenant filter on purpose: the unsafe design the checker must catch.
 IsolationDesign = Literal["filtered", "rls", "schema", "leaky"]
 SchedulerDesign = Literal["fifo", "bulkhead", "wfq"]
+RateLimitDesign = Literal["off", "fixed_window", "sliding_log", "sliding_counter", "token_bucket", "gcra", "naive"]
 
 
 class Settings(BaseSettings):
@@ -42,3 +43,14 @@ class Settings(BaseSettings):
     db_pool_min: int = Field(default=2, ge=1)
     db_pool_max: int = Field(default=10, ge=1)
     max_body_bytes: int = 1024 * 1024
+
+    # ratelimit (CONTRACT.md "Rate limiting"); `naive` is the unsafe two-round-trip design.
+    ratelimit: RateLimitDesign = "token_bucket"
+    # `shadow` decides and reports (headers, metrics) but never refuses.
+    ratelimit_mode: Literal["enforce", "shadow"] = "enforce"
+    # When Redis cannot decide: `open` admits, `closed` answers 503.
+    ratelimit_failure: Literal["open", "closed"] = "open"
+    ratelimit_timeout_ms: int = Field(default=50, ge=1)
+    # The limiter's circuit breaker: consecutive failures that open it, and how long it stays open.
+    ratelimit_breaker_fail_max: int = Field(default=5, ge=1)
+    ratelimit_breaker_reset_s: float = Field(default=1.0, gt=0)

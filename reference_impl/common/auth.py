@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from fastapi import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reference_impl.common.per_request import PerRequest
 from reference_impl.common.problem import tenant_in_request, unauthorized
@@ -59,8 +59,9 @@ class TenantAuthMiddleware:
     """Every request under `prefix` names its tenant by API key; nothing else can name it.
 
     Resolves the key (401 if missing or unknown), refuses a tenant named in the query string (422),
-    then makes the request's one Redis round trip (`PerRequest.admit`). Routes read the tenant from
-    `scope[TENANT_SCOPE_KEY]`.
+    then makes the request's one Redis round trip (`PerRequest.admit`): a refused request (429, or
+    503 from a fail-closed limiter) gets its problem; an admitted one gets the admission's headers.
+    Routes read the tenant from `scope[TENANT_SCOPE_KEY]`.
     """
 
     def __init__(self, app: ASGIApp, *, resolver: TenantResolver, per_request: PerRequest,
@@ -96,5 +97,19 @@ class TenantAuthMiddleware:
                 await tenant_in_request(smuggled, "query string").send(send)
                 return
         scope[TENANT_SCOPE_KEY] = tenant
-        scope[ADMISSION_SCOPE_KEY] = await self.per_request.admit(tenant.id)
+        admission = scope[ADMISSION_SCOPE_KEY] = await self.per_request.admit(tenant)
+        if admission.refusal is not None:
+            await admission.refusal.send(send)
+            return
+        if admission.headers:
+            send = _adding_headers(send, admission.headers)
         await self.app(scope, receive, send)
+
+
+def _adding_headers(send: Send, headers: tuple[tuple[bytes, bytes], ...]) -> Send:
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), *headers]
+        await send(message)
+
+    return send_with_headers

@@ -6,7 +6,7 @@ costs a dict lookup, a counter increment and a histogram observation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -56,6 +56,10 @@ class Metrics:
         """A counter kept elsewhere as a plain number, read at scrape time."""
         self.registry.register(_ReadCounter(name, doc, read))
 
+    def counter_family(self, name: str, doc: str, label: str, read: Callable[[], Mapping[str, float]]) -> None:
+        """Counters kept elsewhere as a dict of plain numbers (one per `label` value), read at scrape time."""
+        self.registry.register(_ReadCounterFamily(name, doc, label, read))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -66,3 +70,14 @@ class _ReadCounter(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(self._name, self._doc, value=self._read())
+
+
+class _ReadCounterFamily(Collector):
+    def __init__(self, name: str, doc: str, label: str, read: Callable[[], Mapping[str, float]]) -> None:
+        self._name, self._doc, self._label, self._read = name, doc, label, read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._doc, labels=(self._label,))
+        for value, count in self._read().items():
+            family.add_metric((value,), count)
+        yield family

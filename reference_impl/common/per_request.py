@@ -1,7 +1,7 @@
 """The single Redis round trip of a /v1 request (DESIGN.md: at most one for all per-request patterns).
 
-Today it meters usage; per-request patterns added later (rate limiting) join the same Lua script
-and extend `Admission`, rather than adding round trips.
+With rate limiting off it only meters usage (per_request.lua). With it on, the limiter's own script
+decides and meters in the same round trip (`reference_impl.ratelimit.service`), never both.
 """
 
 from __future__ import annotations
@@ -10,10 +10,15 @@ import calendar
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from redis.asyncio import Redis
-
+from reference_impl.common.problem import Problem
+from reference_impl.common.redis_client import ScriptRunner
 from reference_impl.tenancy.core import usage_key, usage_period
+
+if TYPE_CHECKING:
+    from reference_impl.common.auth import Tenant
+    from reference_impl.ratelimit.service import RateLimitService
 
 SCRIPT = (Path(__file__).parent / "per_request.lua").read_text()
 # Usage counters outlive their month long enough to bill it afterwards.
@@ -23,12 +28,18 @@ USAGE_TTL_S = 62 * 24 * 3600
 @dataclass(frozen=True, slots=True)
 class Admission:
     period: str
-    requests: int
+    requests: int | None
+    """None when Redis could not count this request (the rate limiter failed open or closed)."""
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    """Added to the response (the `RateLimit-*` headers)."""
+    refusal: Problem | None = None
+    """When set, the answer instead of the route's (429, or 503 from a fail-closed limiter)."""
 
 
 class PerRequest:
-    def __init__(self, redis: Redis, prefix: str) -> None:
-        self._script = redis.register_script(SCRIPT)
+    def __init__(self, redis_url: str, prefix: str, limiter: RateLimitService | None = None) -> None:
+        self._script = ScriptRunner(redis_url, SCRIPT)
+        self._limiter = limiter
         self._prefix = prefix
         self._period = ""
         self._period_ends = 0.0
@@ -41,7 +52,14 @@ class PerRequest:
             self._period_ends = calendar.timegm((year + month // 12, month % 12 + 1, 1, 0, 0, 0))
         return self._period
 
-    async def admit(self, tenant_id: str) -> Admission:
+    async def close(self) -> None:
+        await self._script.close()
+        if self._limiter is not None:
+            await self._limiter.close()
+
+    async def admit(self, tenant: Tenant) -> Admission:
         period = self._current_period()
-        used = await self._script(keys=[usage_key(self._prefix, tenant_id, period)], args=[USAGE_TTL_S])
+        if self._limiter is not None:
+            return await self._limiter.admit(tenant, period)
+        used = await self._script((usage_key(self._prefix, tenant.id, period),), (USAGE_TTL_S,))
         return Admission(period, int(used))

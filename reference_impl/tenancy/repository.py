@@ -6,30 +6,35 @@ ownership themselves. The designs differ only in *where* isolation is enforced:
 * `filtered` (FilteredStore): shared tables; every query carries `tenant_id = %(tenant)s`.
 * `rls` (RlsStore): shared tables; queries carry no tenant filter at all, and PostgreSQL row-level
   security (schema.sql) hides other tenants' rows from the `saaslab_app` role each transaction runs as.
-* `schema` (SchemaStore): one PostgreSQL schema per tenant with its own tables; names are built
-  with psycopg.sql.Identifier, never by formatting strings.
+* `schema` (SchemaStore): one PostgreSQL schema per tenant with its own tables; names are quoted
+  identifiers (`quote_ident`) made from the tenant's UUID, never from anything a client sent.
 * `leaky` (LeakyStore): DELIBERATELY UNSAFE. Like `filtered`, but get and delete by id forget the
   tenant filter, so any tenant can read or delete another tenant's object if it knows the id
   (OWASP API1, BOLA). It exists only so the isolation checker can be shown to catch a leak.
   Never select it for anything but that demonstration.
 
 Tenants themselves live in the shared `tenants` table (TenantDirectory), whatever the design.
+Statements are written with `%(name)s` placeholders and numbered (`$1`, `$2`) once, at start-up;
+asyncpg prepares each on first use per connection and reuses it after.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import contextlib
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID, uuid4
 
-from psycopg import AsyncConnection, errors, sql
-from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+import asyncpg
 
 from reference_impl.common.auth import Tenant
+from reference_impl.common.db import Pool
 from reference_impl.common.faults import Faults
 from reference_impl.tenancy.core import hash_api_key, new_api_key
 
@@ -40,8 +45,14 @@ FAULT_POINTS = {
     COMMIT_POINT: "inside a write's transaction, just before COMMIT (timeout_after_effect: after it)",
 }
 
-Row = tuple[Any, ...]
+Row = asyncpg.Record
 T = TypeVar("T")
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+def quote_ident(name: str) -> str:
+    """A PostgreSQL identifier, quoted (as `quote_ident` in SQL does for names that need it)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,34 +77,54 @@ class Position:
 
 
 @dataclass(frozen=True, slots=True)
+class Statement:
+    sql: str
+    params: tuple[str, ...]
+    """Parameter names in `$n` order."""
+
+    @classmethod
+    def parse(cls, template: str) -> Statement:
+        """`%(name)s` placeholders become `$1`, `$2`, ... in order of first use."""
+        names: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            if match[1] not in names:
+                names.append(match[1])
+            return f"${names.index(match[1]) + 1}"
+
+        return cls(_PLACEHOLDER.sub(number, template), tuple(names))
+
+    def args(self, values: Mapping[str, Any]) -> list[Any]:
+        return [values[name] for name in self.params]
+
+
+@dataclass(frozen=True, slots=True)
 class Queries:
-    insert: str
-    get: str
-    delete: str
-    first_page: str
-    next_page: str
+    insert: Statement
+    get: Statement
+    delete: Statement
+    first_page: Statement
+    next_page: Statement
 
 
-def _queries(table: Table, relation: sql.Composable, *, tenant_column: sql.Composable | None,
-             filter_lists: bool, filter_by_id: bool) -> Queries:
-    """The five statements of one table under one design, rendered once to strings.
+def _queries(table: Table, relation: str, *, tenant_value: str | None, filter_lists: bool,
+             filter_by_id: bool) -> Queries:
+    """The five statements of one table under one design.
 
-    `tenant_column` is the value stored in `tenant_id` on insert (None: the table has no such column);
+    `tenant_value` is the SQL stored in `tenant_id` on insert (None: the table has no such column);
     the filter flags say which statements add `tenant_id = %(tenant)s`.
     """
-    columns = sql.SQL(", ").join(map(sql.Identifier, table.columns))
-    writable = [sql.Identifier(c) for c in table.writable]
-    values = [sql.Placeholder(c) for c in table.writable]
-    if tenant_column is not None:
-        writable.insert(0, sql.Identifier("tenant_id"))
-        values.insert(0, tenant_column)
-    scope = sql.SQL("tenant_id = %(tenant)s AND ")
-    no_scope = sql.SQL("")
+    columns = ", ".join(map(quote_ident, table.columns))
+    writable = [quote_ident(c) for c in table.writable]
+    values = [f"%({c})s" for c in table.writable]
+    if tenant_value is not None:
+        writable.insert(0, quote_ident("tenant_id"))
+        values.insert(0, tenant_value)
 
-    def render(template: str, scoped: bool) -> str:
-        return sql.SQL(template).format(relation=relation, columns=columns, scope=scope if scoped else no_scope,
-                                        writable=sql.SQL(", ").join(writable),
-                                        values=sql.SQL(", ").join(values)).as_string(None)
+    def render(template: str, scoped: bool) -> Statement:
+        return Statement.parse(template.format(relation=relation, columns=columns,
+                                               scope="tenant_id = %(tenant)s AND " if scoped else "",
+                                               writable=", ".join(writable), values=", ".join(values)))
 
     return Queries(
         insert=render("INSERT INTO {relation} ({writable}) VALUES ({values}) RETURNING {columns}", False),
@@ -106,16 +137,42 @@ def _queries(table: Table, relation: sql.Composable, *, tenant_column: sql.Compo
     )
 
 
+class _Transaction:
+    """Opens a transaction with `begin` (BEGIN plus any SET LOCAL, one round trip) and ends it.
+
+    COMMIT on success. After an exception, a best-effort ROLLBACK; if the connection is mid-operation
+    (cancelled) that fails, the transaction stays open, and the pool terminates the connection.
+    """
+
+    __slots__ = ("_conn", "_begin")
+
+    def __init__(self, conn: asyncpg.Connection, begin: str) -> None:
+        self._conn = conn
+        self._begin = begin
+
+    async def __aenter__(self) -> None:
+        await self._conn.execute(self._begin)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if exc is None:
+            await self._conn.execute("COMMIT")
+        elif isinstance(exc, Exception) and not self._conn.is_closed():
+            with contextlib.suppress(Exception):
+                await self._conn.execute("ROLLBACK")
+
+
 class Store:
     """Tenant-scoped storage. Subclasses choose the design; the interface is the same for all.
 
     Writes run in a transaction with the `tenancy.commit` fault point just before COMMIT; reads
-    are single statements on an autocommit connection (one round trip).
+    are single autocommit statements (one round trip) unless the design needs a transaction.
     """
 
     design: ClassVar[str]
+    WRITE_BEGIN: ClassVar[str] = "BEGIN"
 
-    def __init__(self, pool: AsyncConnectionPool, faults: Faults) -> None:
+    def __init__(self, pool: Pool, faults: Faults) -> None:
         self._pool = pool
         self._faults = faults
 
@@ -125,83 +182,72 @@ class Store:
     def _sql(self, tenant: Tenant, table: Table) -> Queries:
         raise NotImplementedError
 
-    @asynccontextmanager
-    async def _reading(self, tenant: Tenant) -> AsyncIterator[AsyncConnection]:
+    def _read_begin(self, tenant: Tenant) -> str | None:
+        """What opens a read's transaction; None: a read is one autocommit statement."""
+        return None
+
+    def _write_begin(self, tenant: Tenant) -> str:
+        return self.WRITE_BEGIN
+
+    async def _read(self, tenant: Tenant, statement: Statement, values: Mapping[str, Any], *, one: bool) -> Any:
+        args = statement.args(values)
+        begin = self._read_begin(tenant)
         async with self._pool.connection() as conn:
-            yield conn
+            if begin is None:
+                return await (conn.fetchrow if one else conn.fetch)(statement.sql, *args)
+            async with _Transaction(conn, begin):
+                return await (conn.fetchrow if one else conn.fetch)(statement.sql, *args)
 
-    @asynccontextmanager
-    async def _writing(self, tenant: Tenant) -> AsyncIterator[AsyncConnection]:
-        async with self._pool.connection() as conn, conn.transaction():
-            yield conn
+    async def _write(self, tenant: Tenant, statement: Statement, values: Mapping[str, Any],
+                     execute: Callable[[asyncpg.Connection, str, list[Any]], Awaitable[T]]) -> T:
+        args = statement.args(values)
+        async with self._pool.connection() as conn, _Transaction(conn, self._write_begin(tenant)):
+            result = await execute(conn, statement.sql, args)
             await self._faults.before(COMMIT_POINT)
-
-    async def _run(self, tenant: Tenant, work: Callable[[], Awaitable[T]]) -> T:
-        return await work()
+        return result
 
     async def insert(self, tenant: Tenant, table: Table, values: dict[str, Any]) -> Row:
-        params = {**values, "tenant": tenant.id}
-
-        async def work() -> Row:
-            async with self._writing(tenant) as conn:
-                cur = await conn.execute(self._sql(tenant, table).insert, params)
-                row = await cur.fetchone()
+        async def returning(conn: asyncpg.Connection, query: str, args: list[Any]) -> Row:
+            row = await conn.fetchrow(query, *args)
             assert row is not None
             return row
 
-        row = await self._run(tenant, work)
+        row = await self._write(tenant, self._sql(tenant, table).insert, {**values, "tenant": tenant.id}, returning)
         self._faults.after(COMMIT_POINT)
         return row
 
-    async def get(self, tenant: Tenant, table: Table, object_id: UUID) -> Row | None:
-        params = {"tenant": tenant.id, "id": object_id}
-
-        async def work() -> Row | None:
-            async with self._reading(tenant) as conn:
-                cur = await conn.execute(self._sql(tenant, table).get, params)
-                return await cur.fetchone()
-
-        return await self._run(tenant, work)
+    def get(self, tenant: Tenant, table: Table, object_id: UUID) -> Awaitable[Row | None]:
+        # A plain function handing back `_read`'s coroutine: one coroutine frame less on the hot path.
+        return self._read(tenant, self._sql(tenant, table).get, {"tenant": tenant.id, "id": object_id}, one=True)
 
     async def delete(self, tenant: Tenant, table: Table, object_id: UUID) -> bool:
-        params = {"tenant": tenant.id, "id": object_id}
+        async def deleted_one(conn: asyncpg.Connection, query: str, args: list[Any]) -> bool:
+            return await conn.execute(query, *args) == "DELETE 1"
 
-        async def work() -> bool:
-            async with self._writing(tenant) as conn:
-                cur = await conn.execute(self._sql(tenant, table).delete, params)
-            return cur.rowcount == 1
-
-        deleted = await self._run(tenant, work)
+        deleted = await self._write(tenant, self._sql(tenant, table).delete,
+                                    {"tenant": tenant.id, "id": object_id}, deleted_one)
         self._faults.after(COMMIT_POINT)
         return deleted
 
-    async def page(self, tenant: Tenant, table: Table, limit: int, after: Position | None) -> list[Row]:
+    def page(self, tenant: Tenant, table: Table, limit: int, after: Position | None) -> Awaitable[list[Row]]:
         """Up to `limit` rows in (created_at, id) order, starting after `after`."""
         queries = self._sql(tenant, table)
         if after is None:
-            query, params = queries.first_page, {"tenant": tenant.id, "limit": limit}
-        else:
-            query = queries.next_page
-            params = {"tenant": tenant.id, "limit": limit, "after_ts": after.created_at, "after_id": after.id}
-
-        async def work() -> list[Row]:
-            async with self._reading(tenant) as conn:
-                cur = await conn.execute(query, params)
-                return await cur.fetchall()
-
-        return await self._run(tenant, work)
+            return self._read(tenant, queries.first_page, {"tenant": tenant.id, "limit": limit}, one=False)
+        values = {"tenant": tenant.id, "limit": limit, "after_ts": after.created_at, "after_id": after.id}
+        return self._read(tenant, queries.next_page, values, one=False)
 
 
 class FilteredStore(Store):
     design = "filtered"
 
-    def __init__(self, pool: AsyncConnectionPool, faults: Faults) -> None:
+    def __init__(self, pool: Pool, faults: Faults) -> None:
         super().__init__(pool, faults)
         self._queries = {t.name: self._build(t) for t in TABLES}
 
     def _build(self, table: Table) -> Queries:
-        return _queries(table, sql.Identifier(table.name), tenant_column=sql.Placeholder("tenant"),
-                        filter_lists=True, filter_by_id=True)
+        return _queries(table, quote_ident(table.name), tenant_value="%(tenant)s", filter_lists=True,
+                        filter_by_id=True)
 
     def _sql(self, tenant: Tenant, table: Table) -> Queries:
         return self._queries[table.name]
@@ -213,8 +259,8 @@ class LeakyStore(FilteredStore):
     design = "leaky"
 
     def _build(self, table: Table) -> Queries:
-        return _queries(table, sql.Identifier(table.name), tenant_column=sql.Placeholder("tenant"),
-                        filter_lists=True, filter_by_id=False)
+        return _queries(table, quote_ident(table.name), tenant_value="%(tenant)s", filter_lists=True,
+                        filter_by_id=False)
 
 
 class RlsStore(Store):
@@ -222,42 +268,38 @@ class RlsStore(Store):
 
     The queries deliberately carry NO tenant filter (and take the inserted tenant_id from the
     setting, not from a parameter): if the policies were missing, this design would leak, which
-    is exactly what makes it a test of RLS. Each transaction switches to the `saaslab_app` role
-    (subject to the policies) and sets `saaslab.tenant_id`, both transaction-local, so nothing
-    survives on the pooled connection. `set_config('role', ..., true)` is the function form of
-    `SET LOCAL ROLE`, which lets one statement do both. (psycopg's pipeline mode would save round
-    trips but costs more CPU per request than it saves here, and the service is CPU-bound.)
+    is exactly what makes it a test of RLS. Every statement, reads included, runs in a transaction
+    that first switches to the `saaslab_app` role (subject to the policies) and sets
+    `saaslab.tenant_id`, both with SET LOCAL, so nothing survives on the pooled connection. BEGIN
+    and both SETs travel as one simple-protocol message: one round trip, not three.
     """
 
     design = "rls"
     ROLE = "saaslab_app"
-    ENTER_TENANT = f"SELECT set_config('role', '{ROLE}', true), set_config('saaslab.tenant_id', %s, true)"
+    MAX_CACHED_TENANTS = 4096
 
-    def __init__(self, pool: AsyncConnectionPool, faults: Faults) -> None:
+    def __init__(self, pool: Pool, faults: Faults) -> None:
         super().__init__(pool, faults)
-        tenant_from_setting = sql.SQL("current_setting('saaslab.tenant_id')::uuid")
-        self._queries = {t.name: _queries(t, sql.Identifier(t.name), tenant_column=tenant_from_setting,
+        tenant_from_setting = "current_setting('saaslab.tenant_id')::uuid"
+        self._queries = {t.name: _queries(t, quote_ident(t.name), tenant_value=tenant_from_setting,
                                           filter_lists=False, filter_by_id=False) for t in TABLES}
+        self._begin: dict[str, str] = {}
 
     def _sql(self, tenant: Tenant, table: Table) -> Queries:
         return self._queries[table.name]
 
-    @asynccontextmanager
-    async def _as_tenant(self, tenant: Tenant) -> AsyncIterator[AsyncConnection]:
-        async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute(self.ENTER_TENANT, (tenant.id,))
-            yield conn
+    def _read_begin(self, tenant: Tenant) -> str:
+        begin = self._begin.get(tenant.id)
+        if begin is None:
+            if len(self._begin) >= self.MAX_CACHED_TENANTS:
+                del self._begin[next(iter(self._begin))]
+            # SET takes no parameters, so the id is a literal: re-rendered from a parsed UUID, it can
+            # only hold hex digits and dashes.
+            begin = self._begin[tenant.id] = (f"BEGIN; SET LOCAL ROLE {self.ROLE}; "
+                                              f"SET LOCAL saaslab.tenant_id = '{UUID(tenant.id)}'")
+        return begin
 
-    @asynccontextmanager
-    async def _reading(self, tenant: Tenant) -> AsyncIterator[AsyncConnection]:
-        async with self._as_tenant(tenant) as conn:
-            yield conn
-
-    @asynccontextmanager
-    async def _writing(self, tenant: Tenant) -> AsyncIterator[AsyncConnection]:
-        async with self._as_tenant(tenant) as conn:
-            yield conn
-            await self._faults.before(COMMIT_POINT)
+    _write_begin = _read_begin
 
 
 class SchemaStore(Store):
@@ -266,7 +308,7 @@ class SchemaStore(Store):
     design = "schema"
     MAX_CACHED_TENANTS = 4096
 
-    def __init__(self, pool: AsyncConnectionPool, faults: Faults) -> None:
+    def __init__(self, pool: Pool, faults: Faults) -> None:
         super().__init__(pool, faults)
         self._queries: dict[str, dict[str, Queries]] = {}
 
@@ -279,43 +321,50 @@ class SchemaStore(Store):
         if per_table is None:
             if len(self._queries) >= self.MAX_CACHED_TENANTS:
                 del self._queries[next(iter(self._queries))]
-            schema = self.schema_name(tenant)
+            schema = quote_ident(self.schema_name(tenant))
             per_table = self._queries[tenant.id] = {
-                t.name: _queries(t, sql.Identifier(schema, t.name), tenant_column=None,
+                t.name: _queries(t, f"{schema}.{quote_ident(t.name)}", tenant_value=None,
                                  filter_lists=False, filter_by_id=False) for t in TABLES}
         return per_table[table.name]
 
     async def provision(self, tenant: Tenant) -> None:
-        schema = sql.Identifier(self.schema_name(tenant))
+        schema = quote_ident(self.schema_name(tenant))
         statements = [
-            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema),
-            sql.SQL("CREATE TABLE IF NOT EXISTS {}.projects (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),"
-                    " name text NOT NULL, created_at timestamptz NOT NULL DEFAULT clock_timestamp())").format(schema),
-            sql.SQL("CREATE INDEX IF NOT EXISTS projects_page ON {}.projects (created_at, id)").format(schema),
-            sql.SQL("CREATE TABLE IF NOT EXISTS {}.payments (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),"
-                    " amount bigint NOT NULL CHECK (amount > 0),"
-                    " currency text NOT NULL CHECK (currency ~ '^[A-Z]{{3}}$'), status text NOT NULL,"
-                    " created_at timestamptz NOT NULL DEFAULT clock_timestamp())").format(schema),
-            sql.SQL("CREATE INDEX IF NOT EXISTS payments_page ON {}.payments (created_at, id)").format(schema),
+            f"CREATE SCHEMA IF NOT EXISTS {schema}",
+            f"CREATE TABLE IF NOT EXISTS {schema}.projects (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),"
+            " name text NOT NULL, created_at timestamptz NOT NULL DEFAULT clock_timestamp())",
+            f"CREATE INDEX IF NOT EXISTS projects_page ON {schema}.projects (created_at, id)",
+            f"CREATE TABLE IF NOT EXISTS {schema}.payments (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),"
+            " amount bigint NOT NULL CHECK (amount > 0),"
+            " currency text NOT NULL CHECK (currency ~ '^[A-Z]{3}$'), status text NOT NULL,"
+            " created_at timestamptz NOT NULL DEFAULT clock_timestamp())",
+            f"CREATE INDEX IF NOT EXISTS payments_page ON {schema}.payments (created_at, id)",
         ]
         async with self._pool.connection() as conn, conn.transaction():
             # IF NOT EXISTS is not safe against a concurrent creator of the same schema.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (tenant.id,))
-            for statement in statements:
-                await conn.execute(statement)
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", tenant.id)
+            await conn.execute("; ".join(statements))
 
-    async def _run(self, tenant: Tenant, work: Callable[[], Awaitable[T]]) -> T:
+    async def _read(self, tenant: Tenant, statement: Statement, values: Mapping[str, Any], *, one: bool) -> Any:
         try:
-            return await work()
-        except (errors.UndefinedTable, errors.InvalidSchemaName):
+            return await super()._read(tenant, statement, values, one=one)
+        except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
             await self.provision(tenant)
-            return await work()
+            return await super()._read(tenant, statement, values, one=one)
+
+    async def _write(self, tenant: Tenant, statement: Statement, values: Mapping[str, Any],
+                     execute: Callable[[asyncpg.Connection, str, list[Any]], Awaitable[T]]) -> T:
+        try:
+            return await super()._write(tenant, statement, values, execute)
+        except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+            await self.provision(tenant)
+            return await super()._write(tenant, statement, values, execute)
 
 
 STORES: dict[str, type[Store]] = {cls.design: cls for cls in (FilteredStore, RlsStore, SchemaStore, LeakyStore)}
 
 
-def make_store(design: str, pool: AsyncConnectionPool, faults: Faults) -> Store:
+def make_store(design: str, pool: Pool, faults: Faults) -> Store:
     try:
         return STORES[design](pool, faults)
     except KeyError:
@@ -325,14 +374,16 @@ def make_store(design: str, pool: AsyncConnectionPool, faults: Faults) -> Store:
 class TenantDirectory:
     """The tenants table, with an in-process cache of key hash -> tenant.
 
-    Keys and tenants never change once created, so a cached entry can never be stale; the cache
+    A tenant's `limits` can change at runtime (`set_limits`, from any worker), so a cached entry
+    lives `cache_ttl_s` (one PostgreSQL query per tenant per second per worker at most); the cache
     is bounded (oldest entry evicted) and unknown keys are not cached.
     """
 
-    def __init__(self, pool: AsyncConnectionPool, cache_size: int = 10_000) -> None:
+    def __init__(self, pool: Pool, cache_size: int = 10_000, cache_ttl_s: float = 1.0) -> None:
         self._pool = pool
-        self._cache: dict[str, Tenant] = {}
+        self._cache: dict[str, tuple[Tenant, float]] = {}
         self._cache_size = cache_size
+        self._cache_ttl_s = cache_ttl_s
 
     async def create(self, name: str, plan: str, limits: dict[str, Any] | None) -> tuple[Tenant, str]:
         """A new tenant and its API key; the key is returned once and only its hash is stored."""
@@ -340,23 +391,32 @@ class TenantDirectory:
         api_key = new_api_key()
         async with self._pool.connection() as conn:
             await conn.execute(
-                "INSERT INTO tenants (id, name, plan, limits, api_key_hash) VALUES (%s, %s, %s, %s, %s)",
-                (tenant.id, name, plan, Jsonb(limits) if limits is not None else None, hash_api_key(api_key)))
+                "INSERT INTO tenants (id, name, plan, limits, api_key_hash) VALUES ($1, $2, $3, $4::jsonb, $5)",
+                tenant.id, name, plan, json.dumps(limits) if limits is not None else None, hash_api_key(api_key))
         return tenant, api_key
+
+    async def set_limits(self, tenant_id: UUID, limits: dict[str, Any] | None) -> bool:
+        """Replace a tenant's rate-limit override (None: back to its plan's); False if no such tenant."""
+        async with self._pool.connection() as conn:
+            status = await conn.execute("UPDATE tenants SET limits = $2::jsonb WHERE id = $1", tenant_id,
+                                        json.dumps(limits) if limits is not None else None)
+        return status == "UPDATE 1"
 
     async def by_api_key(self, api_key: str) -> Tenant | None:
         key_hash = hash_api_key(api_key)
-        tenant = self._cache.get(key_hash)
-        if tenant is not None:
-            return tenant
+        cached = self._cache.get(key_hash)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        self._cache.pop(key_hash, None)
         async with self._pool.connection() as conn:
-            cur = await conn.execute("SELECT id::text, name, plan, limits FROM tenants WHERE api_key_hash = %s",
-                                     (key_hash,))
-            row = await cur.fetchone()
+            row = await conn.fetchrow("SELECT id::text, name, plan, limits::text FROM tenants WHERE api_key_hash = $1",
+                                      key_hash)
         if row is None:
             return None
         if len(self._cache) >= self._cache_size:
             del self._cache[next(iter(self._cache))]
-        tenant = self._cache[key_hash] = Tenant(*row)
+        tenant_id, name, plan, limits = row
+        tenant = Tenant(tenant_id, name, plan, json.loads(limits) if limits else None)
+        self._cache[key_hash] = (tenant, now + self._cache_ttl_s)
         return tenant
-

@@ -15,13 +15,15 @@ from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
-from starlette.responses import JSONResponse, Response
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from starlette.responses import Response
 
 from reference_impl.common.auth import ADMISSION_SCOPE_KEY, TENANT_SCOPE_KEY, Tenant
 from reference_impl.common.faults import Faults
 from reference_impl.common.per_request import Admission
-from reference_impl.common.problem import Problem, not_found
+from reference_impl.common.problem import Problem, not_found, unavailable
+from reference_impl.common.routing import DirectRoute, json_response
+from reference_impl.ratelimit.core import Policy
 from reference_impl.tenancy.gate import Gate
 from reference_impl.tenancy.repository import (
     PAYMENTS,
@@ -34,6 +36,7 @@ from reference_impl.tenancy.repository import (
 )
 
 T = TypeVar("T")
+Endpoint = TypeVar("Endpoint", bound=Callable[[Request], Awaitable[Response]])
 
 PAGE_DEFAULT = 20
 PAGE_MAX = 100
@@ -65,6 +68,16 @@ class _Input(BaseModel):
 class LimitsIn(_Input):
     requests: int = Field(gt=0, le=1_000_000_000)
     window_s: float = Field(gt=0, le=366 * 86400, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _a_valid_policy(self) -> LimitsIn:
+        # What the limiter can enforce exactly (at least 1 µs per request, bounded product): else 422, not 500.
+        Policy.from_limits(self.requests, self.window_s)
+        return self
+
+
+class TenantLimitsIn(_Input):
+    limits: LimitsIn | None
 
 
 class TenantIn(_Input):
@@ -178,15 +191,30 @@ def admin_router(directory: TenantDirectory, store: Store, require_admin: Callab
         limits = body.limits.model_dump() if body.limits is not None else None
         tenant, api_key = await directory.create(body.name, body.plan, limits)
         await store.provision(tenant)
-        return JSONResponse({"tenant_id": tenant.id, "api_key": api_key, "plan": tenant.plan}, status_code=201)
+        return json_response({"tenant_id": tenant.id, "api_key": api_key, "plan": tenant.plan}, status_code=201)
+
+    @router.patch("/tenants/{tenant_id}")
+    async def set_tenant_limits(tenant_id: str, body: TenantLimitsIn) -> Response:
+        """Change a tenant's rate-limit override live; workers see it once their tenant cache expires (~1 s)."""
+        limits = body.limits.model_dump() if body.limits is not None else None
+        if not await directory.set_limits(parse_id(tenant_id, "tenant"), limits):
+            raise not_found("tenant")
+        return json_response({"tenant_id": tenant_id, "limits": limits})
 
     return router
 
 
 def tenant_router(store: Store, gate: Gate, faults: Faults) -> APIRouter:
-    """The /v1 routes. Routes by id read `{id}` from `request.path_params` instead of declaring it,
-    which skips a validation step on the hot path (the id is parsed by `parse_id` anyway)."""
+    """The /v1 routes. Routes by id read `{id}` from `request.path_params` instead of declaring it and
+    are served as `DirectRoute`s (no dependency solving): the id is parsed by `parse_id` anyway."""
     router = APIRouter(prefix="/v1", tags=["tenant"])
+
+    def direct(method: str, path: str, **route: Any) -> Callable[[Endpoint], Endpoint]:
+        def register(endpoint: Endpoint) -> Endpoint:
+            router.add_api_route(path, endpoint, methods=[method], route_class_override=DirectRoute, **route)
+            return endpoint
+
+        return register
 
     async def scoped(tenant: Tenant, work: Callable[[], Awaitable[T]]) -> T:
         """Storage work of one request: inside a scheduler slot, behind the `tenancy.query` point."""
@@ -199,23 +227,23 @@ def tenant_router(store: Store, gate: Gate, faults: Faults) -> APIRouter:
     def page_response(rows: list[Row], limit: int, render: Callable[[Row], dict[str, Any]]) -> Response:
         more = len(rows) > limit
         rows = rows[:limit]
-        return JSONResponse({"items": [render(r) for r in rows],
-                             "next_cursor": encode_cursor(rows[-1]) if more else None})
+        return json_response({"items": [render(r) for r in rows],
+                              "next_cursor": encode_cursor(rows[-1]) if more else None})
 
     @router.post("/projects", status_code=201, response_model=ProjectOut)
     async def create_project(body: ProjectIn, request: Request) -> Response:
         tenant = tenant_of(request)
         row = await scoped(tenant, lambda: store.insert(tenant, PROJECTS, {"name": body.name}))
-        return JSONResponse(project_json(row), status_code=201)
+        return json_response(project_json(row), status_code=201)
 
-    @router.get("/projects/{project_id}", response_model=ProjectOut)
+    @direct("GET", "/projects/{project_id}", response_model=ProjectOut)
     async def get_project(request: Request) -> Response:
         tenant = tenant_of(request)
         object_id = parse_id(request.path_params["project_id"], "project")
         row = await scoped(tenant, lambda: store.get(tenant, PROJECTS, object_id))
         if row is None:
             raise not_found("project")
-        return JSONResponse(project_json(row))
+        return json_response(project_json(row))
 
     @router.get("/projects", response_model=ProjectPage)
     async def list_projects(request: Request, limit: PageLimit = PAGE_DEFAULT, cursor: PageCursor = None) -> Response:
@@ -224,7 +252,7 @@ def tenant_router(store: Store, gate: Gate, faults: Faults) -> APIRouter:
         rows = await scoped(tenant, lambda: store.page(tenant, PROJECTS, limit + 1, after))
         return page_response(rows, limit, project_json)
 
-    @router.delete("/projects/{project_id}", status_code=204)
+    @direct("DELETE", "/projects/{project_id}", status_code=204)
     async def delete_project(request: Request) -> Response:
         tenant = tenant_of(request)
         object_id = parse_id(request.path_params["project_id"], "project")
@@ -237,16 +265,16 @@ def tenant_router(store: Store, gate: Gate, faults: Faults) -> APIRouter:
         tenant = tenant_of(request)
         values = {"amount": body.amount, "currency": body.currency, "status": PAYMENT_STATUS}
         row = await scoped(tenant, lambda: store.insert(tenant, PAYMENTS, values))
-        return JSONResponse(payment_json(row), status_code=201)
+        return json_response(payment_json(row), status_code=201)
 
-    @router.get("/payments/{payment_id}", response_model=PaymentOut)
+    @direct("GET", "/payments/{payment_id}", response_model=PaymentOut)
     async def get_payment(request: Request) -> Response:
         tenant = tenant_of(request)
         object_id = parse_id(request.path_params["payment_id"], "payment")
         row = await scoped(tenant, lambda: store.get(tenant, PAYMENTS, object_id))
         if row is None:
             raise not_found("payment")
-        return JSONResponse(payment_json(row))
+        return json_response(payment_json(row))
 
     @router.get("/payments", response_model=PaymentPage)
     async def list_payments(request: Request, limit: PageLimit = PAGE_DEFAULT, cursor: PageCursor = None) -> Response:
@@ -255,11 +283,13 @@ def tenant_router(store: Store, gate: Gate, faults: Faults) -> APIRouter:
         rows = await scoped(tenant, lambda: store.page(tenant, PAYMENTS, limit + 1, after))
         return page_response(rows, limit, payment_json)
 
-    @router.get("/usage", response_model=UsageOut)
+    @direct("GET", "/usage", response_model=UsageOut)
     async def usage(request: Request) -> Response:
         # Counted by the request's own Redis round trip in the auth middleware: no second trip here.
         admission: Admission = request.scope[ADMISSION_SCOPE_KEY]
-        return JSONResponse({"tenant_id": tenant_of(request).id, "period": admission.period,
-                             "requests": admission.requests})
+        if admission.requests is None:
+            raise unavailable("The usage counter is unreachable (Redis is down); retry later.")
+        return json_response({"tenant_id": tenant_of(request).id, "period": admission.period,
+                              "requests": admission.requests})
 
     return router

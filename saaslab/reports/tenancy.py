@@ -57,6 +57,8 @@ NEAR_SOLO = 1.5
 AGREEMENT_PCT = 25.0
 """Simulated and measured values within this many percent of each other count as agreeing."""
 MIN_SEEDS = 5
+SEND_LAG_NOTE_MS = 10.0
+"""A load generator launching its slowest 1% later than this (it counts in the measured latency) is noted."""
 
 MISSING = Summary(mean=float("nan"), ci95=float("nan"), n=0)
 
@@ -269,6 +271,111 @@ def _comparisons(sim: View, live: View) -> list[Comparison]:
             for m, _ in COMPARED_METRICS]
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _spread(values: list[float]) -> str:
+    """'22.4 ms' or '22.4 ms (22.1 to 22.8 ms over 3 runs)'."""
+    if len(values) == 1:
+        return f"{fmt_num(values[0])} ms"
+    return f"{fmt_num(_mean(values))} ms ({fmt_num(min(values))} to {fmt_num(max(values))} ms over {len(values)} runs)"
+
+
+def _range(values: list[float]) -> str:
+    """'3.2 ms' or '3.2 to 5.9 ms'."""
+    low, high = min(values), max(values)
+    return f"{fmt_num(low)} ms" if len(values) == 1 or low == high else f"{fmt_num(low)} to {fmt_num(high)} ms"
+
+
+def _calibration_sentence(sim_params: dict[str, Any], live: View) -> str | None:
+    """The simulation's assumed slot hold and outside-slot latency beside what the live gate measured."""
+    def measured(metric: str) -> list[float]:
+        return [s.mean for (_, _, m), s in live.per_run.items() if m == metric and s.known]
+
+    hold, solo_hold = measured("slot_hold_ms"), measured("solo_slot_hold_ms")
+    if not hold:
+        return None
+    hold_sd, solo_sd, overhead = measured("slot_hold_sd_ms"), measured("solo_slot_hold_sd_ms"), measured(
+        "service_overhead_ms")
+    outside, solo_outside = measured("outside_slot_ms"), measured("solo_outside_slot_ms")
+    assumed, assumed_sd, assumed_out = (sim_params.get(k) for k in ("slot_hold_ms", "slot_hold_sd_ms",
+                                                                     "outside_slot_ms"))
+    sentences = []
+    if assumed is not None:
+        sd = f" (standard deviation {_g(assumed_sd)} ms)" if assumed_sd is not None else ""
+        out = f" and spends {_g(assumed_out)} ms outside it" if assumed_out is not None else ""
+        sentences.append(f"Calibration: the simulation assumes a request holds its slot for {_g(assumed)} ms on "
+                         f"average{sd}{out}.")
+    else:
+        sentences.append("Calibration: the simulation recorded no assumed slot hold.")
+    details = []
+    if assumed is not None:
+        details.append(f"{fmt_gap(gap_percent(float(assumed), _mean(hold)))} against the assumption")
+    if overhead:
+        details.append(f"{fmt_num(_mean(overhead))} ms over the injected delay")
+    if hold_sd:
+        details.append(f"standard deviation {_range(hold_sd)}")
+    burst = f"{_spread(hold)} during the bursts" + (f" ({'; '.join(details)})" if details else "")
+    solo = ""
+    if solo_hold:
+        solo = f" and {_spread(solo_hold)} in the solo runs" + (
+            f" (standard deviation {_range(solo_sd)})" if solo_sd else "")
+    sentences.append(f"The live service's gate measured a mean hold of {burst}{solo}.")
+    if not (outside and solo_outside):
+        return " ".join(sentences)
+    sentences.append(f"Outside the slot the live requests spent {_spread(solo_outside)} in the solo runs and "
+                     f"{_spread(outside)} during the bursts.")
+    effects = []
+    extra = _mean(outside) - _mean(solo_outside)
+    if assumed_out is not None and extra > max(1.0, 0.25 * float(assumed_out)):
+        effects.append(f"slower outside the slot (about {fmt_num(extra)} ms more per request, where the simulation "
+                       f"keeps {_g(assumed_out)} ms)")
+    if assumed_sd is not None and hold_sd and max(hold_sd) > 1.5 * float(assumed_sd):
+        effects.append(f"more variable inside it (hold standard deviation up to {fmt_num(max(hold_sd))} ms against "
+                       f"the simulation's {_g(assumed_sd)} ms)")
+    if effects:
+        sentences.append(f"So under the burst the live service is {' and '.join(effects)}: work that shares the "
+                         "service's cores (HTTP on both sides, the auth middleware and its Redis round trip, the "
+                         "load generator) and that no scheduler orders, which the simulation's fixed parameters "
+                         "leave out.")
+    return " ".join(sentences)
+
+
+def _same_seed_sentence(sim: View, live: View) -> str | None:
+    """The simulation on the live run's own schedule: the like-for-like reading of the comparison."""
+    seeds = {r.seed for r in live.run.rows}
+    if len(seeds) != 1:
+        return None
+    seed = seeds.pop()
+    simulated = {(r.design, _lp(r.load_point)): r.value
+                 for r in sim.run.select(tenant=ALL_TENANTS, metric="quiet_p99_vs_solo") if r.seed == seed}
+    by_load: dict[float, list[str]] = defaultdict(list)
+    for c in _comparisons(sim, live):
+        value = simulated.get((c.design, _lp(c.load_point)))
+        if c.metric == "quiet_p99_vs_solo" and c.live.known and value is not None:
+            by_load[c.load_point].append(f"{c.design} {fmt_num(value)}x (measured {_x(c.live)})")
+    if not by_load:
+        return None
+    parts = [f"{fmt_list(items)} at load {_load(lp)}" for lp, items in by_load.items()]
+    return (f"On the live run's own arrival schedule (seed {seed}) the simulation gives quiet p99 / solo of "
+            f"{'; '.join(parts)}.")
+
+
+def _baseline_sentence(sim: View, live: View) -> str | None:
+    """How close the two sources are where there is no burst, and for the tenant that bursts."""
+    parts = []
+    for metric, label in (("solo_quiet_p99", "the quiet tenants' solo p99"), ("noisy_p99", "the noisy tenant's p99")):
+        gaps = [gap_percent(sim.get(d, lp, metric).mean, live.get(d, lp, metric).mean)
+                for lp in live.load_points for d in live.designs if live.seeds.get((d, lp))]
+        gaps = [g for g in gaps if not math.isnan(g)]
+        if gaps:
+            parts.append(f"{label} within {max(abs(g) for g in gaps):.0f}%")
+    if not parts:
+        return None
+    return f"Over the same (design, load) pairs the two sources put {fmt_list(parts)}."
+
+
 def _agreement_sentences(sim: View, live: View) -> list[str]:
     comps = [c for c in _comparisons(sim, live) if not math.isnan(c.gap)]
     if not comps:
@@ -426,10 +533,7 @@ def _workload(sim: RunData | None, live: RunData | None) -> list[str]:
                      "Poisson arrivals.")
     slots, service_ms = wl.get("slots"), wl.get("service_ms")
     if slots and service_ms:
-        overhead = params.get("overhead_ms")
-        extra = f" plus {_g(overhead)} ms mean exponential overhead" if overhead else ""
-        lines.append(f"Server: {slots} slots, each request holds one for {_g(service_ms)} ms{extra}; "
-                     f"capacity {_g(slots * 1000.0 / service_ms)} requests/s.")
+        lines.append(_server_line(params, slots, service_ms))
     if params.get("load_points"):
         lines.append("Load points (offered load before the burst, fraction of capacity): "
                      f"{', '.join(_load(float(lp)) for lp in params['load_points'])}.")
@@ -438,8 +542,11 @@ def _workload(sim: RunData | None, live: RunData | None) -> list[str]:
         if wl.get("burst_start_s") is not None and wl.get("burst_length_s") is not None:
             span = f" from t={_g(wl['burst_start_s'])} s for {_g(wl['burst_length_s'])} s"
         of = f" of a {_g(params['duration_s'])} s run" if params.get("duration_s") else ""
+        solo = _solo_s(params)
+        baseline = (f"the first {_g(solo)} s of the same traffic (same seed) without the burst" if solo
+                    else "the same traffic (same seed) without the burst")
         lines.append(f"Burst: {NOISY} sends {_g(wl['burst_multiplier'])}x its rate{span}{of}. The solo "
-                     "baseline is the same run (same seed) without the burst.")
+                     f"baseline is {baseline}.")
     if params.get("slo_ms"):
         lines.append(f"Goodput counts requests completed within {_g(params['slo_ms'])} ms.")
     if params.get("seeds") is not None:
@@ -449,6 +556,25 @@ def _workload(sim: RunData | None, live: RunData | None) -> list[str]:
     if live is not None and sim is not None:
         lines.append(_live_line(live.parameters))
     return lines
+
+
+def _server_line(params: dict[str, Any], slots: Any, service_ms: Any) -> str:
+    nominal = slots * 1000.0 / service_ms
+    hold, overhead, outside = (params.get(k) for k in ("slot_hold_ms", "slot_overhead_ms", "outside_slot_ms"))
+    if not hold:
+        return (f"Server: {slots} slots, each request holds one for {_g(service_ms)} ms; capacity "
+                f"{_g(nominal)} requests/s.")
+    return (f"Server: {slots} slots; each request holds one for {_g(service_ms)} ms plus an exponential "
+            f"overhead of mean {_g(overhead or 0)} ms ({_g(hold)} ms on average, calibrated from the live "
+            f"service's measured slot hold), and spends a further {_g(outside or 0)} ms outside any slot. Load "
+            f"points are fractions of the nominal capacity {_g(nominal)} requests/s ({slots} slots / "
+            f"{_g(service_ms)} ms); with the {_g(hold)} ms hold the real capacity is "
+            f"{fmt_num(slots * 1000.0 / hold)} requests/s.")
+
+
+def _solo_s(params: dict[str, Any]) -> float | None:
+    solo = (params.get("solo_workload") or {}).get("duration_s")
+    return float(solo) if solo is not None else None
 
 
 def _burst(params: dict[str, Any]) -> tuple[float, float, float] | None:
@@ -467,7 +593,7 @@ def _live_line(params: dict[str, Any]) -> str:
     burst = _burst(params)
     if burst:
         parts.append(f"burst from t={_g(burst[0])} s for {_g(burst[1])} s of a {_g(burst[2])} s run")
-    solo = (params.get("solo_workload") or {}).get("duration_s")
+    solo = _solo_s(params)
     if solo:
         parts.append(f"solo baseline {_g(solo)} s")
     if params.get("seed") is not None:
@@ -492,6 +618,10 @@ def _live_notes(sim: RunData | None, live: RunData) -> list[str]:
             notes.append(f"The live run's burst (t={_g(lb[0])} s for {_g(lb[1])} s of {_g(lb[2])} s) differs from "
                          f"the simulated one (t={_g(sb[0])} s for {_g(sb[1])} s of {_g(sb[2])} s), so part of any "
                          "gap comes from the workload, not the model.")
+        ss, ls = _solo_s(sim.parameters), _solo_s(live.parameters)
+        if ss and ls and ss != ls:
+            notes.append(f"The live solo baseline ({_g(ls)} s) is not the simulated one ({_g(ss)} s), so the "
+                         "quiet tenants' solo p99 is estimated from different traffic.")
     health = summarise(live.select(tenant=ALL_TENANTS), by=("design", "load_point", "metric"))
     for design, lp in sorted({(d, lp) for d, lp, _ in health}):
         def value(metric: str, design: str = design, lp: float = lp) -> float:
@@ -509,6 +639,11 @@ def _live_notes(sim: RunData | None, live: RunData) -> list[str]:
         if problems:
             notes.append(f"Live {design} at load {_load(lp)}: the load generator {fmt_list(problems)}, so the "
                          "measured latencies describe the traffic actually sent.")
+        lag = value("send_lag_p99")
+        if not math.isnan(lag) and lag > SEND_LAG_NOTE_MS:
+            notes.append(f"Live {design} at load {_load(lp)}: the load generator launched 1% of its requests more "
+                         f"than {fmt_num(lag)} ms late; latency counts from the intended send time, so that delay is "
+                         "in the measured latencies but is not the service's.")
     return notes
 
 
@@ -560,6 +695,9 @@ def build(data: PatternData) -> Report:
         sim_vs_live_note = ("One row per design, load point and metric the live run measured. A live run usually "
                             "has one seed per design and load point, so its values carry no interval.")
         conclusions += _agreement_sentences(sim, live)
+        extra_sim_vs_live = (_same_seed_sentence(sim, live), _baseline_sentence(sim, live),
+                             _calibration_sentence(sim.run.parameters, live))
+        conclusions += [s for s in extra_sim_vs_live if s]
     checks = checks_sentence(data.live)
     if checks:
         conclusions.append(checks)

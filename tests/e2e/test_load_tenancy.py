@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from reference_impl.tenancy.invariants import check_run
-from saaslab.loadrun import PROBE_OBJECTS, QUICK_BURST, run_load, run_probe
+from saaslab.loadrun import DELAY_MS, PROBE_OBJECTS, run_load, run_probe
+from saaslab.report import load_pattern
+from saaslab.reports.tenancy import build
 from saaslab.results import ALL_TENANTS, read_rows
 from saaslab.settings import Settings
 from scenarios import tenancy as scenario
@@ -23,14 +25,15 @@ pytestmark = pytest.mark.e2e
 
 def test_quick_live_run_writes_the_simulations_rows_holds_the_rate_and_passes_the_checker(
         settings: Settings, tmp_path: Path) -> None:
-    csv_path = run_load("tenancy", settings, tmp_path, quick=True)
-    assert csv_path == tmp_path / "live" / "results.csv"
+    out = tmp_path / "tenancy"
+    csv_path = run_load("tenancy", settings, out, quick=True)
+    assert csv_path == out / "live" / "results.csv"
     rows = read_rows(csv_path)
     assert {r.source for r in rows} == {"live"} and {r.load_point for r in rows} == {0.5}
     assert {r.design for r in rows} == set(scenario.DESIGNS)
 
     # The live run replays the very schedule the simulation replays: same offered counts.
-    schedule = arrivals(scenario.noisy_neighbour(0.5, **QUICK_BURST), seed=1)
+    schedule = arrivals(scenario.noisy_neighbour(0.5), seed=1)
     expected_offered = Counter(tenant for _, tenant in schedule)
     for design in scenario.DESIGNS:
         mine = [r for r in rows if r.design == design]
@@ -41,18 +44,35 @@ def test_quick_live_run_writes_the_simulations_rows_holds_the_rate_and_passes_th
         assert {t: value[(t, "offered")] for t in expected_offered} == dict(expected_offered)
         assert value[(ALL_TENANTS, "dropped")] == 0
         target = value[(ALL_TENANTS, "target_rate")]
-        assert target == pytest.approx(len(schedule) / QUICK_BURST["duration_s"])
+        assert target == pytest.approx(len(schedule) / scenario.DURATION_S)
         assert value[(ALL_TENANTS, "sent_rate")] == pytest.approx(target, rel=0.02)
         assert value[(ALL_TENANTS, "errors")] == 0 and value[(ALL_TENANTS, "timeouts")] == 0
         assert value[(ALL_TENANTS, "quiet_p99_vs_solo")] > 0
+        # The gate's counters: every request held its slot for at least the injected delay, and the
+        # overhead is what the hold adds to it.
+        for prefix in ("", "solo_"):
+            hold = value[(ALL_TENANTS, f"{prefix}slot_hold_ms")]
+            assert DELAY_MS <= hold < DELAY_MS + 30
+            assert value[(ALL_TENANTS, f"{prefix}service_overhead_ms")] == pytest.approx(hold - DELAY_MS)
+            assert 0 < value[(ALL_TENANTS, f"{prefix}slot_hold_sd_ms")] < hold
+            assert value[(ALL_TENANTS, f"{prefix}outside_slot_ms")] > 0
 
-    run = json.loads((tmp_path / "live" / "run.json").read_text())
-    assert run["parameters"]["workload"]["burst_start_s"] == QUICK_BURST["burst_start_s"]
+    run = json.loads((out / "live" / "run.json").read_text())
+    assert run["parameters"]["workload"]["burst_start_s"] == scenario.BURST_START_S
+    assert run["parameters"]["solo_workload"]["duration_s"] == scenario.SOLO_DURATION_S
     assert run["parameters"]["wall_s"] < 180
-    check = json.loads((tmp_path / "live" / "check.json").read_text())
+    check = json.loads((out / "live" / "check.json").read_text())
     assert check["valid"] is True, check
     # `saaslab check tenancy` re-checks the same folder with the same verdicts.
-    assert all(r.valid for r in check_run(tmp_path, settings))
+    assert all(r.valid for r in check_run(out, settings))
+
+    # Beside a simulation of the same workload, the report compares like with like and shows the
+    # assumed slot hold against the measured one.
+    scenario.run(out, seeds=1, jobs=1)
+    report = build(load_pattern("tenancy", tmp_path))
+    assert not [n for n in report.notes if "differs from the simulated" in n or "solo baseline (" in n]
+    calibration = [c for c in report.conclusions if c.startswith("Calibration:")]
+    assert len(calibration) == 1 and f"{scenario.SLOT_HOLD_MS:g} ms" in calibration[0], report.conclusions
 
 
 def test_the_probe_catches_the_leaky_isolation_design(settings: Settings, tmp_path: Path) -> None:

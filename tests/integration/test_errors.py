@@ -176,7 +176,8 @@ async def test_an_unexpected_exception_is_a_bare_500_problem(settings: Settings)
 
 async def test_redis_outage_on_the_hot_path_is_503_not_500(settings: Settings) -> None:
     port = next(p for p in range(18150, 18200) if port_is_free(p))
-    async with live_service(settings, redis_url=f"redis://127.0.0.1:{port}/0") as svc:
+    # The usage-only path (rate limiting off); the limiter's own failure policy is tested in test_ratelimit_service.
+    async with live_service(settings, redis_url=f"redis://127.0.0.1:{port}/0", ratelimit="off") as svc:
         tenant = await svc.new_tenant()  # admin routes do not touch Redis
         r = await svc.client.get("/v1/projects", headers=tenant.headers)
         assert_problem(r, 503, "service-unavailable")

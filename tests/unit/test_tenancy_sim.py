@@ -7,20 +7,28 @@ from pathlib import Path
 
 import pytest
 
+from saaslab.loadrun import tenancy_plan
 from saaslab.results import ALL_TENANTS, read_rows
+from saaslab.settings import Settings
 from saaslab.stats import mean_ci95
 from scenarios.kernel.sweep import sweep
 from scenarios.kernel.workload import arrivals
 from scenarios.tenancy import (
+    BURST_LENGTH_S,
+    BURST_START_S,
     DESIGNS,
     LOAD_POINTS,
     NOISY,
     QUIET,
+    SERVICE_MS,
+    SLOT_HOLD_MS,
+    SOLO_DURATION_S,
     _simulate,
     noisy_neighbour,
     replay,
     run,
     simulate_one,
+    solo_baseline,
 )
 
 TENANT_METRICS = {"latency_p50": "ms", "latency_p99": "ms", "offered": "requests", "completed": "requests",
@@ -70,10 +78,46 @@ def test_every_arrival_is_offered_and_unfinished_work_is_not_completed(design: s
     assert sum(drained[t].offered for t in drained.tenants) == len(sched)
     assert all(drained[t].completed == drained[t].offered for t in drained.tenants)
     # Stopped right as the burst ends, with no time to drain: its backlog is lost, not counted.
-    short = noisy_neighbour(0.5, duration_s=10.0)
+    short = noisy_neighbour(0.5, duration_s=BURST_START_S + BURST_LENGTH_S)
     cut = replay(short, design, 1, drain_s=0.0)
     assert sum(cut[t].offered for t in cut.tenants) == len(arrivals(short, 1))
     assert cut[NOISY].offered - cut[NOISY].completed > 100
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_the_live_run_replays_the_simulations_workload_and_solo_baseline(quick: bool) -> None:
+    plan = tenancy_plan(Settings(), quick=quick, host=None, rate=None, duration=None)
+    for lp in plan.load_points:
+        assert noisy_neighbour(lp, **plan.burst) == noisy_neighbour(lp)
+        assert noisy_neighbour(lp, **plan.solo) == solo_baseline(lp)
+    # The solo baseline's quiet traffic is the first SOLO_DURATION_S of the burst run's.
+    quiet = set(QUIET)
+    burst_quiet = [a for a in arrivals(noisy_neighbour(0.5), 1) if a[1] in quiet]
+    solo_quiet = [a for a in arrivals(solo_baseline(0.5), 1) if a[1] in quiet]
+    assert solo_quiet == [a for a in burst_quiet if a[0] < SOLO_DURATION_S * 1e6] and len(solo_quiet) > 400
+
+
+@pytest.mark.parametrize("design", DESIGNS)
+def test_latency_outside_the_slot_adds_to_every_request_but_costs_no_capacity(design: str) -> None:
+    wl = noisy_neighbour(0.5)
+    inside = replay(wl, design, 2, slot_overhead_ms=0.0, outside_slot_ms=0.0)
+    outside = replay(wl, design, 2, slot_overhead_ms=0.0, outside_slot_ms=6.0)
+    for t in (NOISY, *QUIET):
+        assert (outside[t].offered, outside[t].completed) == (inside[t].offered, inside[t].completed)
+        # Queueing is unchanged, so every latency moves by exactly 6 ms (to the histogram's 3 digits).
+        for q in (0, 50, 99, 100):
+            assert outside[t].latency.percentile_ms(q) == pytest.approx(inside[t].latency.percentile_ms(q) + 6.0,
+                                                                        rel=1e-3, abs=0.05)
+    # With deterministic service and no queue, a request's latency is exactly its slot hold.
+    idle = replay(noisy_neighbour(0.01, burst=False), design, 2, slot_overhead_ms=0.0, outside_slot_ms=0.0)
+    assert idle[QUIET[0]].latency.percentile_ms(100) == pytest.approx(SERVICE_MS, abs=0.02)
+
+
+def test_slot_overhead_eats_capacity() -> None:
+    wl = noisy_neighbour(0.5)
+    lean = replay(wl, "fifo", 2, slot_overhead_ms=0.0, outside_slot_ms=0.0)
+    slow = replay(wl, "fifo", 2, slot_overhead_ms=SLOT_HOLD_MS - SERVICE_MS, outside_slot_ms=0.0)
+    assert slow.pooled(QUIET).percentile_ms(99) > lean.pooled(QUIET).percentile_ms(99) + 100
 
 
 def test_at_half_load_fifo_lets_the_burst_reach_the_quiet_tenants() -> None:
@@ -111,3 +155,4 @@ def test_run_writes_rows_and_parameters(tmp_path: Path) -> None:
     p = meta["parameters"]
     assert (p["designs"], p["load_points"], p["seeds"], p["quick"]) == (list(DESIGNS), list(LOAD_POINTS), [0], True)
     assert p["workload"]["slots"] == 4 and p["slo_ms"] == 500.0
+    assert (p["slot_hold_ms"], p["solo_workload"]["duration_s"]) == (SLOT_HOLD_MS, SOLO_DURATION_S)

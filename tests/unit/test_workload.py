@@ -93,7 +93,7 @@ def test_noisy_neighbour_offers_the_load_point() -> None:
     assert [t.name for t in wl.tenants] == [NOISY, *QUIET]
     assert wl.total_rate() == pytest.approx(0.5 * 4 * 1000 / 20.0)
     assert wl.tenant(NOISY).rate_at(7.0) == wl.tenant(NOISY).rate
-    assert noisy_neighbour(0.5).tenant(NOISY).rate_at(7.0) == 10 * wl.tenant(NOISY).rate
+    assert noisy_neighbour(0.5).tenant(NOISY).rate_at(5.0) == 10 * wl.tenant(NOISY).rate
 
 
 def test_zipf_shares_sum_to_one_and_decrease() -> None:

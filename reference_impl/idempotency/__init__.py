@@ -1,0 +1,1 @@
+"""Idempotency keys: exactly one effect per key under retries, concurrency and crashes."""

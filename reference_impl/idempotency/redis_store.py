@@ -1,0 +1,118 @@
+"""The `redis` design: an atomic claim of the key plus the stored response, in one Redis HASH.
+
+`claim.lua` is the twin of `core.decide`: it reads the record and, when the decision says so,
+claims the key (fingerprint, `started`, the lock, a fresh token) in the same atomic step, so
+claim-or-read is one round trip; the parity test replays traces through both and requires the
+same decisions and records. `finish.lua` stores the response in the same HASH (kept for the
+retention period), `release.lua` unlocks a claim whose outcome is unknown. Keys carry the tenant
+as a hash tag, so a Redis Cluster keeps a tenant's keys in one slot:
+`{prefix}:{{tenant}}:idem:{sha256(key)}` (hashed: a client's key may hold anything printable).
+
+The payment is `ledger.charge_then_record`: charge with the claim's token, write the payment row,
+store the response. Nothing durable marks the steps in between, so after a crash only the
+client's retry (once the lock has run out: RECOVER) finishes the request, re-asking the provider
+with the same token; a client that never retries leaves a charge without a payment. Redis
+replication is asynchronous too: a failover can lose a claim. Both are what this design trades
+for one round trip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from reference_impl.common.db import Pool
+from reference_impl.idempotency.core import Claim, Outcome, Policy, Record, State, StoredResponse
+from reference_impl.idempotency.ledger import (
+    Checkpoint,
+    PaymentRequest,
+    charge_then_record,
+    decode_headers,
+    encode_headers,
+    new_token,
+)
+from reference_impl.idempotency.provider import ProviderFault
+from reference_impl.ratelimit.redis_store import Script
+
+SCRIPT_DIR = Path(__file__).parent
+TTL_SLACK_MS = 1000
+"""Extra life of a record past its expiry (app clocks run ahead of Redis's)."""
+_FIELDS = ("f", "s", "l", "e", "rs", "rh", "rb")
+
+
+def record_key(prefix: str, tenant_id: str, key: str) -> str:
+    return f"{prefix}:{{{tenant_id}}}:idem:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _response(status: bytes | str, headers: bytes | str, body: bytes | str) -> StoredResponse:
+    return StoredResponse(int(status), decode_headers(headers), body if isinstance(body, bytes) else body.encode())
+
+
+class RedisIdempotency:
+    design = "redis"
+
+    def __init__(self, redis: Redis, pool: Pool, prefix: str, policy: Policy | None = None, *,
+                 ttl_slack_ms: int = TTL_SLACK_MS) -> None:
+        self.redis = redis
+        self._pool = pool
+        self.prefix = prefix
+        self.policy = policy or Policy()
+        self._ttl_slack_ms = ttl_slack_ms
+        self._claim, self._finish, self._release = (Script((SCRIPT_DIR / f"{name}.lua").read_text())
+                                                    for name in ("claim", "finish", "release"))
+
+    async def load(self) -> None:
+        """SCRIPT LOAD once (at startup), so the first request does not pay the NOSCRIPT detour."""
+        for script in (self._claim, self._finish, self._release):
+            await script.load(self.redis)
+
+    async def claim(self, tenant_id: str, key: str, fingerprint: str, now_us: int, *,
+                    payment: PaymentRequest | None = None) -> Claim:
+        """Decide, and claim the key when the decision says so, in one round trip. `payment` is not
+        kept: a request is recovered only by its own retry, which brings its body again."""
+        p = self.policy
+        reply: Sequence[bytes] = await self._claim(
+            self.redis, [record_key(self.prefix, tenant_id, key)],
+            [now_us, fingerprint, p.lock_timeout_us, p.retention_us, p.conflict_retry_after_s, new_token(),
+             self._ttl_slack_ms])
+        outcome, state, token, retry_after, status, headers, body = reply
+        decided = Outcome(_text(outcome))
+        if decided in (Outcome.EXECUTE, Outcome.RECOVER):
+            return Claim(decided, tenant_id, key, _text(token), State(_text(state)))
+        if decided == Outcome.REPLAY:
+            return Claim(decided, tenant_id, key, response=_response(status, headers, body))
+        if decided == Outcome.CONFLICT:
+            return Claim(decided, tenant_id, key, retry_after_s=int(retry_after))
+        return Claim(decided, tenant_id, key)
+
+    async def finish(self, claim: Claim, response: StoredResponse) -> StoredResponse:
+        """Store the response; returns what is stored (see PostgresIdempotency.finish)."""
+        reply = await self._finish(self.redis, [record_key(self.prefix, claim.tenant_id, claim.key)],
+                                   [claim.token, response.status, encode_headers(response.headers), response.body])
+        return _response(*reply[1:]) if int(reply[0]) == 2 else response
+
+    async def release(self, claim: Claim, now_us: int) -> None:
+        await self._release(self.redis, [record_key(self.prefix, claim.tenant_id, claim.key)], [claim.token, now_us])
+
+    async def pay(self, claim: Claim, request: PaymentRequest, now_us: int, *, fault: ProviderFault | None = None,
+                  checkpoint: Checkpoint | None = None) -> StoredResponse:
+        """Charge, record, finish (`ledger.charge_then_record`); ProviderTimeout as in the postgres design."""
+        if not claim.runs:
+            raise ValueError(f"a {claim.outcome} claim does not run")
+        return await charge_then_record(self, self._pool, claim, request, now_us, fault, checkpoint)
+
+    async def record(self, tenant_id: str, key: str) -> Record | None:
+        """The stored record, as the core sees it (None when absent)."""
+        f, s, locked, expires, status, headers, body = await self.redis.hmget(
+            record_key(self.prefix, tenant_id, key), list(_FIELDS))
+        if f is None:
+            return None
+        response = None if status is None else _response(status, headers, body)
+        return Record(_text(f), State(_text(s)), int(locked), int(expires), response)

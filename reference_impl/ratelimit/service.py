@@ -1,0 +1,156 @@
+"""Rate limiting as the service runs it: the glue between the auth middleware and the limiter.
+
+`RateLimitService.admit` is the /v1 request's one Redis round trip when rate limiting is on: the
+algorithm's script (prelude + `<algorithm>.lua`) by EVALSHA through a `ScriptRunner`, deciding and
+counting the tenant's usage together. (`naive` keeps its two redis-py round trips: it is the unsafe
+baseline.) It answers an `Admission` carrying the `RateLimit-*` headers and, when the request must
+not pass, the problem to answer with (429, or 503 when failing closed).
+
+When Redis is slow or down: each call is bounded by `ratelimit_timeout_ms`, and one
+`CircuitBreaker` per worker stops calling Redis after `fail_max` consecutive failures, so a dead
+Redis costs at most one timeout per breaker window. Meanwhile the failure policy decides: `open`
+admits with only `RateLimit-Policy` and does not count usage (the count lives in the same script);
+`closed` answers 503 with `Retry-After` from the breaker.
+
+The tenant's policy is read from the `Tenant` the directory resolved (its `limits` or its plan's
+default), so a `PATCH /admin/tenants/{id}` reaches a worker when its tenant cache entry expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import redis.exceptions
+from redis.asyncio import Redis
+
+from reference_impl.common.auth import Tenant
+from reference_impl.common.per_request import USAGE_TTL_S, Admission
+from reference_impl.common.problem import Problem
+from reference_impl.common.redis_client import ScriptRunner
+from reference_impl.ratelimit.breaker import CircuitBreaker, FailurePolicy
+from reference_impl.ratelimit.core import US_PER_S, Policy, ratelimit_headers
+from reference_impl.ratelimit.policies import policy_for
+from reference_impl.ratelimit.redis_store import (
+    TTL_SLACK_MS,
+    USE_REDIS_TIME,
+    LimitResult,
+    NaiveRedisRateLimiter,
+    limiter_key,
+    script_source,
+)
+from reference_impl.tenancy.core import usage_key
+from saaslab.settings import Settings
+
+OUTCOMES = ("allowed", "limited", "would_limit", "limiter_unavailable")
+"""`would_limit`: refused in shadow mode, admitted anyway. `limiter_unavailable`: Redis could not decide."""
+# What "Redis could not decide" looks like: refused, reset, timed out, or answering errors (OOM, BUSY).
+LIMITER_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, TimeoutError, OSError)
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+def _now_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+def _encode(headers: Mapping[str, str]) -> Headers:
+    return tuple((name.lower().encode(), value.encode()) for name, value in headers.items())
+
+
+@dataclass(frozen=True, slots=True)
+class _TenantLimit:
+    """Per tenant, worked out once per resolved `Tenant` rather than per request."""
+
+    tenant: Tenant
+    policy: Policy
+    key: str
+    policy_header: dict[str, str]
+
+
+class RateLimitService:
+    def __init__(self, settings: Settings, redis_client: Redis) -> None:
+        if settings.ratelimit == "off" or not settings.redis_url:
+            raise ValueError("RateLimitService needs settings.ratelimit != 'off' and settings.redis_url")
+        self.algorithm = settings.ratelimit
+        self.shadow = settings.ratelimit_mode == "shadow"
+        self.failure = FailurePolicy(settings.ratelimit_failure)
+        self.timeout_s = settings.ratelimit_timeout_ms / 1000
+        self.breaker = CircuitBreaker(fail_max=settings.ratelimit_breaker_fail_max,
+                                      reset_timeout_us=round(settings.ratelimit_breaker_reset_s * US_PER_S),
+                                      now_us=_now_us())
+        self._prefix = settings.redis_prefix
+        self._runner: ScriptRunner | None = None
+        self._naive: NaiveRedisRateLimiter | None = None
+        if self.algorithm == "naive":
+            self._naive = NaiveRedisRateLimiter(redis_client, self._prefix)
+        else:
+            self._runner = ScriptRunner(settings.redis_url, script_source(self.algorithm))
+        self._tenants: dict[str, _TenantLimit] = {}
+        self.outcomes = dict.fromkeys(OUTCOMES, 0)
+        self.redis_calls = 0
+        """Calls that went to Redis (the breaker let them through)."""
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.close()
+
+    def _limit_of(self, tenant: Tenant) -> _TenantLimit:
+        entry = self._tenants.get(tenant.id)
+        if entry is None or entry.tenant is not tenant:  # a new Tenant object: maybe new limits
+            policy = policy_for(tenant.plan, tenant.limits)
+            header = ratelimit_headers(policy, allowed=True, remaining=0, reset_us=0, retry_after_us=0)
+            entry = _TenantLimit(tenant, policy, limiter_key(self._prefix, tenant.id, self.algorithm),
+                                 {"RateLimit-Policy": header["RateLimit-Policy"]})
+            if len(self._tenants) >= 10_000:
+                self._tenants.clear()
+            self._tenants[tenant.id] = entry
+        return entry
+
+    async def _decide(self, limit: _TenantLimit, period: str) -> LimitResult:
+        if self._naive is not None:
+            return await self._naive.decide(limit.tenant.id, limit.policy)
+        assert self._runner is not None
+        reply = await self._runner(
+            (limit.key, usage_key(self._prefix, limit.tenant.id, period)),
+            (USE_REDIS_TIME, limit.policy.requests, limit.policy.window_us, 1, TTL_SLACK_MS, USAGE_TTL_S))
+        allowed, remaining, reset_us, retry_after_us, usage = (int(v) for v in reply)
+        return LimitResult(allowed == 1, remaining, reset_us, retry_after_us, usage)
+
+    async def admit(self, tenant: Tenant, period: str) -> Admission:
+        """Decide one /v1 request of `tenant`, counting it in the usage of `period`."""
+        limit = self._limit_of(tenant)
+        if not self.breaker.allow(_now_us()):
+            return self._unavailable(limit, period)
+        self.redis_calls += 1
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                result = await self._decide(limit, period)
+        except LIMITER_ERRORS:
+            self.breaker.record_failure(_now_us())
+            return self._unavailable(limit, period)
+        self.breaker.record_success(_now_us())
+        refused = not result.allowed and not self.shadow
+        headers = ratelimit_headers(limit.policy, allowed=not refused, remaining=result.remaining,
+                                    reset_us=result.reset_us, retry_after_us=result.retry_after_us)
+        if result.allowed:
+            self.outcomes["allowed"] += 1
+        elif self.shadow:
+            self.outcomes["would_limit"] += 1
+        else:
+            self.outcomes["limited"] += 1
+            window = headers["RateLimit-Policy"].partition("=")[2]
+            return Admission(period, result.usage, refusal=Problem(
+                429, "rate-limited", f"This tenant may make {limit.policy.requests} requests per {window} s; "
+                "retry after the number of seconds in Retry-After.", headers=headers))
+        return Admission(period, result.usage, headers=_encode(headers))
+
+    def _unavailable(self, limit: _TenantLimit, period: str) -> Admission:
+        self.outcomes["limiter_unavailable"] += 1
+        if self.failure.admits:
+            return Admission(period, None, headers=_encode(limit.policy_header))
+        retry_after_s = max(1, -(-self.breaker.retry_after_us(_now_us()) // US_PER_S))
+        return Admission(period, None, refusal=Problem(
+            503, "ratelimit-unavailable", "The rate limiter cannot decide right now; retry later.",
+            headers={"Retry-After": str(retry_after_s), **limit.policy_header}))
