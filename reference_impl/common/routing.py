@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -19,9 +20,14 @@ class DirectRoute(APIRoute):
     differs: FastAPI's solves dependencies, parses query parameters and checks the return value,
     which on a hot route costs more than the route's own Python. Use it where there is nothing to
     inject or validate: path parameters are read from `request.path_params` and parsed by the route.
+    Dependencies would never run, so a route that has any (its own or its router's) is refused;
+    do not include a router of DirectRoutes with `include_router(..., dependencies=...)` either.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        if self.dependant.dependencies or len(inspect.signature(self.endpoint).parameters) != 1:
+            raise TypeError(f"DirectRoute {self.path}: the endpoint must take just the Request and the "
+                            "route must have no dependencies (they would never run)")
         return self.endpoint
 
 
