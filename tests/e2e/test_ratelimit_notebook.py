@@ -46,15 +46,6 @@ def rows_starting(lines: list[str], first: str) -> list[list[str]]:
     return [line.split() for line in lines if line.split()[:1] == [first]]
 
 
-def test_notebook_is_stored_without_outputs() -> None:
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    nbformat.validate(nb)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert code and all(c.outputs == [] and c.execution_count is None for c in code)
-    assert nb.metadata.kernelspec.name == "python3"
-    assert not any("sys.path" in c.source for c in code)
-
-
 def test_without_a_live_run_it_simulates_and_says_how_to_measure(tmp_path: Path) -> None:
     nb, elapsed = execute(tmp_path)
     lines = lines_of(nb)
