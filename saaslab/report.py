@@ -236,6 +236,21 @@ class Report:
         return self.conclusions[0] if self.conclusions else "No conclusion could be drawn from the data."
 
 
+def grouped_bars(ax: Any, groups: Sequence[str], series: dict[str, list[Summary]], *,
+                 capsize: float = 3) -> Any:
+    """Grouped bars (one series per entry) with 95% CI error bars; returns the group centres."""
+    import numpy as np
+
+    x = np.arange(len(groups), dtype=float)
+    width = 0.8 / max(1, len(series))
+    for i, (name, summaries) in enumerate(series.items()):
+        means = [s.mean if s.known else 0.0 for s in summaries]
+        errs = [0.0 if math.isnan(s.ci95) else s.ci95 for s in summaries]
+        ax.bar(x - 0.4 + width * (i + 0.5), means, width, yerr=errs, capsize=capsize, label=name)
+    ax.set_xticks(x, list(groups))
+    return x
+
+
 def figure_data_uri(fig: MplFigure, dpi: int = 110) -> str:
     """The figure as a base64 PNG data URI, rendered with the Agg canvas (no display, no pyplot state).
 

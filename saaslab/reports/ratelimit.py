@@ -39,6 +39,7 @@ from saaslab.report import (
     fmt_list,
     fmt_num,
     gap_percent,
+    grouped_bars,
 )
 from saaslab.results import ALL_TENANTS
 
@@ -722,24 +723,13 @@ def _concurrency_table(v: View) -> Table:
 
 # --- figures --------------------------------------------------------------------------------------
 
-def _bars(ax: Any, groups: list[str], series: dict[str, list[Summary]]) -> np.ndarray:
-    x = np.arange(len(groups), dtype=float)
-    width = 0.8 / max(1, len(series))
-    for i, (name, summaries) in enumerate(series.items()):
-        means = [s.mean if s.known else 0.0 for s in summaries]
-        errs = [0.0 if math.isnan(s.ci95) else s.ci95 for s in summaries]
-        ax.bar(x - 0.4 + width * (i + 0.5), means, width, yerr=errs, capsize=2, label=name)
-    ax.set_xticks(x, groups)
-    return x
-
-
 def _accuracy_figure(v: View) -> Figure:
     fig = MplFigure(figsize=(9, 3.8), layout="constrained")
     loads = [_load(lp) for lp in v.load_points]
     for i, (metric, title) in enumerate((("accuracy_false_admit_pct", "false admits"),
                                          ("accuracy_false_reject_pct", "false rejects"))):
         ax = fig.add_subplot(1, 2, i + 1)
-        _bars(ax, loads, {d: [v.get(d, lp, metric) for lp in v.load_points] for d in v.strict})
+        grouped_bars(ax, loads, {d: [v.get(d, lp, metric) for lp in v.load_points] for d in v.strict})
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("offered rate (x limit)")
         ax.set_ylabel("percent of requests")
@@ -753,7 +743,7 @@ def _accuracy_figure(v: View) -> Figure:
 def _boundary_figure(v: View) -> Figure:
     fig = MplFigure(figsize=(8, 3.8), layout="constrained")
     ax = fig.add_subplot()
-    _bars(ax, [_load(lp) for lp in v.load_points],
+    grouped_bars(ax, [_load(lp) for lp in v.load_points],
           {d: [v.get(d, lp, "boundary_burst_ratio") for lp in v.load_points] for d in v.designs})
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="the limit")
     ax.axhline(2.0, color="firebrick", linestyle=":", linewidth=1, label="twice the limit")
@@ -798,7 +788,7 @@ def _race_skew_figure(v: View) -> Figure:
     ax.grid(alpha=0.3)
     ax = fig.add_subplot(1, 2, 2)
     lp = v.top_load
-    _bars(ax, [d.replace("_", "\n") for d in v.designs],
+    grouped_bars(ax, [d.replace("_", "\n") for d in v.designs],
           {"clocks agree": [v.get(d, lp, "cluster_max_window_ratio") for d in v.designs],
            "clocks skewed": [v.get(d, lp, "skew_max_window_ratio") for d in v.designs]})
     ax.plot(np.arange(len(v.designs)), [PROMISED_WINDOW_RATIO.get(d, DEFAULT_PROMISE) for d in v.designs], "k_",

@@ -13,7 +13,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from matplotlib.figure import Figure as MplFigure
 
 from saaslab.report import (
@@ -31,6 +30,7 @@ from saaslab.report import (
     fmt_list,
     fmt_num,
     gap_percent,
+    grouped_bars,
     summarise,
 )
 from saaslab.results import ALL_TENANTS
@@ -432,18 +432,6 @@ def _result_tables(v: View) -> list[Table]:
     return tables
 
 
-def _bars(ax: Any, groups: list[str], series: dict[str, list[Summary]]) -> np.ndarray:
-    """Grouped bars with CI error bars; returns the group centres."""
-    x = np.arange(len(groups), dtype=float)
-    width = 0.8 / max(1, len(series))
-    for i, (name, summaries) in enumerate(series.items()):
-        means = [s.mean if s.known else 0.0 for s in summaries]
-        errs = [0.0 if math.isnan(s.ci95) else s.ci95 for s in summaries]
-        ax.bar(x - 0.4 + width * (i + 0.5), means, width, yerr=errs, capsize=3, label=name)
-    ax.set_xticks(x, groups)
-    return x
-
-
 def _use_log_scale(ax: Any, values: list[float]) -> None:
     positive = [x for x in values if x > 0 and not math.isnan(x)]
     if positive and max(positive) / min(positive) > 20:
@@ -455,7 +443,7 @@ def _ratio_figure(primary: View, live: View | None) -> Figure:
     fig = MplFigure(figsize=(8, 4.2), layout="constrained")
     ax = fig.add_subplot()
     series = {d: [primary.get(d, lp, "quiet_p99_vs_solo") for lp in primary.load_points] for d in primary.designs}
-    x = _bars(ax, [_load(lp) for lp in primary.load_points], series)
+    x = grouped_bars(ax, [_load(lp) for lp in primary.load_points], series)
     values = [s.mean for ss in series.values() for s in ss if s.known]
     if live is not None:
         width = 0.8 / max(1, len(primary.designs))
@@ -486,7 +474,7 @@ def _tenant_figure(v: View, lp: float) -> Figure:
     fig = MplFigure(figsize=(8, 4.2), layout="constrained")
     ax = fig.add_subplot()
     series = {d: [v.tenant_p99.get((d, _lp(lp), t), MISSING) for t in tenants] for d in v.designs}
-    _bars(ax, tenants, series)
+    grouped_bars(ax, tenants, series)
     _use_log_scale(ax, [s.mean for ss in series.values() for s in ss if s.known])
     ax.set_ylabel("p99 latency (ms)")
     ax.legend(fontsize=8)
