@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from reference_impl.tenancy.invariants import check_run
-from saaslab.loadrun import DELAY_MS, PROBE_OBJECTS, run_load, run_probe
+from saaslab.live.tenancy import DELAY_MS, PROBE_OBJECTS, run_probe
+from saaslab.loadrun import run_load
 from saaslab.report import load_pattern
 from saaslab.reports.tenancy import build
 from saaslab.results import ALL_TENANTS, read_rows

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from saaslab.loadrun import tenancy_plan
+from saaslab.live.tenancy import tenancy_plan
 from saaslab.results import ALL_TENANTS, read_rows
 from saaslab.settings import Settings
 from saaslab.stats import mean_ci95
