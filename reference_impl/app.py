@@ -4,7 +4,9 @@ Run it with `saaslab serve`, or `uvicorn reference_impl.app:app_from_env --facto
 `SAASLAB_*` environment set (or the embedded servers up: `saaslab services up`).
 
 Requests pass, outermost first: MetricsMiddleware, ErrorMiddleware, BodyLimitMiddleware,
-TenantAuthMiddleware (only /v1), then FastAPI's router. All four are pure ASGI.
+TenantAuthMiddleware (only /v1), IdempotencyKeyMiddleware (only POST under /v1), then FastAPI's
+router. All five are pure ASGI. POST routes claim their Idempotency-Key themselves, through the
+design chosen by `SAASLAB_IDEMPOTENCY` (reference_impl/idempotency/http.py says why).
 
 `GET /bench/bare` is the benchmark's baseline: a tiny JSON answer through the same middleware but
 without auth, Redis, PostgreSQL or the scheduler, to compare `GET /v1/projects/{id}` against.
@@ -33,14 +35,20 @@ from reference_impl.common.per_request import PerRequest
 from reference_impl.common.problem import allowed_methods, install_problem_handlers, unavailable
 from reference_impl.common.redis_client import make_redis
 from reference_impl.common.routing import DirectRoute
+from reference_impl.idempotency import http as idempotency_http
+from reference_impl.idempotency import postgres as idempotency_store
+from reference_impl.idempotency import provider
+from reference_impl.idempotency.designs import NoIdempotency, make_design
+from reference_impl.idempotency.http import IdempotencyKeyMiddleware, IdempotentRequests, policy_of, publisher
 from reference_impl.ratelimit.service import RateLimitService
+from reference_impl.tenancy import repository
 from reference_impl.tenancy.gate import Gate
-from reference_impl.tenancy.repository import FAULT_POINTS, TenantDirectory, make_store
+from reference_impl.tenancy.repository import TenantDirectory, make_store
 from reference_impl.tenancy.routes import admin_router, tenant_router
 from saaslab.services import EmbeddedServices
 from saaslab.settings import Settings
 
-MIGRATIONS = (Path(__file__).parent / "tenancy" / "schema.sql",)
+MIGRATIONS = (Path(__file__).parent / "tenancy" / "schema.sql", provider.SCHEMA, idempotency_store.SCHEMA)
 READY_TIMEOUT_S = 1.0
 # Failures of a backing service: answered 503 (retry later), never 500.
 UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
@@ -59,7 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
                          "`saaslab serve` fills them in (starting embedded servers if needed)")
     admin_token = settings.admin_token or secrets.token_urlsafe(32)
     metrics = Metrics()
-    faults = Faults(FAULT_POINTS, metrics)
+    faults = Faults({**repository.FAULT_POINTS, **idempotency_http.FAULT_POINTS}, metrics)
     pool = make_pool(settings)
     redis_client = make_redis(settings)
     limiter = None if settings.ratelimit == "off" else RateLimitService(settings, redis_client)
@@ -68,6 +76,12 @@ def create_app(settings: Settings) -> FastAPI:
     directory = TenantDirectory(pool)
     store = make_store(settings.isolation, pool, faults)
     require_admin = admin_guard(admin_token)
+    # Payments are recorded in the idempotency ledger and published to the store's payments table.
+    publish = publisher(store)
+    design = make_design(settings.idempotency, pool=pool, redis=redis_client, prefix=settings.redis_prefix,
+                         policy=policy_of(settings), publish=publish)
+    idempotency = IdempotentRequests(design, unprotected=NoIdempotency(pool, publish=publish), faults=faults,
+                                     unavailable=UNAVAILABLE_ERRORS)
 
     metrics.gauge("saaslab_scheduler_slots", "Request slots the scheduler hands out", lambda: gate.scheduler.slots)
     metrics.gauge("saaslab_scheduler_busy_slots", "Slots held by running requests", lambda: gate.busy)
@@ -90,11 +104,19 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.gauge("saaslab_ratelimit_breaker_open", "1 while the limiter's circuit breaker keeps calls off Redis",
                       lambda: float(limiter.breaker.state.name != "closed"))
 
+    metrics.counter_family("saaslab_idempotency_decisions_total",
+                           "POSTs under /v1 by idempotency outcome (replay, conflict, mismatch, execute, recover, "
+                           "no_key, invalid_key)", "outcome", lambda: idempotency.decisions)
+    metrics.counter("saaslab_idempotency_provider_timeouts_total",
+                    "Payments answered 504 because the provider's answer was lost (nothing stored)",
+                    lambda: idempotency.provider_timeouts)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await pool.open(timeout_s=30.0)
         try:
             await migrate(pool, MIGRATIONS)
+            await idempotency.load()
             yield
         finally:
             await per_request.close()
@@ -107,9 +129,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.gate = gate
     app.state.faults = faults
     app.state.store = store
+    app.state.idempotency = idempotency
 
     # FastAPI tries routes in order: the hot /v1 routes go first.
-    routers = [tenant_router(store, gate, faults), _ops_router(pool, redis_client, metrics),
+    routers = [tenant_router(store, gate, faults, idempotency), _ops_router(pool, redis_client, metrics),
                admin_router(directory, store, require_admin)]
     if settings.lab_mode:
         routers.append(faults_router(faults, require_admin))
@@ -118,6 +141,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(router)
 
     # add_middleware wraps: the last added runs first.
+    app.add_middleware(IdempotencyKeyMiddleware, requests=idempotency)
     app.add_middleware(TenantAuthMiddleware, resolver=directory, per_request=per_request)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ErrorMiddleware, unavailable_errors=UNAVAILABLE_ERRORS)

@@ -1,4 +1,4 @@
-"""The `saaslab` command line: services, serve, sim, load, check, report, demo (CONTRACT.md).
+"""The `saaslab` command line: services, serve, completer, reaper, sim, load, check, report, demo (CONTRACT.md).
 
 Every command builds its `Settings` from `SAASLAB_*` variables. A command that needs PostgreSQL and
 Redis gets them from `services_for`, which starts the embedded servers for its lifetime when none
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -138,6 +139,61 @@ def serve(
         console.print(f"serving on http://{host}:{port} with {workers} worker(s); Ctrl-C stops")
         uvicorn.run("reference_impl.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                     loop="uvloop", http="httptools", log_level="warning", access_log=False)
+
+
+# --- idempotency: completer and reaper ----------------------------------------------------------
+
+IntervalOpt = Annotated[float, typer.Option("--interval", help="Seconds between passes.", min=0.01, max=86400)]
+OnceOpt = Annotated[bool, typer.Option("--once", help="Run one pass, print how many it handled, and exit.")]
+
+
+def _idempotency_process(kind: str, interval: float, once: bool) -> int:
+    """Run the completer or reaper against the configured (or embedded) servers."""
+    import asyncio
+    import logging
+
+    from reference_impl.idempotency import background
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    settings = Settings()
+    if settings.idempotency != "postgres":
+        console.print(f"note: SAASLAB_IDEMPOTENCY={settings.idempotency} keeps no claims in PostgreSQL; the {kind} "
+                      "only sees what an earlier `postgres` run left", highlight=False)
+    run = background.run_completer if kind == "completer" else background.run_reaper
+    with services_for(settings) as s:
+        if not once:
+            console.print(f"{kind}: a pass every {interval:g} s; Ctrl-C stops", highlight=False)
+        try:
+            return asyncio.run(run(s, interval_s=interval, once=once))
+        except OSError as e:
+            raise UserError(f"cannot reach PostgreSQL ({e}); check SAASLAB_DATABASE_URL, "
+                            "or unset it to use the embedded server") from e
+
+
+@app.command("completer", help=(
+    "Finish or roll back idempotent requests abandoned past their lock timeout.\n\n"
+    "A request is abandoned when its worker died between the recovery points (`started`, `charge_created`) "
+    "of the postgres design. A payment resumes from its recovery point with the same provider token, so it is "
+    "charged at most once, and is published to the payments of the SAASLAB_ISOLATION design: run the completer "
+    "with the service's settings. Any other request is rolled back, so that its retry runs afresh.\n\n"
+    "Runs a pass every --interval seconds until Ctrl-C or SIGTERM; --once runs one pass and prints how many "
+    "requests it handled."))
+def completer_command(interval: IntervalOpt = 1.0, once: OnceOpt = False) -> None:
+    done = _idempotency_process("completer", interval, once)
+    if once:
+        typer.echo(f"completer: {done} abandoned request(s) finished or rolled back")
+
+
+@app.command("reaper", help=(
+    "Delete idempotency keys past their retention (SAASLAB_IDEMPOTENCY_RETENTION_S, default 24 h).\n\n"
+    "A key still locked is never expired, so a request in flight is never reaped; payments are the ledger "
+    "and are never deleted.\n\n"
+    "Runs a pass every --interval seconds until Ctrl-C or SIGTERM; --once runs one pass and prints how many "
+    "keys it deleted."))
+def reaper_command(interval: IntervalOpt = 60.0, once: OnceOpt = False) -> None:
+    deleted = _idempotency_process("reaper", interval, once)
+    if once:
+        typer.echo(f"reaper: {deleted} expired idempotency key(s) deleted")
 
 
 # --- sim / load / check / report -----------------------------------------------------------------
@@ -280,6 +336,15 @@ def main() -> None:
         if _debug:
             raise
         console.print(f"error: {e}", highlight=False)
+        sys.exit(2)
+    except ValidationError as e:  # a SAASLAB_* setting out of range
+        if _debug:
+            raise
+        first = e.errors()[0]
+        field = "_".join(str(p) for p in first["loc"]).upper()
+        where = f"SAASLAB_{field}: " if field else ""
+        message = first["msg"].removeprefix("Value error, ")
+        console.print(f"error: {where}{message} (see the settings in README.md)", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

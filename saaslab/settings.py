@@ -9,13 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # `leaky` forgets the tenant filter on purpose: the unsafe design the checker must catch.
 IsolationDesign = Literal["filtered", "rls", "schema", "leaky"]
 SchedulerDesign = Literal["fifo", "bulkhead", "wfq"]
 RateLimitDesign = Literal["off", "fixed_window", "sliding_log", "sliding_counter", "token_bucket", "gcra", "naive"]
+# `none` executes every request, retries included: the unsafe baseline the idempotency checker must catch.
+IdempotencyDesign = Literal["none", "redis", "postgres"]
 
 
 class Settings(BaseSettings):
@@ -54,3 +56,18 @@ class Settings(BaseSettings):
     # The limiter's circuit breaker: consecutive failures that open it, and how long it stays open.
     ratelimit_breaker_fail_max: int = Field(default=5, ge=1)
     ratelimit_breaker_reset_s: float = Field(default=1.0, gt=0)
+
+    # idempotency (CONTRACT.md "Idempotency"): the design behind every POST under /v1 with Idempotency-Key.
+    idempotency: IdempotencyDesign = "postgres"
+    # How long a key's record (and its stored response) is kept after its claim.
+    # At most 2**52 µs (about 142 years), which keeps every time exact in the Redis design's Lua.
+    idempotency_retention_s: float = Field(default=86400.0, gt=0, le=2**52 // 1_000_000)
+    # A claim unfinished this long counts as abandoned: a retry or the completer may take it over.
+    idempotency_lock_timeout_s: float = Field(default=90.0, gt=0)
+
+    @model_validator(mode="after")
+    def _a_claim_outlives_its_lock(self) -> Settings:
+        if self.idempotency_lock_timeout_s >= self.idempotency_retention_s:
+            raise ValueError(f"SAASLAB_IDEMPOTENCY_LOCK_TIMEOUT_S ({self.idempotency_lock_timeout_s:g}) must be "
+                             f"below SAASLAB_IDEMPOTENCY_RETENTION_S ({self.idempotency_retention_s:g})")
+        return self

@@ -1,7 +1,8 @@
 """Lab mode: faults armed over HTTP at named points in the service (CONTRACT.md, "Lab mode").
 
 Code marks a point with `await faults.before(point)` before its effect and `faults.after(point)`
-once the effect is done. Modes:
+once the effect is done; an effect with failure modes of its own (the lab's payment provider)
+takes the armed fault with `faults.take(point)` and applies it itself. Modes:
 
 * `error`: fail before the effect with a 503 problem.
 * `delay`: sleep `delay_ms` before the effect (inside the scheduler slot, so it is service time).
@@ -21,7 +22,7 @@ import os
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, NoReturn
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
@@ -88,12 +89,24 @@ class Faults:
             raise Problem(503, "fault-injected", f"Lab-mode fault at point {point!r}.",
                           headers={"Retry-After": "1"})
         else:
-            log.warning("lab-mode crash fault at %r: exiting worker %d", point, os.getpid())
-            os._exit(CRASH_EXIT_CODE)
+            crash(point)
 
     def after(self, point: str) -> None:
         if self.armed and self._fire(point, AFTER_MODES) is not None:
             raise Problem(504, "timeout", "The operation did not complete in time.")
+
+    def take(self, point: str) -> Fault | None:
+        """Fire the fault armed at `point`, whatever its mode, and hand it to the caller to apply:
+        for an effect with failure modes of its own (the lab's payment provider)."""
+        if not self.armed:
+            return None
+        return self._fire(point, BEFORE_MODES | AFTER_MODES)
+
+
+def crash(point: str) -> NoReturn:
+    """The `crash` mode: the worker dies on the spot, no response, no cleanup."""
+    log.warning("lab-mode crash fault at %r: exiting worker %d", point, os.getpid())
+    os._exit(CRASH_EXIT_CODE)
 
 
 class FaultIn(BaseModel):

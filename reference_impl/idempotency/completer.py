@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from reference_impl.common.db import Pool
 from reference_impl.idempotency.core import Policy
+from reference_impl.idempotency.ledger import Publish
 from reference_impl.idempotency.postgres import ClaimLost, PostgresIdempotency
 from reference_impl.idempotency.provider import ProviderTimeout
 
@@ -43,9 +44,11 @@ def wall_clock_us() -> int:
     return time.time_ns() // 1000
 
 
-async def run_once(pool: Pool, now_us: int, *, policy: Policy | None = None, batch: int = BATCH) -> int:
-    """Finish or roll back up to `batch` requests abandoned at `now_us`; returns how many."""
-    store = PostgresIdempotency(pool, policy)
+async def run_once(pool: Pool, now_us: int, *, policy: Policy | None = None, batch: int = BATCH,
+                   publish: Publish | None = None) -> int:
+    """Finish or roll back up to `batch` requests abandoned at `now_us`; returns how many. `publish`
+    is the service's (ledger.Publish), so a payment the completer finishes shows up as the request's would."""
+    store = PostgresIdempotency(pool, policy, publish=publish)
     async with pool.connection() as conn:
         candidates = await conn.fetch(_ABANDONED, now_us, batch)
     done = 0
@@ -72,11 +75,12 @@ async def run_once(pool: Pool, now_us: int, *, policy: Policy | None = None, bat
 
 
 async def run_forever(pool: Pool, *, policy: Policy | None = None, interval_s: float = 1.0,
-                      stop: asyncio.Event | None = None, clock: Callable[[], int] = wall_clock_us) -> None:
+                      stop: asyncio.Event | None = None, clock: Callable[[], int] = wall_clock_us,
+                      publish: Publish | None = None) -> None:
     """Pass after pass until `stop` is set; a full batch is followed at once by the next pass."""
     stop = stop or asyncio.Event()
     while not stop.is_set():
-        done = await run_once(pool, clock(), policy=policy)
+        done = await run_once(pool, clock(), policy=policy, publish=publish)
         if done:
             log.info("completed %d abandoned requests", done)
         if done < BATCH:

@@ -13,6 +13,8 @@ Per POST under /v1 that carries `Idempotency-Key`, in this order (`now_us` is th
 1. `key = core.validate_key(header)`; InvalidIdempotencyKey -> 400, nothing stored.
 2. Authenticate, rate-limit, read and validate the body (for `/v1/payments`, build a
    `ledger.PaymentRequest`); a refusal here is answered as usual and nothing is stored.
+   (The service authenticates and rate-limits before step 1, so that a 400 carries the
+   `RateLimit-*` headers like any /v1 response; the body still comes after the key: http.py.)
 3. `fp = core.fingerprint(method, path_and_query, body)`.
 4. `claim = await design.claim(tenant_id, key, fp, now_us, payment=request_or_None)`, then by
    `claim.outcome`:
@@ -41,7 +43,13 @@ from redis.asyncio import Redis
 
 from reference_impl.common.db import Pool
 from reference_impl.idempotency.core import Claim, Outcome, Policy, StoredResponse
-from reference_impl.idempotency.ledger import Checkpoint, PaymentRequest, charge_then_record, new_token
+from reference_impl.idempotency.ledger import (
+    Checkpoint,
+    PaymentRequest,
+    Publish,
+    charge_then_record,
+    new_token,
+)
 from reference_impl.idempotency.postgres import PostgresIdempotency
 from reference_impl.idempotency.provider import ProviderFault
 from reference_impl.idempotency.redis_store import RedisIdempotency
@@ -73,8 +81,9 @@ class NoIdempotency:
 
     design = "none"
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, *, publish: Publish | None = None) -> None:
         self._pool = pool
+        self._publish = publish
 
     async def load(self) -> None:
         """Nothing to load."""
@@ -91,15 +100,16 @@ class NoIdempotency:
 
     async def pay(self, claim: Claim, request: PaymentRequest, now_us: int, *, fault: ProviderFault | None = None,
                   checkpoint: Checkpoint | None = None) -> StoredResponse:
-        return await charge_then_record(self, self._pool, claim, request, now_us, fault, checkpoint)
+        return await charge_then_record(self, self._pool, claim, request, now_us, fault, checkpoint, self._publish)
 
 
-def make_design(design: str, *, pool: Pool, redis: Redis, prefix: str, policy: Policy | None = None
-                ) -> IdempotencyDesign:
+def make_design(design: str, *, pool: Pool, redis: Redis, prefix: str, policy: Policy | None = None,
+                publish: Publish | None = None) -> IdempotencyDesign:
+    """The design named `design`; `publish` (ledger.Publish) is called with each recorded payment."""
     if design == "none":
-        return NoIdempotency(pool)
+        return NoIdempotency(pool, publish=publish)
     if design == "redis":
-        return RedisIdempotency(redis, pool, prefix, policy)
+        return RedisIdempotency(redis, pool, prefix, policy, publish=publish)
     if design == "postgres":
-        return PostgresIdempotency(pool, policy)
+        return PostgresIdempotency(pool, policy, publish=publish)
     raise ValueError(f"unknown idempotency design {design!r}; choose one of {', '.join(DESIGNS)}")

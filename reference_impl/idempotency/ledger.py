@@ -8,6 +8,11 @@ itself, a retry that recovered it, the completer), so every copy of a response i
 `charge_then_record` is the effect of the `redis` and `none` designs: two independent steps, each
 idempotent on its own key, with nothing durable in between (the `postgres` design's phases live
 in postgres.py). Beside them, what the stores share: claim tokens and the stored headers' format.
+
+Every design may be given a `Publish` hook: called with the payment once its ledger row exists and
+before the request is finished, on every path that finishes it (the request itself, a retry that
+recovered it, the completer). The service publishes the payment to the tenant's payments resource
+with it (idempotency/http.py); it must be idempotent, since a recovered request publishes again.
 """
 
 from __future__ import annotations
@@ -71,6 +76,9 @@ class Payment:
     created_at: datetime
 
 
+Publish = Callable[[Payment], Awaitable[None]]
+"""Called with a recorded payment before its request is finished (see the module docstring)."""
+
 PAYMENT_COLUMNS = "id, tenant_id, idempotency_key, charge_id, amount, currency, status, created_at"
 # DO UPDATE rather than DO NOTHING: RETURNING then yields the first row too, in one round trip.
 _RECORD = (f"INSERT INTO idempotency_payments (tenant_id, idempotency_key, charge_id, amount, currency, status)"
@@ -123,7 +131,8 @@ class Finisher(Protocol):
 
 
 async def charge_then_record(store: Finisher, pool: Pool, claim: Claim, request: PaymentRequest, now_us: int,
-                             fault: ProviderFault | None, checkpoint: Checkpoint | None) -> StoredResponse:
+                             fault: ProviderFault | None, checkpoint: Checkpoint | None,
+                             publish: Publish | None = None) -> StoredResponse:
     """Charge with the claim's token, write the payment, finish the claim.
 
     A provider timeout releases the claim (the next retry recovers it at once and re-asks with the
@@ -141,6 +150,8 @@ async def charge_then_record(store: Finisher, pool: Pool, claim: Claim, request:
     await reach(checkpoint, CHARGED)
     paid = await record_payment(pool, claim.tenant_id, key, charge)
     await reach(checkpoint, RECORDED)
+    if publish is not None:
+        await publish(paid)
     return await store.finish(claim, payment_response(paid))
 
 

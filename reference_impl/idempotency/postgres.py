@@ -60,7 +60,9 @@ from reference_impl.idempotency.ledger import (
     PAYMENT_STATUS,
     RECORDED,
     Checkpoint,
+    Payment,
     PaymentRequest,
+    Publish,
     declined_response,
     decode_headers,
     encode_headers,
@@ -135,9 +137,10 @@ def _answer(tenant_id: str, key: str, decision: Decision) -> Claim:
 class PostgresIdempotency:
     design = "postgres"
 
-    def __init__(self, pool: Pool, policy: Policy | None = None) -> None:
+    def __init__(self, pool: Pool, policy: Policy | None = None, *, publish: Publish | None = None) -> None:
         self._pool = pool
         self.policy = policy or Policy()
+        self._publish = publish
 
     async def load(self) -> None:
         """Nothing to load: the schema is applied with the service's migrations (`SCHEMA`)."""
@@ -243,16 +246,21 @@ class PostgresIdempotency:
                                           PAYMENT_STATUS)
             await reach(checkpoint, RECORDED)
             if row is not None:
-                return await self.finish(claim, payment_response(payment(row)))
+                return await self._publish_and_finish(claim, payment(row))
         # Resuming from charge_created, or another holder of this claim recorded the charge first.
         async with self._pool.connection() as conn:
             row = await conn.fetchrow(_PAYMENT_OF, claim.token)
             stored = await conn.fetchrow(_STORED, claim.token) if row is None else None
         if row is not None:
-            return await self.finish(claim, payment_response(payment(row)))
+            return await self._publish_and_finish(claim, payment(row))
         if stored is not None and stored["response_status"] is not None:
             return _stored(stored)
         raise ClaimLost(f"the claim of key {claim.key!r} has no payment and no response")
+
+    async def _publish_and_finish(self, claim: Claim, paid: Payment) -> StoredResponse:
+        if self._publish is not None:
+            await self._publish(paid)
+        return await self.finish(claim, payment_response(paid))
 
     async def record(self, tenant_id: str, key: str) -> Record | None:
         """The stored record, as the core sees it (None when absent)."""

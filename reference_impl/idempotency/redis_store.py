@@ -29,6 +29,7 @@ from reference_impl.idempotency.core import Claim, Outcome, Policy, Record, Stat
 from reference_impl.idempotency.ledger import (
     Checkpoint,
     PaymentRequest,
+    Publish,
     charge_then_record,
     decode_headers,
     encode_headers,
@@ -59,9 +60,10 @@ class RedisIdempotency:
     design = "redis"
 
     def __init__(self, redis: Redis, pool: Pool, prefix: str, policy: Policy | None = None, *,
-                 ttl_slack_ms: int = TTL_SLACK_MS) -> None:
+                 ttl_slack_ms: int = TTL_SLACK_MS, publish: Publish | None = None) -> None:
         self.redis = redis
         self._pool = pool
+        self._publish = publish
         self.prefix = prefix
         self.policy = policy or Policy()
         self._ttl_slack_ms = ttl_slack_ms
@@ -106,7 +108,7 @@ class RedisIdempotency:
         """Charge, record, finish (`ledger.charge_then_record`); ProviderTimeout as in the postgres design."""
         if not claim.runs:
             raise ValueError(f"a {claim.outcome} claim does not run")
-        return await charge_then_record(self, self._pool, claim, request, now_us, fault, checkpoint)
+        return await charge_then_record(self, self._pool, claim, request, now_us, fault, checkpoint, self._publish)
 
     async def record(self, tenant_id: str, key: str) -> Record | None:
         """The stored record, as the core sees it (None when absent)."""

@@ -101,6 +101,7 @@ class Statement:
 @dataclass(frozen=True, slots=True)
 class Queries:
     insert: Statement
+    put: Statement
     get: Statement
     delete: Statement
     first_page: Statement
@@ -128,6 +129,8 @@ def _queries(table: Table, relation: str, *, tenant_value: str | None, filter_li
 
     return Queries(
         insert=render("INSERT INTO {relation} ({writable}) VALUES ({values}) RETURNING {columns}", False),
+        put=render("INSERT INTO {relation} (id, {writable}, created_at) VALUES (%(id)s, {values}, %(created_at)s)"
+                   " ON CONFLICT (id) DO NOTHING", False),
         get=render("SELECT {columns} FROM {relation} WHERE {scope}id = %(id)s", filter_by_id),
         delete=render("DELETE FROM {relation} WHERE {scope}id = %(id)s", filter_by_id),
         first_page=render("SELECT {columns} FROM {relation} WHERE {scope}TRUE"
@@ -215,6 +218,18 @@ class Store:
         row = await self._write(tenant, self._sql(tenant, table).insert, {**values, "tenant": tenant.id}, returning)
         self._faults.after(COMMIT_POINT)
         return row
+
+    async def put(self, tenant: Tenant, table: Table, object_id: UUID, created_at: datetime,
+                  values: dict[str, Any]) -> None:
+        """Insert a row whose id and creation time were decided elsewhere, unless a row with that id
+        exists: writing the same row again is a no-op. The idempotency ledger publishes payments
+        this way (a recovered request publishes again)."""
+        async def put_row(conn: asyncpg.Connection, query: str, args: list[Any]) -> None:
+            await conn.execute(query, *args)
+
+        await self._write(tenant, self._sql(tenant, table).put,
+                          {**values, "tenant": tenant.id, "id": object_id, "created_at": created_at}, put_row)
+        self._faults.after(COMMIT_POINT)
 
     def get(self, tenant: Tenant, table: Table, object_id: UUID) -> Awaitable[Row | None]:
         # A plain function handing back `_read`'s coroutine: one coroutine frame less on the hot path.

@@ -3,6 +3,10 @@
 Routes never check ownership: they hand the tenant (set by TenantAuthMiddleware from the API key)
 to the store, and the store's design decides how isolation is enforced. Each route's storage work
 runs inside a scheduler slot, behind the `tenancy.query` fault point.
+
+Every POST goes through the idempotency glue (reference_impl/idempotency/http.py): a payment is
+charged and recorded by the idempotency design, which publishes it to the store's payments table;
+the reads below serve it from there like any other object.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from reference_impl.common.faults import Faults
 from reference_impl.common.per_request import Admission
 from reference_impl.common.problem import Problem, not_found, unavailable
 from reference_impl.common.routing import DirectRoute, json_response
+from reference_impl.idempotency.http import IdempotentRequests
+from reference_impl.idempotency.ledger import PaymentRequest
 from reference_impl.ratelimit.core import Policy
 from reference_impl.tenancy.gate import Gate
 from reference_impl.tenancy.repository import (
@@ -40,7 +46,6 @@ Endpoint = TypeVar("Endpoint", bound=Callable[[Request], Awaitable[Response]])
 
 PAGE_DEFAULT = 20
 PAGE_MAX = 100
-PAYMENT_STATUS = "succeeded"
 
 
 # --- request and response bodies ------------------------------------------------------------------
@@ -204,9 +209,10 @@ def admin_router(directory: TenantDirectory, store: Store, require_admin: Callab
     return router
 
 
-def tenant_router(store: Store, gate: Gate, faults: Faults) -> APIRouter:
+def tenant_router(store: Store, gate: Gate, faults: Faults, idempotency: IdempotentRequests) -> APIRouter:
     """The /v1 routes. Routes by id read `{id}` from `request.path_params` instead of declaring it and
-    are served as `DirectRoute`s (no dependency solving): the id is parsed by `parse_id` anyway."""
+    are served as `DirectRoute`s (no dependency solving): the id is parsed by `parse_id` anyway.
+    POST routes answer through `idempotency` (`pay` or `respond`), inside their scheduler slot."""
     router = APIRouter(prefix="/v1", tags=["tenant"])
 
     def direct(method: str, path: str, **route: Any) -> Callable[[Endpoint], Endpoint]:
@@ -233,8 +239,12 @@ def tenant_router(store: Store, gate: Gate, faults: Faults) -> APIRouter:
     @router.post("/projects", status_code=201, response_model=ProjectOut)
     async def create_project(body: ProjectIn, request: Request) -> Response:
         tenant = tenant_of(request)
-        row = await scoped(tenant, lambda: store.insert(tenant, PROJECTS, {"name": body.name}))
-        return json_response(project_json(row), status_code=201)
+
+        async def create() -> Response:
+            row = await store.insert(tenant, PROJECTS, {"name": body.name})
+            return json_response(project_json(row), status_code=201)
+
+        return await scoped(tenant, lambda: idempotency.respond(request, tenant, create))
 
     @direct("GET", "/projects/{project_id}", response_model=ProjectOut)
     async def get_project(request: Request) -> Response:
@@ -262,10 +272,11 @@ def tenant_router(store: Store, gate: Gate, faults: Faults) -> APIRouter:
 
     @router.post("/payments", status_code=201, response_model=PaymentOut)
     async def create_payment(body: PaymentIn, request: Request) -> Response:
+        """Charges the lab's payment provider once per Idempotency-Key (201 with the payment; 402 if
+        the provider declines; 504 if its answer was lost: retry with the same key)."""
         tenant = tenant_of(request)
-        values = {"amount": body.amount, "currency": body.currency, "status": PAYMENT_STATUS}
-        row = await scoped(tenant, lambda: store.insert(tenant, PAYMENTS, values))
-        return json_response(payment_json(row), status_code=201)
+        payment = PaymentRequest(body.amount, body.currency)
+        return await scoped(tenant, lambda: idempotency.pay(request, tenant, payment))
 
     @direct("GET", "/payments/{payment_id}", response_model=PaymentOut)
     async def get_payment(request: Request) -> Response:

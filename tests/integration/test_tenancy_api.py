@@ -232,7 +232,8 @@ async def test_error_fault_fires_count_times(lab: LiveService) -> None:
                               json={"point": "tenancy.query", "mode": "error", "count": 2})
     assert r.status_code == 201
     listing = (await lab.client.get("/admin/faults", headers=lab.admin)).json()
-    assert set(listing["points"]) == {"tenancy.query", "tenancy.commit"}
+    assert set(listing["points"]) == {"tenancy.query", "tenancy.commit", "idempotency.provider",
+                                      "idempotency.charged", "idempotency.charge_created"}
     assert [f["mode"] for f in listing["armed"]] == ["error"]
     statuses = [(await lab.client.get(f"/v1/projects/{project['id']}", headers=tenant.headers)).status_code
                 for _ in range(4)]
