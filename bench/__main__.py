@@ -7,7 +7,7 @@ import importlib
 import json
 from pathlib import Path
 
-BENCHES = ("tenancy",)
+BENCHES = ("tenancy", "ratelimit", "idempotency")
 
 
 def main() -> None:

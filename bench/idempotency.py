@@ -1,0 +1,395 @@
+"""Idempotency benchmark: what a design costs a payment, and how fast it answers a replay.
+
+Two figures, measured in one run on one machine:
+
+1. Throughput of `POST /v1/payments` under each design (`redis`, `postgres`) against `none`, every
+   request with an Idempotency-Key never sent before, so each one claims a key, charges the lab
+   provider and records a payment. `none` gets the header too (it validates and fingerprints, then
+   stores nothing), so the ratio is the cost of the design's store, not of parsing a header. No
+   target is set for it: a payment is several PostgreSQL transactions whatever the design.
+2. The p99 of a replayed request (the same key and bytes as a payment already finished: the stored
+   201 comes back with `Idempotent-Replayed: true`) at half of saturation, per design. Saturation is
+   the replay throughput measured closed-loop; half of it is then offered open-model (a constant
+   arrival rate, each request timed from its intended send time, so a stall counts). Target: p99 at
+   most 2 ms.
+
+As in `bench/tenancy.py`: each server is one uvicorn worker pinned to one core and the load
+generator is pinned to the other; a tenant with a limit the benchmark never reaches keeps the rate
+limiter deciding but never refusing. Design is a server setting, so three servers run side by side
+(`none`, `redis`, `postgres`; one is measured at a time, the idle ones cost next to nothing), and
+the throughput rounds come in adjacent ABBA pairs against the `none` server so background drift
+hits both sides alike; the ratio is the median of the per-pair ratios. The CPU column is the same
+comparison by the server's CPU time per request, less sensitive to other load on the machine.
+
+Every request is checked twice: its status must be 201, and at the end each server's
+`saaslab_idempotency_decisions_total` must count exactly the executions and replays sent, so a
+benchmark that silently replayed (or executed) the wrong thing fails rather than reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import psutil
+
+from bench import httpload
+from bench.tenancy import CONNECTIONS, UNREACHABLE_LIMIT, _pin, start_server, stop_server
+from reference_impl.common.redis_client import make_redis
+from saaslab.results import LatencyHistogram
+from saaslab.services import ServiceError, free_port, services_for
+from saaslab.settings import Settings
+
+BASELINE = "none"
+DESIGNS = ("redis", "postgres")
+PAIRS = 4
+"""ABBA pairs of throughput rounds per design against `none`."""
+REPLAY_PAIRS = 2
+"""Closed-loop replay rounds per design (alternating designs) that measure saturation."""
+OPEN_PAIRS = 3
+"""Open-model replay rounds per design (alternating designs); the p99 is the median of them."""
+OPEN_LOAD = 0.5
+"""The open-model arrival rate, as a share of the design's replay saturation."""
+TARGET_REPLAY_P99_MS = 2.0
+WARM_S = 1.0
+WARM_CONNECTIONS = 16
+MAX_IN_FLIGHT = 256
+LIMITER_TIMEOUT_MS = 2000
+MAX_SEND_LAG_P99_MS = 2.0
+"""Beyond about two of the event loop's timer ticks, the generator's core is busy with other work."""
+BODY = b'{"amount":1999,"currency":"EUR"}'
+KEY_DIGITS = 12
+OK = 201
+
+
+class FreshKeys:
+    """Raw `POST /v1/payments` requests, each with an Idempotency-Key never sent before.
+
+    The request is built once around a fixed-width placeholder and each call splices in the next
+    counter value: varying the key costs one bytes join in the load loop, not a request build.
+    `sent` counts the requests handed out (the executions the server must report).
+    """
+
+    def __init__(self, host: str, api_key: str, tag: str) -> None:
+        marker = "#" * KEY_DIGITS
+        raw = httpload.build_request("POST", "/v1/payments", host, _headers(api_key, f"bench-{tag}-{marker}"), BODY)
+        self._head, self._tail = raw.split(marker.encode())
+        self.sent = 0
+
+    def __call__(self) -> bytes:
+        self.sent += 1
+        return b"%s%0*d%s" % (self._head, KEY_DIGITS, self.sent, self._tail)
+
+
+def _headers(api_key: str, idempotency_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json",
+            "Idempotency-Key": idempotency_key}
+
+
+def _cpu_s(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+def _check(result: httpload.LoadResult, what: str) -> None:
+    if result.errors or set(result.status_counts) - {OK}:
+        raise ServiceError(f"{what}: not every request was answered {OK}: {result.errors} errors, "
+                           f"statuses {result.status_counts}")
+
+
+async def _closed_loop(port: int, next_request: Callable[[], bytes], seconds: float) -> httpload.LoadResult:
+    """`httpload.closed_loop`, asking `next_request` for each request's bytes (a fresh key each time)."""
+    res = httpload.LoadResult(0, 0, seconds)
+    deadline = time.perf_counter() + seconds
+
+    async def client() -> None:
+        conn = httpload._Conn("127.0.0.1", port)
+        try:
+            while (start := time.perf_counter()) < deadline:
+                status = await conn.send(next_request())
+                res.latency.record_s(time.perf_counter() - start)
+                res.requests += 1
+                httpload._count(res, status)
+        finally:
+            conn.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(CONNECTIONS)))
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+async def _open_loop(port: int, request: bytes, *, rate: float,
+                     seconds: float) -> tuple[httpload.LoadResult, LatencyHistogram, int]:
+    """A constant arrival rate; latency from each request's intended send time. Also answers the
+    generator's own send lag and the requests it dropped.
+
+    The event loop's timers tick in milliseconds, so a send may leave up to about a millisecond
+    late; latency counts that lag and its own p99 says how much of a p99 is the generator's.
+    Connections are opened before the clock starts. A request due while `MAX_IN_FLIGHT` are
+    outstanding (a stall on a shared machine) is dropped and counted apart: waiting would hide it.
+    """
+    res = httpload.LoadResult(0, 0, seconds)
+    lag = LatencyHistogram()
+    idle = []
+    for _ in range(WARM_CONNECTIONS):
+        conn = httpload._Conn("127.0.0.1", port)
+        conn.reader, conn.writer = await asyncio.open_connection("127.0.0.1", port)
+        idle.append(conn)
+    in_flight = dropped = 0
+
+    async def one(intended: float) -> None:
+        nonlocal in_flight
+        conn = idle.pop() if idle else httpload._Conn("127.0.0.1", port)
+        in_flight += 1
+        try:
+            status = await conn.send(request)
+            res.latency.record_s(time.perf_counter() - intended)
+            res.requests += 1
+            httpload._count(res, status)
+            idle.append(conn)
+        except OSError:
+            res.errors += 1
+            conn.close()
+        finally:
+            in_flight -= 1
+
+    tasks = []
+    interval = 1.0 / rate
+    t0 = time.perf_counter() + 0.01
+    for i in range(int(rate * seconds)):
+        intended = t0 + i * interval
+        delay = intended - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lag.record_s(time.perf_counter() - intended)
+        if in_flight >= MAX_IN_FLIGHT:
+            dropped += 1
+            continue
+        tasks.append(asyncio.ensure_future(one(intended)))
+    await asyncio.gather(*tasks)
+    for conn in idle:
+        conn.close()
+    res.seconds = time.perf_counter() - t0
+    return res, lag, dropped
+
+
+class Server:
+    """One service process under one idempotency design, with its benchmark tenant and requests."""
+
+    def __init__(self, settings: Settings, design: str, prefix: str, tag: str) -> None:
+        self.design = design
+        self.port = free_port()
+        # A generous limiter timeout: a stall of the shared machine must not make the limiter fail
+        # open (skipping Redis) on one side of a pair only.
+        self.proc = start_server(settings, self.port, SAASLAB_IDEMPOTENCY=design, SAASLAB_REDIS_PREFIX=prefix,
+                                 SAASLAB_RATELIMIT_MODE="enforce", SAASLAB_RATELIMIT_TIMEOUT_MS=str(LIMITER_TIMEOUT_MS))
+        self.process = psutil.Process(self.proc.pid)
+        self.base = f"http://127.0.0.1:{self.port}"
+        try:
+            self.api_key = self._tenant()
+        except BaseException:
+            self.stop()
+            raise
+        self.fresh = FreshKeys(f"127.0.0.1:{self.port}", self.api_key, tag)
+        self.replay = b""
+        self.replays_sent = 0
+
+    def _tenant(self) -> str:
+        """A tenant on the enterprise plan under a limit the benchmark never reaches: its API key."""
+        tenant = {"name": f"bench-idempotency-{self.design}", "plan": "enterprise", "limits": UNREACHABLE_LIMIT}
+        r = httpx.post(f"{self.base}/admin/tenants", json=tenant, headers={"Authorization": "Bearer bench-admin"})
+        if r.status_code != 201:
+            raise ServiceError(f"could not create the benchmark's tenant: {r.status_code} {r.text}")
+        return r.json()["api_key"]
+
+    def seed_replay(self, tag: str) -> None:
+        """Finish one payment, check that its retry is a byte-identical replay, keep the retry's bytes."""
+        key = f"bench-{tag}-replay"
+        headers = _headers(self.api_key, key)
+        first = httpx.post(f"{self.base}/v1/payments", content=BODY, headers=headers)
+        again = httpx.post(f"{self.base}/v1/payments", content=BODY, headers=headers)
+        if first.status_code != OK or "idempotent-replayed" in first.headers:
+            raise ServiceError(f"the {self.design} design did not execute the first payment: {first.status_code}")
+        if (again.status_code, again.headers.get("idempotent-replayed"), again.content) != (OK, "true", first.content):
+            raise ServiceError(f"the {self.design} design did not replay the payment: {again.status_code} "
+                               f"{dict(again.headers)}")
+        self.fresh.sent += 1  # the first payment is one more execution for the metrics check
+        self.replays_sent += 1
+        self.replay = httpload.build_request("POST", "/v1/payments", f"127.0.0.1:{self.port}", headers, BODY)
+
+    def closed_round(self, next_request: Callable[[], bytes], seconds: float, *, replay: bool = False) -> dict:
+        """One closed-loop round: throughput, latency, server CPU per request, the client's CPU share."""
+        client = psutil.Process()
+        server_cpu, client_cpu, started = _cpu_s(self.process), _cpu_s(client), time.perf_counter()
+        result = httpload.run(_closed_loop(self.port, next_request, seconds))
+        wall = time.perf_counter() - started
+        _check(result, f"{self.design} {'replays' if replay else 'payments'}")
+        if replay:
+            self.replays_sent += result.requests
+        return {"rps": result.rps, "p50_ms": result.latency.percentile_ms(50),
+                "p99_ms": result.latency.percentile_ms(99),
+                "server_cpu_us": 1e6 * (_cpu_s(self.process) - server_cpu) / max(result.requests, 1),
+                "client_cpu_share": (_cpu_s(client) - client_cpu) / wall}
+
+    def open_round(self, rate: float, seconds: float) -> dict:
+        server_cpu = _cpu_s(self.process)
+        result, lag, dropped = httpload.run(_open_loop(self.port, self.replay, rate=rate, seconds=seconds))
+        _check(result, f"{self.design} open-model replays")
+        self.replays_sent += result.requests
+        return {"rps": result.rps, "dropped": dropped, "p50_ms": result.latency.percentile_ms(50),
+                "p99_ms": result.latency.percentile_ms(99), "p999_ms": result.latency.percentile_ms(99.9),
+                "send_lag_p99_ms": lag.percentile_ms(99),
+                "server_cpu_us": 1e6 * (_cpu_s(self.process) - server_cpu) / max(result.requests, 1)}
+
+    def check_decisions(self) -> dict[str, float]:
+        """The server's idempotency decisions must be exactly the executions and replays sent."""
+        text = httpx.get(f"{self.base}/metrics").text
+        decisions = {m[1]: float(m[2]) for m in re.finditer(
+            r'^saaslab_idempotency_decisions_total\{outcome="(\w+)"\} (\S+)$', text, re.M)}
+        expected = {"execute": self.fresh.sent, "replay": self.replays_sent}
+        if any(decisions.get(k, 0) != v for k, v in expected.items()) or any(
+                v for k, v in decisions.items() if k not in expected):
+            raise ServiceError(f"the {self.design} server's idempotency decisions {decisions} are not the "
+                               f"requests sent {expected}")
+        return decisions
+
+    def stop(self) -> None:
+        stop_server(self.proc)
+
+
+def bench_throughput(none: Server, server: Server, seconds: float) -> dict:
+    orders = [(none, server) if i % 2 == 0 else (server, none) for i in range(PAIRS)]
+    pairs = [{s.design: s.closed_round(s.fresh, seconds) for s in order} for order in orders]
+    d = server.design
+    ratio = statistics.median(p[d]["rps"] / p[BASELINE]["rps"] for p in pairs)
+    cpu_ratio = statistics.median(p[BASELINE]["server_cpu_us"] / p[d]["server_cpu_us"] for p in pairs)
+    names = (BASELINE, d)
+    return {"design": d, "ratio": ratio, "cpu_ratio": cpu_ratio,
+            "rps": {n: statistics.median(p[n]["rps"] for p in pairs) for n in names},
+            "p99_ms": {n: statistics.median(p[n]["p99_ms"] for p in pairs) for n in names},
+            "server_cpu_us": {n: statistics.median(p[n]["server_cpu_us"] for p in pairs) for n in names},
+            "client_cpu_share_max": max(p[n]["client_cpu_share"] for p in pairs for n in names),
+            "pairs": pairs}
+
+
+def bench_replay(servers: list[Server], seconds: float) -> dict[str, dict]:
+    def orders(n: int) -> list[list[Server]]:
+        return [servers if i % 2 == 0 else servers[::-1] for i in range(n)]
+
+    closed: dict[str, list[dict]] = {s.design: [] for s in servers}
+    for order in orders(REPLAY_PAIRS):
+        for s in order:
+            closed[s.design].append(s.closed_round(lambda s=s: s.replay, seconds, replay=True))
+    saturation = {d: statistics.median(r["rps"] for r in rounds) for d, rounds in closed.items()}
+    opened: dict[str, list[dict]] = {s.design: [] for s in servers}
+    for order in orders(OPEN_PAIRS):
+        for s in order:
+            opened[s.design].append(s.open_round(OPEN_LOAD * saturation[s.design], seconds))
+    rows = {}
+    for d, rounds in opened.items():
+        p99 = statistics.median(r["p99_ms"] for r in rounds)
+        rows[d] = {"saturation_rps": saturation[d], "rate": OPEN_LOAD * saturation[d], "p99_ms": p99,
+                   "p99_ms_max": max(r["p99_ms"] for r in rounds),
+                   "p50_ms": statistics.median(r["p50_ms"] for r in rounds),
+                   "server_cpu_us": statistics.median(r["server_cpu_us"] for r in closed[d]),
+                   "send_lag_p99_ms_max": max(r["send_lag_p99_ms"] for r in rounds),
+                   "dropped": sum(r["dropped"] for r in rounds), "caveat": _caveat(rounds),
+                   "target_ms": TARGET_REPLAY_P99_MS, "meets_target": p99 <= TARGET_REPLAY_P99_MS,
+                   "closed_rounds": closed[d], "open_rounds": rounds}
+    return rows
+
+
+def _caveat(rounds: list[dict]) -> str:
+    """Why a p99 may not be measured well enough to judge the target; empty when it is."""
+    if any(r["dropped"] for r in rounds):  # a stall filled MAX_IN_FLIGHT: the tail went unmeasured
+        return "stalled: requests dropped"
+    if max(r["send_lag_p99_ms"] for r in rounds) > MAX_SEND_LAG_P99_MS:
+        return "unreliable: the load generator itself was late"
+    return ""
+
+
+async def _drop_keys(settings: Settings, prefix: str) -> None:
+    redis = make_redis(settings)
+    try:
+        batch = [key async for key in redis.scan_iter(match=f"{prefix}:*", count=1000)]
+        for i in range(0, len(batch), 1000):
+            await redis.unlink(*batch[i:i + 1000])
+    finally:
+        await redis.aclose()
+
+
+def _yes(met: bool) -> str:
+    return "yes" if met else "no"
+
+
+def _markdown(throughput: list[dict], replay: dict[str, dict], seconds: float, load: dict) -> list[str]:
+    md = [f"`POST /v1/payments`, one worker per design pinned to one core, the load generator on the other, "
+          f"{CONNECTIONS} keep-alive connections, a fresh Idempotency-Key per request (`none` gets one too); "
+          f"{PAIRS} ABBA pairs of {seconds:g} s rounds against the `none` server, the ratio as the median of "
+          f"per-pair ratios. CPU ratio: the same comparison by the server's CPU time per request. The issue sets "
+          f"no throughput target.", "",
+          "| design | none rps | design rps | ratio design/none | target | CPU/req none | CPU/req design "
+          "| CPU ratio | client CPU (max) |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in throughput:
+        d = r["design"]
+        md.append(f"| {d} | {r['rps'][BASELINE]:.0f} | {r['rps'][d]:.0f} | {r['ratio']:.2f}x | none set | "
+                  f"{r['server_cpu_us'][BASELINE]:.0f} us | {r['server_cpu_us'][d]:.0f} us | {r['cpu_ratio']:.2f} | "
+                  f"{100 * r['client_cpu_share_max']:.0f}% |")
+    md += ["", f"Replays (same key and bytes as a finished payment, answered `Idempotent-Replayed: true`): "
+               f"saturation closed-loop ({REPLAY_PAIRS} rounds per design, median), then {OPEN_LOAD:g} x saturation "
+               f"open-model ({OPEN_PAIRS} rounds per design, the p99 as the median of rounds; latency from each "
+               f"request's intended send time).", "",
+           "| design | replay saturation | server CPU/replay | open rate | p50 | p99 | p99 (worst round) | target "
+           "| target met |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for d, r in replay.items():
+        caveat = f" ({r['caveat']})" if r["caveat"] else ""
+        md.append(f"| {d} | {r['saturation_rps']:.0f} rps | {r['server_cpu_us']:.0f} us | {r['rate']:.0f} rps | "
+                  f"{r['p50_ms']:.2f} ms | "
+                  f"{r['p99_ms']:.2f} ms | {r['p99_ms_max']:.2f} ms | <= {TARGET_REPLAY_P99_MS:g} ms | "
+                  f"{_yes(r['meets_target'])}{caveat} |")
+    md += ["", f"The machine is shared: load average {load['before']:.2f} before and {load['after']:.2f} after the "
+               f"run on {os.cpu_count()} cores, so figures are noisy. The generator's own send lag p99 was at most "
+               f"{max(r['send_lag_p99_ms_max'] for r in replay.values()):.3f} ms."]
+    return md
+
+
+def run(out: Path, *, seconds: float = 4.0) -> dict:
+    _pin(1)
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"bench-idem-{tag}"  # this run's Redis keys only, dropped at the end
+    load_before = os.getloadavg()[0]
+    with services_for(Settings()) as settings:
+        servers: dict[str, Server] = {}
+        try:
+            for design in (BASELINE, *DESIGNS):
+                servers[design] = Server(settings, design, prefix, tag)
+            for s in servers.values():  # warm caches, pools and prepared statements
+                s.closed_round(s.fresh, WARM_S)
+            for d in DESIGNS:
+                servers[d].seed_replay(tag)
+                servers[d].closed_round(lambda s=servers[d]: s.replay, WARM_S, replay=True)
+            throughput = [bench_throughput(servers[BASELINE], servers[d], seconds) for d in DESIGNS]
+            replay = bench_replay([servers[d] for d in DESIGNS], seconds)
+            decisions = {d: s.check_decisions() for d, s in servers.items()}
+        finally:
+            for s in servers.values():
+                s.stop()
+            httpload.run(_drop_keys(settings, prefix))
+    load = {"before": load_before, "after": os.getloadavg()[0]}
+    md = _markdown(throughput, replay, seconds, load)
+    result = {"benchmark": "idempotency", "seconds": seconds, "connections": CONNECTIONS, "throughput": throughput,
+              "replay": replay, "decisions": decisions, "load_average": load, "markdown": md,
+              "machine_cpus": os.cpu_count()}
+    (out / "idempotency.json").write_text(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,387 @@
+"""Rate-limiting benchmark: what the limiter costs Redis, the service, and a request's tail latency.
+
+Three ratios, each measured in one run on one machine:
+
+1. Redis: the token bucket's EVALSHA rate (keys and arguments exactly as `RateLimitService` passes
+   them, through the service's `ScriptRunner`) against the same Redis server's plain SET rate,
+   sent the same way: one auto-pipelined hiredis connection, the same number of concurrent callers
+   and the same tenants. Target: at least 0.6x.
+2. Service: throughput of `GET /v1/projects/{id}` with the limiter on (`token_bucket`, under a
+   limit the benchmark never reaches) against off (where the request's one Redis round trip only
+   meters usage). Two servers, one per setting. Target: at least 0.75x.
+3. Tail: an open-model load (constant arrival rate, each request timed from its intended send
+   time) at half of the limiter-off service's saturation throughput, against both servers; the
+   p99 the limiter adds. Target: at most 1 ms.
+
+As in `bench/tenancy.py`: each server is one uvicorn worker pinned to one core and the load
+generator is pinned to the other; rounds come in adjacent pairs in ABBA order so background drift
+hits both sides alike, and each figure is the median of its per-pair ratios (or differences). The
+CPU columns (server CPU time per request, from /proc; Redis's own CPU per call, from INFO) are the
+same comparisons, less sensitive to other load on the machine. Redis itself is not ours to pin,
+and when it is shared its CPU figures include other clients' work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import hiredis
+import httpx
+import psutil
+
+from bench import httpload
+from bench.tenancy import CONNECTIONS, UNREACHABLE_LIMIT, _pin, _round, start_server, stop_server
+from reference_impl.common.redis_client import Arg, ScriptRunner, make_redis
+from reference_impl.ratelimit.core import Policy
+from reference_impl.ratelimit.redis_store import (
+    TTL_SLACK_MS,
+    USAGE_TTL_S,
+    USE_REDIS_TIME,
+    limiter_key,
+    script_source,
+)
+from reference_impl.tenancy.core import usage_key, usage_period
+from saaslab.results import LatencyHistogram
+from saaslab.services import ServiceError, free_port, services_for
+from saaslab.settings import Settings
+
+ALGORITHM = "token_bucket"
+PAIRS = 4
+TENANTS = 1000
+"""Distinct tenants (keys) the Redis comparison spreads its calls over, alike on both sides."""
+CONCURRENCY = CONNECTIONS
+"""Concurrent callers on the one Redis connection: as many as the service's HTTP benchmark keeps in flight."""
+OPEN_LOAD = 0.5
+"""The open-model arrival rate, as a share of the limiter-off service's saturation throughput."""
+WARM_CONNECTIONS = 16
+MAX_IN_FLIGHT = 256
+LIMITER_TIMEOUT_MS = 2000
+MAX_SEND_LAG_P99_MS = 2.0
+"""Beyond about two of the event loop's timer ticks, the generator's core is busy with other work."""
+TARGET_REDIS = 0.6
+TARGET_SERVICE = 0.75
+TARGET_ADDED_P99_MS = 1.0
+Call = tuple[Sequence[Arg], Sequence[Arg]]
+
+
+class _SetRunner(ScriptRunner):
+    """`ScriptRunner`'s auto-pipelining and connection, sending a plain `SET key value` per call.
+
+    Benchmark-only: the baseline the limiter's EVALSHA is compared with must travel the same way
+    (calls made in one loop turn leave in one write, replies matched in order), or the ratio would
+    measure the client rather than Redis.
+    """
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, "")
+
+    def __call__(self, keys: Sequence[Arg], args: Sequence[Arg]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[Any] = loop.create_future()
+        self._queued.append((hiredis.pack_command(("SET", keys[0], args[0])), (result, None)))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return result
+
+
+def _cpu_s(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+async def _redis_cpu_s(redis: Any) -> float:
+    info = await redis.info("cpu")
+    if "used_cpu_user_main_thread" in info:  # the thread that runs commands and scripts
+        return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def _drive(runner: Callable[..., asyncio.Future[Any]], calls: Sequence[Call], seconds: float) -> int:
+    """`CONCURRENCY` callers, each awaiting its call before the next, cycling through `calls`; the calls made."""
+    deadline = time.perf_counter() + seconds
+    done = 0
+
+    async def caller(i: int) -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            keys, args = calls[i % len(calls)]
+            await runner(keys, args)
+            i += CONCURRENCY
+            done += 1
+
+    await asyncio.gather(*(caller(i) for i in range(CONCURRENCY)))
+    return done
+
+
+async def _redis_pairs(settings: Settings, prefix: str, seconds: float) -> list[dict]:
+    assert settings.redis_url
+    tenants = [uuid.uuid4().hex for _ in range(TENANTS)]
+    policy = Policy.from_limits(UNREACHABLE_LIMIT["requests"], UNREACHABLE_LIMIT["window_s"])
+    period = usage_period(time.time())
+    # Exactly the (keys, args) RateLimitService._decide sends for a tenant with this policy.
+    calls: dict[str, list[Call]] = {
+        "evalsha": [((limiter_key(prefix, t, ALGORITHM), usage_key(prefix, t, period)),
+                     (USE_REDIS_TIME, policy.requests, policy.window_us, 1, TTL_SLACK_MS, USAGE_TTL_S))
+                    for t in tenants],
+        "set": [((f"{prefix}:{{{t}}}:set",), (b"1",)) for t in tenants],
+    }
+    runners = {"evalsha": ScriptRunner(settings.redis_url, script_source(ALGORITHM)),
+               "set": _SetRunner(settings.redis_url)}
+    redis = make_redis(settings)
+    client = psutil.Process()
+    try:
+        reply = await runners["evalsha"](*calls["evalsha"][0])
+        if int(reply[0]) != 1:
+            raise ServiceError(f"the limiter refused a call under an unreachable limit: {reply}")
+        for name, runner in runners.items():  # connect, load the script, touch every key once
+            await _drive(runner, calls[name], 1.0)
+        pairs = []
+        for i in range(PAIRS):
+            pair = {}
+            for name in ("set", "evalsha") if i % 2 == 0 else ("evalsha", "set"):
+                redis_cpu, client_cpu, started = await _redis_cpu_s(redis), _cpu_s(client), time.perf_counter()
+                n = await _drive(runners[name], calls[name], seconds)
+                wall = time.perf_counter() - started
+                pair[name] = {"ops": n / wall,
+                              "redis_cpu_us": 1e6 * (await _redis_cpu_s(redis) - redis_cpu) / max(n, 1),
+                              "client_cpu_share": (_cpu_s(client) - client_cpu) / wall}
+            pairs.append(pair)
+        return pairs
+    finally:
+        for runner in runners.values():
+            await runner.close()
+        await redis.aclose()
+
+
+def bench_redis(settings: Settings, prefix: str, seconds: float) -> dict:
+    pairs = httpload.run(_redis_pairs(settings, prefix, seconds))
+    ratio = statistics.median(p["evalsha"]["ops"] / p["set"]["ops"] for p in pairs)
+    cpu_ratio = statistics.median(p["set"]["redis_cpu_us"] / p["evalsha"]["redis_cpu_us"] for p in pairs)
+    return {"ratio": ratio, "cpu_ratio": cpu_ratio, "meets_target": ratio >= TARGET_REDIS, "target": TARGET_REDIS,
+            "ops": {n: statistics.median(p[n]["ops"] for p in pairs) for n in ("set", "evalsha")},
+            "redis_cpu_us": {n: statistics.median(p[n]["redis_cpu_us"] for p in pairs) for n in ("set", "evalsha")},
+            "client_cpu_share_max": max(p[n]["client_cpu_share"] for p in pairs for n in p),
+            "tenants": TENANTS, "concurrency": CONCURRENCY, "pairs": pairs}
+
+
+async def _open_loop(port: int, request: bytes, *, rate: float, seconds: float) -> tuple[httpload.LoadResult,
+                                                                                        LatencyHistogram, int]:
+    """`httpload.open_loop`, also answering the generator's own send lag and the requests it dropped.
+
+    The event loop's timers tick in milliseconds, so a send can leave up to about a millisecond
+    after its intended time; latency counts that lag, alike for both servers, and the lag's own p99
+    says how much of a p99 is the generator's. (Spinning to the exact time instead took a whole
+    core from Redis and PostgreSQL and made the service, not the generator, late.) Connections are
+    opened before the clock starts. A request due while `MAX_IN_FLIGHT` are outstanding (a stall on
+    a shared machine) is dropped and counted apart, not queued: waiting would hide the stall.
+    """
+    res = httpload.LoadResult(0, 0, seconds)
+    lag = LatencyHistogram()
+    idle = []
+    for _ in range(WARM_CONNECTIONS):
+        conn = httpload._Conn("127.0.0.1", port)
+        conn.reader, conn.writer = await asyncio.open_connection("127.0.0.1", port)
+        idle.append(conn)
+    interval = 1.0 / rate
+
+    in_flight = dropped = 0
+
+    async def one(intended: float) -> None:
+        nonlocal in_flight
+        conn = idle.pop() if idle else httpload._Conn("127.0.0.1", port)
+        in_flight += 1
+        try:
+            status = await conn.send(request)
+            res.latency.record_s(time.perf_counter() - intended)
+            res.requests += 1
+            httpload._count(res, status)
+            idle.append(conn)
+        except OSError:
+            res.errors += 1
+            conn.close()
+        finally:
+            in_flight -= 1
+
+    tasks = []
+    t0 = time.perf_counter() + 0.01
+    for i in range(int(rate * seconds)):
+        intended = t0 + i * interval
+        delay = intended - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lag.record_s(time.perf_counter() - intended)
+        if in_flight >= MAX_IN_FLIGHT:
+            dropped += 1
+            continue
+        tasks.append(asyncio.ensure_future(one(intended)))
+    await asyncio.gather(*tasks)
+    for conn in idle:
+        conn.close()
+    res.seconds = time.perf_counter() - t0
+    return res, lag, dropped
+
+
+def _open_round(server: psutil.Process, port: int, request: bytes, rate: float, seconds: float) -> dict:
+    server_cpu = _cpu_s(server)
+    result, lag, dropped = httpload.run(_open_loop(port, request, rate=rate, seconds=seconds))
+    if result.errors:
+        raise ServiceError(f"benchmark requests failed: {result.errors} errors, statuses {result.status_counts}")
+    return {"rps": result.rps, "dropped": dropped, "p50_ms": result.latency.percentile_ms(50),
+            "p99_ms": result.latency.percentile_ms(99),
+            "send_lag_p99_ms": lag.percentile_ms(99),
+            "server_cpu_us": 1e6 * (_cpu_s(server) - server_cpu) / max(result.requests, 1)}
+
+
+def _scoped_request(port: int, name: str) -> bytes:
+    """A tenant (enterprise plan, a limit the benchmark never reaches) and a project: the request to send."""
+    base = f"http://127.0.0.1:{port}"
+    r = httpx.post(f"{base}/admin/tenants", json={"name": name, "plan": "enterprise", "limits": UNREACHABLE_LIMIT},
+                   headers={"Authorization": "Bearer bench-admin"})
+    if r.status_code != 201:
+        raise ServiceError(f"could not create the benchmark's tenant: {r.status_code} {r.text}")
+    key = r.json()["api_key"]
+    r = httpx.post(f"{base}/v1/projects", json={"name": "p"}, headers={"Authorization": f"Bearer {key}"})
+    if r.status_code != 201:
+        raise ServiceError(f"could not create the benchmark's project: {r.status_code} {r.text}")
+    pid = r.json()["id"]
+    return httpload.build_request("GET", f"/v1/projects/{pid}", f"127.0.0.1:{port}", {"Authorization": f"Bearer {key}"})
+
+
+def _decisions(port: int) -> dict[str, float]:
+    """The limiter's decisions by outcome, from the server's /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    return {m[1]: float(m[2]) for m in re.finditer(
+        r'^saaslab_ratelimit_decisions_total\{outcome="(\w+)"\} (\S+)$', text, re.M)} if text else {}
+
+
+def _caveat(opened: list[dict]) -> str:
+    """Why the added p99 may not be measured well enough to judge the target; empty when it is."""
+    rounds = [r for pair in opened for r in pair.values()]
+    if any(r["dropped"] for r in rounds):  # a stall filled MAX_IN_FLIGHT: the tail went unmeasured
+        return "stalled: requests dropped"
+    if max(r["send_lag_p99_ms"] for r in rounds) > MAX_SEND_LAG_P99_MS:
+        return "unreliable: the load generator itself was late"
+    return ""
+
+
+def bench_service(settings: Settings, prefix: str, seconds: float) -> dict:
+    ports = {"off": free_port(), "on": free_port()}
+    procs = {}
+    try:
+        for name, port in ports.items():
+            # A generous limiter timeout: a stall of the shared machine must not turn into failing open,
+            # which skips Redis and would make the limiter look free.
+            procs[name] = start_server(settings, port, SAASLAB_REDIS_PREFIX=prefix, SAASLAB_RATELIMIT_MODE="enforce",
+                                       SAASLAB_RATELIMIT="off" if name == "off" else ALGORITHM,
+                                       SAASLAB_RATELIMIT_TIMEOUT_MS=str(LIMITER_TIMEOUT_MS))
+        requests = {name: _scoped_request(port, f"bench-ratelimit-{name}") for name, port in ports.items()}
+        servers = {name: psutil.Process(proc.pid) for name, proc in procs.items()}
+        for name, port in ports.items():  # warm caches, pools and prepared statements
+            httpload.run(httpload.closed_loop("127.0.0.1", port, requests[name], connections=CONNECTIONS,
+                                              seconds=1.0))
+        orders = [("off", "on") if i % 2 == 0 else ("on", "off") for i in range(PAIRS)]
+        closed = [{n: _round(servers[n], ports[n], requests[n], seconds) for n in order} for order in orders]
+        saturation = statistics.median(p["off"]["rps"] for p in closed)
+        rate = OPEN_LOAD * saturation
+        opened = [{n: _open_round(servers[n], ports[n], requests[n], rate, seconds) for n in order}
+                  for order in orders]
+        decisions = _decisions(ports["on"])
+    finally:
+        for proc in procs.values():
+            stop_server(proc)
+    # Failing open would make "on" look cheap: every decision must have come from Redis, and allowed.
+    if not decisions.get("allowed") or any(v for k, v in decisions.items() if k != "allowed"):
+        raise ServiceError(f"the limiter did not allow every request from Redis: {decisions}")
+    ratio = statistics.median(p["on"]["rps"] / p["off"]["rps"] for p in closed)
+    cpu_ratio = statistics.median(p["off"]["server_cpu_us"] / p["on"]["server_cpu_us"] for p in closed)
+    added = statistics.median(p["on"]["p99_ms"] - p["off"]["p99_ms"] for p in opened)
+    return {
+        "throughput": {"ratio": ratio, "cpu_ratio": cpu_ratio, "target": TARGET_SERVICE,
+                       "meets_target": ratio >= TARGET_SERVICE,
+                       "rps": {n: statistics.median(p[n]["rps"] for p in closed) for n in ports},
+                       "server_cpu_us": {n: statistics.median(p[n]["server_cpu_us"] for p in closed) for n in ports},
+                       "client_cpu_share_max": max(p[n]["client_cpu_share"] for p in closed for n in ports),
+                       "connections": CONNECTIONS, "pairs": closed},
+        "added_p99": {"added_ms": added, "target_ms": TARGET_ADDED_P99_MS, "meets_target": added <= TARGET_ADDED_P99_MS,
+                      "saturation_rps": saturation, "rate": rate,
+                      "p50_ms": {n: statistics.median(p[n]["p50_ms"] for p in opened) for n in ports},
+                      "p99_ms": {n: statistics.median(p[n]["p99_ms"] for p in opened) for n in ports},
+                      "send_lag_p99_ms_max": max(p[n]["send_lag_p99_ms"] for p in opened for n in ports),
+                      "dropped": {n: sum(p[n]["dropped"] for p in opened) for n in ports},
+                      "caveat": _caveat(opened),
+                      "pairs": opened},
+        "decisions": decisions,
+    }
+
+
+async def _drop_keys(settings: Settings, prefix: str) -> None:
+    redis = make_redis(settings)
+    try:
+        batch = []
+        async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                await redis.unlink(*batch)
+                batch = []
+        if batch:
+            await redis.unlink(*batch)
+    finally:
+        await redis.aclose()
+
+
+def _yes(met: bool) -> str:
+    return "yes" if met else "no"
+
+
+def run(out: Path, *, seconds: float = 4.0) -> dict:
+    _pin(1)
+    prefix = f"bench-rl-{uuid.uuid4().hex[:8]}"  # this run's keys only, dropped at the end
+    with services_for(Settings()) as settings:
+        try:
+            redis_row = bench_redis(settings, prefix, seconds)
+            service = bench_service(settings, prefix, seconds)
+        finally:
+            httpload.run(_drop_keys(settings, prefix))
+    tp, tail = service["throughput"], service["added_p99"]
+    caveat = f" ({tail['caveat']})" if tail["caveat"] else ""
+    md = [f"The `{ALGORITHM}` limiter, {PAIRS} ABBA pairs of {seconds:g} s rounds; each figure the median of "
+          f"its per-pair ratios (differences). CPU columns: the same comparison by CPU time per call, less "
+          f"sensitive to other load on the machine.", "",
+          "| figure | baseline | with limiter | result | target | target met | CPU ratio |",
+          "| --- | --- | --- | --- | --- | --- | --- |",
+          f"| Redis: EVALSHA rate / SET rate | {redis_row['ops']['set']:.0f} SET/s | "
+          f"{redis_row['ops']['evalsha']:.0f} EVALSHA/s | {redis_row['ratio']:.2f}x | >= {TARGET_REDIS}x | "
+          f"{_yes(redis_row['meets_target'])} | {redis_row['cpu_ratio']:.2f} |",
+          f"| Service: throughput on / off | {tp['rps']['off']:.0f} rps | {tp['rps']['on']:.0f} rps | "
+          f"{tp['ratio']:.2f}x | >= {TARGET_SERVICE}x | {_yes(tp['meets_target'])} | {tp['cpu_ratio']:.2f} |",
+          f"| Added p99 at {OPEN_LOAD:g} x saturation (open model, {tail['rate']:.0f} rps) | "
+          f"{tail['p99_ms']['off']:.2f} ms | {tail['p99_ms']['on']:.2f} ms | {tail['added_ms']:+.2f} ms | "
+          f"<= {TARGET_ADDED_P99_MS:g} ms | {_yes(tail['meets_target'])}{caveat} | |",
+          "",
+          f"Redis: one auto-pipelined hiredis connection each side (the service's `ScriptRunner`, and the same "
+          f"runner sending SET), {CONCURRENCY} concurrent callers, {TENANTS} tenants; Redis CPU per call "
+          f"{redis_row['redis_cpu_us']['set']:.1f} us (SET) and {redis_row['redis_cpu_us']['evalsha']:.1f} us "
+          f"(EVALSHA); client CPU at most {100 * redis_row['client_cpu_share_max']:.0f}% of its core. "
+          f"Service: `GET /v1/projects/{{id}}`, one worker per setting, {CONNECTIONS} keep-alive connections; "
+          f"limiter off still meters usage in its one Redis round trip; server CPU per request "
+          f"{tp['server_cpu_us']['off']:.0f} us (off) and {tp['server_cpu_us']['on']:.0f} us (on). "
+          f"Open model: latency from each request's intended send time, p50 {tail['p50_ms']['off']:.2f} ms (off) "
+          f"and {tail['p50_ms']['on']:.2f} ms (on), the generator's own send lag p99 at most "
+          f"{tail['send_lag_p99_ms_max']:.3f} ms."]
+    if any(tail["dropped"].values()):
+        md += ["", f"Open model: {tail['dropped']['off']} (off) and {tail['dropped']['on']} (on) requests dropped "
+                   f"because {MAX_IN_FLIGHT} were already outstanding (a stall); the p99s leave them out."]
+    result = {"benchmark": "ratelimit", "algorithm": ALGORITHM, "seconds": seconds, "redis": redis_row,
+              **service, "markdown": md, "machine_cpus": os.cpu_count()}
+    (out / "ratelimit.json").write_text(json.dumps(result, indent=2))
+    return result
