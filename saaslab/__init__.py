@@ -6,7 +6,7 @@ histories for invariant checkers, statistics, the report writer and the command 
 
 __version__ = "0.1.0"
 
-PATTERNS = ("tenancy", "ratelimit", "retries")
+PATTERNS = ("tenancy", "ratelimit", "idempotency", "retries")
 """Pattern slugs with a simulation and a report, in the order the demo runs them."""
 
 LIVE_PATTERNS = ("tenancy",)

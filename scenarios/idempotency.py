@@ -1,0 +1,994 @@
+"""Idempotency scenario: how often does each design charge a payment twice, or charge it without
+recording it, when clients time out and retry, the provider misbehaves and workers crash between
+recovery points, across load levels?
+
+Designs (`DESIGNS`, as in `reference_impl.idempotency.designs`): `none` (every attempt executes
+with a fresh provider token: the deliberately unsafe baseline), `redis` (an atomic claim plus the
+stored response; the payment is `ledger.charge_then_record`) and `postgres` (brandur's atomic
+phases `started -> charge_created -> finished` plus a completer).
+
+The model, one run per (design, load point, seed); every parameter is a field of `Setup`:
+
+* Clients. Logical payments arrive as a Poisson process at `load_point` x `capacity_rps(setup)`
+  for `duration_s`; each has its own `Idempotency-Key` and body (its amount), so its own
+  `core.fingerprint`. A share `p_double_click` is clicked twice: a second client sends the same
+  key U(0, `double_click_ms`) later. Each client waits `client_timeout_ms` per attempt and retries
+  timeouts, dropped connections, 409 and 5xx with `reference_impl.retries.core` (the policy
+  `retry_policy`, `max_attempts` attempts at most, `Retry-After` honoured through
+  `parse_retry_after` and `honour_retry_after`): the same code the load harness retries with.
+  201 and 402, fresh or replayed, end a client; one that runs out of attempts gives up.
+* App servers: `workers` worker processes behind one port, each with `slots` request slots
+  admitted by the service's FIFO scheduler (`reference_impl.tenancy.core.make_scheduler`). A
+  request holds a slot for a handler time (`handler_ms` + exponential `handler_overhead_ms`),
+  its store round trips (`redis_rtt_ms`, `pg_rtt_ms`; a statement takes effect when sent) and its
+  provider call. A worker keeps running an attempt whose client has gone (wasted work). Each
+  attempt goes to a random live worker; with none alive the connection is refused.
+* The provider (a mirror of `provider.charge`): one charge per (tenant, token); asking again with
+  a token it has seen returns the first outcome. Every call from the service draws one fault:
+  `slow` (p_slow: `slow_ms` more), `fail` (p_fail: declined, a failed charge kept) or
+  `timeout_after_effect` (p_timeout_after_effect: it charges, then the service gets
+  ProviderTimeout, releases the claim and answers 504 with `Retry-After: 1`). A call takes
+  `provider_ms` + exponential `provider_jitter_ms`; the charge happens halfway, so a worker that
+  dies while waiting leaves the charge made.
+* Crashes: at each of the payment's checkpoints (`ledger.CHARGED`, `ledger.RECORDED`) the worker
+  process dies with probability `p_crash`: every attempt on it is dropped (its client sees a reset)
+  and the worker restarts after `restart_ms`. The charge and anything written stay.
+* Claims are decided by `core.decide` on the simulated Redis hash or PostgreSQL row (the twin
+  rule); finish, release and the `started -> charge_created` compare-and-set are guarded by the
+  claim's token as in `finish.lua`, `release.lua` and postgres.py. The lock is `lock_timeout_s`
+  (shorter than the service's 90 s default, so that recoveries happen within a run); records
+  outlive the run, so no reaper runs. `postgres` runs the completer (`completer.run_once`'s logic)
+  every `completer_interval_s`: it takes over abandoned claims (RECOVER) and resumes them from
+  their recovery point, as its own process, where no fault or crash is injected.
+
+A run ends when the last client is done, every worker is idle and (postgres) the completer has
+finished every claim (the pass after the last lock ran out). Then the run's history (one `pay` operation per attempt: `ok` for 201, 402 and replays, `fail`
+for 409, 422 and refused connections, `info` for timeouts, resets and 504) and the ledger (the
+provider's charges, the payment rows) go through `reference_impl.idempotency.invariants.check`.
+Metrics per (design, load point, seed), tenant "*":
+
+- `payments`: logical payments (requests); `attempts`: HTTP attempts sent (requests)
+- `duplicates_per_10k`: extra effects per 10,000 logical payments: per key, the larger of
+  (succeeded charges - 1) and (payment rows - 1), when positive (per_10k)
+- `effect_violations_per_10k`: keys `exactly_one_effect` flags, per 10,000 logical payments (per_10k)
+- `orphans_per_10k`: `no_orphan_charges` violations (succeeded charges without their one payment
+  row, after the completer) per 10,000 logical payments (per_10k)
+- `replay_mismatch`: replays whose bytes differ from the key's first answer (`replays_match_first`
+  violations; requests)
+- `conflicts_pct`, `replays_pct`, `timeouts_pct`: attempts answered 409, answered with a replay,
+  or not answered within the client timeout, over attempts (percent)
+- `retries_per_request`: attempts beyond each client's first, per logical payment (ratio)
+- `gave_up_pct`: logical payments whose clients all gave up without a 201 or 402 (percent)
+- `latency_p50`, `latency_p99`: per attempt that got an HTTP answer, from send to answer (ms;
+  through the HDR histogram, as the load harness measures)
+- `payment_latency_p99`: from a payment's first send to its first 201 or 402 (ms)
+- `crashes`: worker crashes (count); `completed_by_completer_per_10k`: claims the completer
+  finished, per 10,000 logical payments (per_10k)
+- `exactly_one_effect`, `replays_match_first`, `no_orphan_charges`: 1 if the check held (bool);
+  `checks_valid`: 1 if all three held (bool)
+
+What the designs do under this model, from reading the code it mirrors (the sweep measures how often):
+
+* `none` duplicates whenever an attempt that charged goes unanswered and the client retries (a
+  client timeout, a 504 after `timeout_after_effect`, a crash after the charge) and on every
+  double click; each 504 or crash after the charge also leaves an orphan charge.
+* `redis` never duplicates: a retry either meets the claim (409 while locked, then the stored
+  response) or recovers it after the lock runs out and asks the provider again with the same
+  token, which returns the first charge; the payment row is unique per charge. But nothing
+  durable marks "charged": when the worker crashed after charging, or the provider timed out after
+  charging, and the client stops retrying before it recovers the claim, the charge never gets its
+  payment row (an orphan; the design has no completer). A Redis failover losing a claim is not
+  modelled.
+* `postgres` never duplicates and, after the completer, leaves no orphan: the claim stores the
+  request's parameters, so the completer resumes an abandoned claim whether or not its client
+  comes back, with the same token. It may charge a payment whose client gave up before the charge
+  was made (the request was accepted, and the completer carries it through).
+
+`run` sweeps DESIGNS x LOAD_POINTS x seeds (`DURATION_S`: 6 s of arrivals per run, 1.5 s with
+`--quick`); 95% confidence intervals come from the seeds. `workload`, `payment_body` and `Setup`'s
+client and fault settings are what a live run should replay (lab mode arms the same probabilities).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import Counter
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import simpy
+
+from reference_impl.idempotency.core import (
+    DEFAULT_RETENTION_US,
+    RUNS,
+    Claim,
+    Outcome,
+    Policy,
+    Record,
+    State,
+    StoredResponse,
+    advance,
+    decide,
+    fingerprint,
+)
+from reference_impl.idempotency.core import finish as finish_record
+from reference_impl.idempotency.core import release as release_record
+from reference_impl.idempotency.invariants import F_PAY, attempt_value, check, response_value
+from reference_impl.idempotency.ledger import (
+    CHARGED,
+    CHECKPOINTS,
+    PAYMENT_STATUS,
+    RECORDED,
+    LedgerState,
+    Payment,
+    PaymentRequest,
+    declined_response,
+    payment_response,
+)
+from reference_impl.idempotency.provider import FAILED, SUCCEEDED, Charge, FaultMode
+from reference_impl.retries.core import honour_retry_after, make_policy, parse_retry_after
+from reference_impl.tenancy.core import Job, make_scheduler
+from saaslab.history import CheckResult, History, Op
+from saaslab.results import ALL_TENANTS, LatencyHistogram, Row, new_run_id, write_run
+from scenarios.kernel import US_PER_MS, US_PER_S
+from scenarios.kernel.metrics import RunKey
+from scenarios.kernel.sweep import sweep
+from scenarios.kernel.workload import TenantSpec, Workload, arrivals
+
+PATTERN = "idempotency"
+DESIGNS = ("none", "redis", "postgres")
+LOAD_POINTS = (0.3, 0.6, 0.9, 1.2)
+"""Offered logical payments per second as a fraction of `capacity_rps(setup)`; 1.2 overloads it."""
+DURATION_S = {"full": 6.0, "quick": 1.5}
+TENANT = "acme"
+CURRENCY = "EUR"
+TARGET = "/v1/payments"
+EPOCH_US = 1_700_000_000_000_000
+"""Simulated time 0 on the app's clock: a real wall-clock instant."""
+COMPLETER_BATCH = 100
+PER_10K = 10_000
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Every knob of one run besides design, load point and seed (the module docstring says what each does)."""
+
+    duration_s: float = DURATION_S["full"]
+    workers: int = 4
+    slots: int = 4
+    handler_ms: float = 2.0
+    handler_overhead_ms: float = 1.0
+    provider_ms: float = 20.0
+    provider_jitter_ms: float = 10.0
+    redis_rtt_ms: float = 0.3
+    pg_rtt_ms: float = 1.0
+    p_slow: float = 0.005
+    slow_ms: float = 1200.0
+    p_fail: float = 0.01
+    p_timeout_after_effect: float = 0.01
+    p_crash: float = 0.0005
+    crash_points: tuple[str, ...] = CHECKPOINTS
+    restart_ms: float = 500.0
+    p_double_click: float = 0.02
+    double_click_ms: float = 300.0
+    client_timeout_ms: float = 1000.0
+    retry_policy: str = "full_jitter"
+    retry_base_ms: float = 100.0
+    retry_cap_ms: float = 2000.0
+    max_attempts: int = 6
+    lock_timeout_s: float = 5.0
+    completer_interval_s: float = 1.0
+
+    def parameters(self) -> dict[str, Any]:
+        return {**asdict(self), "capacity_rps": capacity_rps(self)}
+
+
+SETUP = Setup()
+
+
+def capacity_rps(setup: Setup = SETUP) -> float:
+    """Payments per second the app servers can execute: slots over a payment's mean slot time
+    (handler, provider with its slow calls, the postgres design's three statements)."""
+    mean_ms = (setup.handler_ms + setup.handler_overhead_ms + setup.provider_ms + setup.provider_jitter_ms
+               + setup.p_slow * setup.slow_ms + 3 * setup.pg_rtt_ms)
+    return setup.workers * setup.slots * 1000.0 / mean_ms
+
+
+def workload(load_point: float, setup: Setup = SETUP) -> Workload:
+    """The logical payments: Poisson at `load_point` x capacity (shared with the load test)."""
+    return Workload(tenants=(TenantSpec(TENANT, rate=load_point * capacity_rps(setup)),), process="poisson",
+                    duration_s=setup.duration_s, params={"load_point": load_point})
+
+
+def payment_body(n: int) -> tuple[PaymentRequest, bytes]:
+    """The n-th payment's request and the exact bytes a client sends (and resends) for it."""
+    request = PaymentRequest(amount=100 + n % 9_900, currency=CURRENCY)
+    return request, b'{"amount":%d,"currency":"%s"}' % (request.amount, request.currency.encode())
+
+
+# ---------------------------------------------------------------------------------------------
+# What travels between clients, workers, stores and the provider
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP answer as the client sees it."""
+
+    status: int
+    body: bytes = b""
+    replayed: bool = False
+    retry_after_s: int | None = None
+
+    @property
+    def decisive(self) -> bool:
+        """201 or 402, fresh or replayed: the payment's outcome is known."""
+        return self.status in (201, 402)
+
+
+RESET = "reset"
+"""The worker died with the attempt on it: the connection dropped (unknown outcome)."""
+REFUSED = "refused"
+"""No worker was alive to accept the connection (certainly no effect)."""
+TIMEOUT = "timeout"
+GATEWAY_TIMEOUT = Answer(504, retry_after_s=1)
+CONFLICT_BODY = b'{"type":"idempotency-conflict"}'
+
+
+def _answer(response: StoredResponse, replayed: bool = False) -> Answer:
+    return Answer(response.status, response.body, replayed)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    key: str
+    fingerprint: str
+    request: PaymentRequest
+
+
+class ProviderTimeoutResult:
+    """The provider's answer was lost (what `provider.ProviderTimeout` signals)."""
+
+
+class ProviderDeclined:
+    """The provider refused the charge (what `provider.ProviderError` signals)."""
+
+
+TIMED_OUT = ProviderTimeoutResult()
+DECLINED = ProviderDeclined()
+
+
+class Crashed(Exception):
+    """The worker process died at a checkpoint."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The lab: provider, ledger, workers
+
+
+@dataclass
+class Stats:
+    payments: int = 0
+    chains: int = 0
+    attempts: int = 0
+    conflicts: int = 0
+    replays: int = 0
+    timeouts: int = 0
+    gave_up: int = 0
+    crashes: int = 0
+    completed_by_completer: int = 0
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    payment_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+
+class Lab:
+    """One simulated run: clients, workers, a store per design, the provider and the ledger."""
+
+    def __init__(self, design: str, setup: Setup, load_point: float, seed: int) -> None:
+        if design not in DESIGNS:
+            raise ValueError(f"unknown idempotency design {design!r}; choose one of {', '.join(DESIGNS)}")
+        self.env = simpy.Environment()
+        self.design = design
+        self.setup = setup
+        self.load_point = load_point
+        self.seed = seed
+        self.policy = Policy(DEFAULT_RETENTION_US, round(setup.lock_timeout_s * US_PER_S))
+        self.backoff = make_policy(setup.retry_policy, base_us=round(setup.retry_base_ms * US_PER_MS),
+                                   cap_us=round(setup.retry_cap_ms * US_PER_MS), max_attempts=setup.max_attempts)
+        # Separate streams, so that a design drawing more of one kind does not shift the others.
+        self.client_rng = random.Random(f"idempotency:client:{seed}:{load_point}")
+        self.fault_rng = random.Random(f"idempotency:faults:{seed}:{load_point}")
+        self.service_rng = random.Random(f"idempotency:service:{seed}:{load_point}")
+        self.history = History(process="sim")
+        self.stats = Stats()
+        self.charges: dict[tuple[str, str], Charge] = {}
+        self.payments: dict[str, Payment] = {}
+        """The ledger: payment rows by charge id (the table's unique key)."""
+        self._ids = 0
+        self.workers = [Worker(self, i) for i in range(setup.workers)]
+        self.store: Store = {"none": NoStore, "redis": RedisStore, "postgres": PostgresStore}[design](self)
+        self._open_chains = 0
+        self._provider_calls = 0
+        self._arrivals_done = False
+        self._answered: set[str] = set()
+        self._chains_left: Counter[str] = Counter()
+        self._first_send: dict[str, int] = {}
+        self._client_timeout_us = round(setup.client_timeout_ms * US_PER_MS)
+
+    # --- clocks and ids
+
+    def now_us(self) -> int:
+        return EPOCH_US + int(self.env.now)
+
+    def _next_id(self) -> int:
+        self._ids += 1
+        return self._ids
+
+    def new_token(self) -> str:
+        return f"idk_{self._next_id():032x}"
+
+    def hop(self, ms: float) -> simpy.Timeout:
+        return self.env.timeout(round(ms * US_PER_MS))
+
+    # --- the provider (a mirror of provider.charge) and the ledger (ledger.record_payment)
+
+    def draw_fault(self) -> FaultMode | None:
+        s, u = self.setup, self.fault_rng.random()
+        if u < s.p_slow:
+            return "slow"
+        if u < s.p_slow + s.p_fail:
+            return "fail"
+        if u < s.p_slow + s.p_fail + s.p_timeout_after_effect:
+            return "timeout_after_effect"
+        return None
+
+    def charge(self, claim: Claim, request: PaymentRequest, fault: FaultMode | None
+               ) -> Generator[simpy.Event, Any, Charge | ProviderDeclined | ProviderTimeoutResult]:
+        """A provider call. The charge happens halfway, in a callback of the provider's own, so it
+        stands whatever becomes of the caller: a worker that dies while waiting leaves it made."""
+        s = self.setup
+        latency = round((s.provider_ms + self.service_rng.expovariate(1.0 / s.provider_jitter_ms)) * US_PER_MS)
+        outcome: list[Charge | ProviderDeclined | ProviderTimeoutResult] = []
+        halfway = self.env.timeout((round(s.slow_ms * US_PER_MS) if fault == "slow" else 0) + latency // 2)
+        halfway.callbacks.append(lambda _e: outcome.append(self._provider_charge(claim, request, fault)))
+        self._provider_calls += 1
+        yield halfway
+        yield self.env.timeout(latency - latency // 2)
+        return outcome[0]
+
+    def _provider_charge(self, claim: Claim, request: PaymentRequest, fault: FaultMode | None
+                         ) -> Charge | ProviderDeclined | ProviderTimeoutResult:
+        """provider.charge at the provider: one charge per (tenant, token); a seen token gets the first outcome."""
+        self._provider_calls -= 1
+        status = FAILED if fault == "fail" else SUCCEEDED
+        made = self.charges.get((claim.tenant_id, claim.token))
+        if made is None:
+            made = self.charges[(claim.tenant_id, claim.token)] = Charge(
+                f"ch_{self._next_id():024x}", claim.tenant_id, claim.token, claim.key or None, request.amount,
+                request.currency, status)
+        if (made.amount, made.currency) != (request.amount, request.currency) or made.status == FAILED:
+            return DECLINED
+        if fault == "timeout_after_effect":
+            return TIMED_OUT
+        return made
+
+    def payment_row(self, key: str, charge: Charge) -> Payment:
+        """INSERT ... ON CONFLICT (charge_id): a retried write finds the first row."""
+        paid = self.payments.get(charge.id)
+        if paid is None:
+            created = datetime.fromtimestamp(self.now_us() / US_PER_S, UTC)
+            paid = self.payments[charge.id] = Payment(uuid.UUID(int=self._next_id()), charge.tenant_id, key or None,
+                                                      charge.id, charge.amount, charge.currency, PAYMENT_STATUS,
+                                                      created)
+        return paid
+
+    def ledger(self) -> LedgerState:
+        return LedgerState(tuple(self.charges.values()), tuple(self.payments.values()))
+
+    # --- clients
+
+    def route(self) -> Worker | None:
+        alive = [w for w in self.workers if w.up]
+        return self.service_rng.choice(alive) if alive else None
+
+    def drive(self, schedule: list[tuple[int, str]]) -> Generator[simpy.Event, Any, None]:
+        for n, (t_us, _tenant) in enumerate(schedule):
+            if t_us > self.env.now:
+                yield self.env.timeout(t_us - self.env.now)
+            self.pay(n)
+        self._arrivals_done = True
+
+    def pay(self, n: int) -> None:
+        """One logical payment: a client, and sometimes a double click's second client."""
+        key = f"pay-{n:07d}"
+        request, body = payment_body(n)
+        attempt = Attempt(key, fingerprint("POST", TARGET, body), request)
+        self.stats.payments += 1
+        self._first_send[key] = int(self.env.now)
+        clicks = [0]
+        if self.client_rng.random() < self.setup.p_double_click:
+            clicks.append(round(self.client_rng.uniform(0, self.setup.double_click_ms) * US_PER_MS))
+        for delay in clicks:
+            self._chains_left[key] += 1
+            self._open_chains += 1
+            self.env.process(self.client(attempt, delay))
+
+    def client(self, attempt: Attempt, delay_us: int) -> Generator[simpy.Event, Any, None]:
+        env, stats, key = self.env, self.stats, attempt.key
+        if delay_us:
+            yield env.timeout(delay_us)
+        stats.chains += 1
+        tries = previous = 0
+        try:
+            while True:
+                tries += 1
+                stats.attempts += 1
+                sent = int(env.now)
+                op = self.history.invoke(F_PAY, attempt_value(TENANT, key), time_us=self.now_us())
+                answered = env.event()
+                worker = self.route()
+                if worker is None:
+                    answered.succeed(REFUSED)
+                else:
+                    worker.submit(attempt, answered)
+                    # The client's timeout answers first if the worker has not (cheaper than `answered | timeout`).
+                    env.timeout(self._client_timeout_us).callbacks.append(
+                        lambda _t, answered=answered: None if answered.triggered else answered.succeed(TIMEOUT))
+                got = yield answered
+                retry_after_us = self._record(op, got, sent)
+                if isinstance(got, Answer) and got.decisive:
+                    if key not in self._answered:
+                        self._answered.add(key)
+                        stats.payment_latency.record_us(int(env.now) - self._first_send[key])
+                    return
+                wait = honour_retry_after(self.backoff.next_delay_us(tries, previous, self.client_rng), retry_after_us)
+                if wait is None:
+                    return
+                previous = wait
+                if wait:
+                    yield env.timeout(wait)
+        finally:
+            self._open_chains -= 1
+            self._chains_left[key] -= 1
+            if self._chains_left[key] == 0 and key not in self._answered:
+                stats.gave_up += 1
+
+    def _record(self, op: Op, got: Answer | str, sent_us: int) -> int | None:
+        """Complete the attempt's history operation; returns the Retry-After to honour (µs) if any."""
+        now = self.now_us()
+        if not isinstance(got, Answer):
+            self.stats.timeouts += got == TIMEOUT
+            self.history.complete(op, "fail" if got == REFUSED else "info", {"error": got}, time_us=now)
+            return None
+        self.stats.latency.record_us(int(self.env.now) - sent_us)
+        if got.decisive:
+            self.stats.replays += got.replayed
+            self.history.complete(op, "ok", response_value(got.status, got.body, got.replayed), time_us=now)
+        else:
+            self.stats.conflicts += got.status == 409
+            self.history.complete(op, "fail" if got.status < 500 else "info", {"status": got.status}, time_us=now)
+        if got.retry_after_s is None:
+            return None
+        return parse_retry_after(str(got.retry_after_s), now)
+
+    @property
+    def quiet(self) -> bool:
+        return (self._arrivals_done and self._open_chains == 0 and self._provider_calls == 0
+                and not any(w.busy for w in self.workers))
+
+    # --- the run
+
+    def run(self, schedule: list[tuple[int, str]] | None = None) -> RunResult:
+        """Run to the end; `schedule` ((µs, tenant) arrivals) replaces the Poisson workload."""
+        if schedule is None:
+            schedule = arrivals(workload(self.load_point, self.setup), self.seed)
+        self.env.process(self.drive(schedule))
+        done = self.env.event()
+        self.env.process(self._settle(done))
+        self.store.start()
+        self.env.run(until=done)
+        ledger = self.ledger()
+        return RunResult(self.design, self.load_point, self.seed, self.history, ledger,
+                         check(self.history.ops, ledger), self.stats, int(self.env.now))
+
+    def _settle(self, done: simpy.Event) -> Generator[simpy.Event, Any, None]:
+        """Wait for the last client and the last abandoned attempt, then for the store to settle."""
+        tick = round(100 * US_PER_MS)
+        while not self.quiet:
+            yield self.env.timeout(tick)
+        yield from self.store.settle()
+        done.succeed()
+
+
+class _Ticket:
+    """A Job's token: granted at once when a slot is free, else an event to wait for (one event fewer)."""
+
+    __slots__ = ("granted", "event")
+
+    def __init__(self) -> None:
+        self.granted = False
+        self.event: simpy.Event | None = None
+
+
+class Worker:
+    """One service worker process: `slots` slots admitted by the service's FIFO scheduler."""
+
+    def __init__(self, lab: Lab, index: int) -> None:
+        self.lab = lab
+        self.env = lab.env
+        self.index = index
+        self.up = True
+        self.generation = 0
+        self.scheduler = make_scheduler("fifo", lab.setup.slots)
+        self._active: set[simpy.Process] = set()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._active)
+
+    def submit(self, attempt: Attempt, answered: simpy.Event) -> None:
+        self.env.process(self._handle(attempt, answered))
+
+    def _handle(self, attempt: Attempt, answered: simpy.Event) -> Generator[simpy.Event, Any, None]:
+        env, lab = self.env, self.lab
+        generation = self.generation
+        ticket = _Ticket()
+        self.scheduler.submit(Job(tenant=TENANT, token=ticket, arrival_us=int(env.now)))
+        me = env.active_process
+        assert me is not None
+        self._active.add(me)
+        started = False
+        got: Answer | str
+        try:
+            self._pump()
+            if not ticket.granted:
+                ticket.event = env.event()
+                yield ticket.event
+            started = True
+            s = lab.setup
+            yield lab.hop(s.handler_ms + lab.service_rng.expovariate(1.0 / s.handler_overhead_ms))
+            got = yield from lab.store.serve(self, attempt, lab.now_us())
+        except (simpy.Interrupt, Crashed):
+            got = RESET
+        finally:
+            self._active.discard(me)
+        if not answered.triggered:
+            answered.succeed(got)
+        if started and generation == self.generation:
+            self.scheduler.release(TENANT)
+            self._pump()
+
+    def _pump(self) -> None:
+        while (job := self.scheduler.dispatch()) is not None:
+            job.token.granted = True
+            if job.token.event is not None:
+                job.token.event.succeed()
+
+    def checkpoint(self, point: str) -> None:
+        """A named point of the payment's flow (ledger.CHECKPOINTS): the worker may die here."""
+        setup = self.lab.setup
+        if point in setup.crash_points and self.lab.fault_rng.random() < setup.p_crash:
+            self.crash()
+            raise Crashed(point)
+
+    def crash(self) -> None:
+        """Kill the process: every attempt on it is dropped, its queue is lost, it restarts later."""
+        self.lab.stats.crashes += 1
+        self.up = False
+        self.generation += 1
+        self.scheduler = make_scheduler("fifo", self.lab.setup.slots)
+        me = self.env.active_process
+        for proc in list(self._active):
+            if proc is not me:
+                proc.interrupt("crash")
+        self.env.process(self._restart())
+
+    def _restart(self) -> Generator[simpy.Event, Any, None]:
+        yield self.lab.hop(self.lab.setup.restart_ms)
+        self.up = True
+
+
+class _NoCrash:
+    """The completer's checkpoints: it runs as its own process, where no crash is injected."""
+
+    def checkpoint(self, point: str) -> None:
+        """Nothing happens."""
+
+
+NO_CRASH = _NoCrash()
+
+
+# ---------------------------------------------------------------------------------------------
+# The designs, as the service runs them (designs.py), on simulated state
+
+
+class Store:
+    """What every design does with an attempt; subclasses keep their own state."""
+
+    rtt_ms = 0.0
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+
+    def start(self) -> None:
+        """Start background processes (the completer)."""
+
+    def settle(self) -> Generator[simpy.Event, Any, None]:
+        """After the last client: what the design still does before the state is read."""
+        yield from ()
+
+    def op(self) -> simpy.Timeout:
+        return self.lab.hop(self.rtt_ms)
+
+    def serve(self, worker: Worker, attempt: Attempt, now_us: int) -> Generator[simpy.Event, Any, Answer]:
+        """Claim, then carry a running claim through the payment (designs.py's per-request steps)."""
+        claim = yield from self.claim(attempt, now_us)
+        if claim.outcome == Outcome.REPLAY:
+            assert claim.response is not None
+            return _answer(claim.response, replayed=True)
+        if claim.outcome == Outcome.CONFLICT:
+            return Answer(409, CONFLICT_BODY, retry_after_s=claim.retry_after_s)
+        if claim.outcome == Outcome.MISMATCH:
+            return Answer(422)
+        return (yield from self.pay(worker, claim, attempt.request, now_us, self.lab.draw_fault()))
+
+    def claim(self, attempt: Attempt, now_us: int) -> Generator[simpy.Event, Any, Claim]:
+        raise NotImplementedError
+
+    def pay(self, worker: Worker | _NoCrash, claim: Claim, request: PaymentRequest, now_us: int,
+            fault: FaultMode | None) -> Generator[simpy.Event, Any, Answer]:
+        return (yield from self.charge_then_record(worker, claim, request, now_us, fault))
+
+    def finish(self, claim: Claim, response: StoredResponse) -> Generator[simpy.Event, Any, StoredResponse]:
+        raise NotImplementedError
+
+    def release(self, claim: Claim, now_us: int) -> Generator[simpy.Event, Any, None]:
+        raise NotImplementedError
+
+    def charge_then_record(self, worker: Worker | _NoCrash, claim: Claim, request: PaymentRequest, now_us: int,
+                           fault: FaultMode | None) -> Generator[simpy.Event, Any, Answer]:
+        """ledger.charge_then_record: charge with the claim's token, write the payment, finish."""
+        lab = self.lab
+        charged = yield from lab.charge(claim, request, fault)
+        if charged is TIMED_OUT:
+            yield from self.release(claim, now_us)
+            return GATEWAY_TIMEOUT
+        if charged is DECLINED:
+            return _answer((yield from self.finish(claim, declined_response())))
+        worker.checkpoint(CHARGED)
+        paid = lab.payment_row(claim.key, charged)
+        yield lab.hop(lab.setup.pg_rtt_ms)
+        worker.checkpoint(RECORDED)
+        return _answer((yield from self.finish(claim, payment_response(paid))))
+
+
+class NoStore(Store):
+    """`none` (designs.NoIdempotency): every attempt executes with a fresh token. UNSAFE ON PURPOSE."""
+
+    def claim(self, attempt: Attempt, now_us: int) -> Generator[simpy.Event, Any, Claim]:
+        yield from ()
+        return Claim(Outcome.EXECUTE, TENANT, attempt.key, self.lab.new_token())
+
+    def finish(self, claim: Claim, response: StoredResponse) -> Generator[simpy.Event, Any, StoredResponse]:
+        yield from ()
+        return response
+
+    def release(self, claim: Claim, now_us: int) -> Generator[simpy.Event, Any, None]:
+        yield from ()
+
+
+@dataclass
+class _Hash:
+    """A key's Redis HASH: the core's record plus the claim's token (field `t`)."""
+
+    record: Record
+    token: str
+
+
+class RedisStore(Store):
+    """`redis` (redis_store.RedisIdempotency): claim.lua, finish.lua and release.lua on a dict."""
+
+    def __init__(self, lab: Lab) -> None:
+        super().__init__(lab)
+        self.rtt_ms = lab.setup.redis_rtt_ms
+        self.hashes: dict[str, _Hash] = {}
+
+    def claim(self, attempt: Attempt, now_us: int) -> Generator[simpy.Event, Any, Claim]:
+        stored = self.hashes.get(attempt.key)
+        d = decide(stored.record if stored else None, attempt.fingerprint, now_us, self.lab.policy)
+        key = attempt.key
+        if d.outcome == Outcome.EXECUTE:
+            token = self.lab.new_token()
+            self.hashes[key] = _Hash(d.record, token)
+            claim = Claim(Outcome.EXECUTE, TENANT, key, token, State.STARTED)
+        elif d.outcome == Outcome.RECOVER:
+            assert stored is not None
+            stored.record = d.record
+            claim = Claim(Outcome.RECOVER, TENANT, key, stored.token, d.record.state)
+        elif d.outcome == Outcome.REPLAY:
+            claim = Claim(Outcome.REPLAY, TENANT, key, response=d.record.response)
+        elif d.outcome == Outcome.CONFLICT:
+            claim = Claim(Outcome.CONFLICT, TENANT, key, retry_after_s=d.retry_after_s)
+        else:
+            claim = Claim(Outcome.MISMATCH, TENANT, key)
+        yield self.op()
+        return claim
+
+    def finish(self, claim: Claim, response: StoredResponse) -> Generator[simpy.Event, Any, StoredResponse]:
+        stored = self.hashes.get(claim.key)
+        result = response
+        if stored is not None and stored.token == claim.token:
+            if stored.record.state == State.FINISHED:
+                assert stored.record.response is not None
+                result = stored.record.response
+            else:
+                stored.record = finish_record(stored.record, response)
+        yield self.op()
+        return result
+
+    def release(self, claim: Claim, now_us: int) -> Generator[simpy.Event, Any, None]:
+        stored = self.hashes.get(claim.key)
+        if stored is not None and stored.token == claim.token and stored.record.state != State.FINISHED:
+            stored.record = release_record(stored.record, now_us)
+        yield self.op()
+
+
+@dataclass
+class _Row:
+    """A row of idempotency_keys."""
+
+    record: Record
+    token: str
+    request: PaymentRequest
+    charge_id: str | None = None
+
+
+class PostgresStore(Store):
+    """`postgres` (postgres.PostgresIdempotency and completer.run_once) on a dict of rows."""
+
+    def __init__(self, lab: Lab) -> None:
+        super().__init__(lab)
+        self.rtt_ms = lab.setup.pg_rtt_ms
+        self.rows: dict[str, _Row] = {}
+
+    def claim(self, attempt: Attempt, now_us: int) -> Generator[simpy.Event, Any, Claim]:
+        lab, key = self.lab, attempt.key
+        # INSERT ... ON CONFLICT DO NOTHING: the unique key arbitrates concurrent first requests.
+        if key not in self.rows:
+            token = lab.new_token()
+            self.rows[key] = _Row(decide(None, attempt.fingerprint, now_us, lab.policy).record, token, attempt.request)
+            yield self.op()
+            return Claim(Outcome.EXECUTE, TENANT, key, token)
+        yield self.op()
+        d = decide(self.rows[key].record, attempt.fingerprint, now_us, lab.policy)
+        yield self.op()
+        if d.outcome not in RUNS:
+            return self._answer(key, d.outcome, d.record, d.retry_after_s)
+        # Decide again under the row lock (SELECT ... FOR UPDATE, then the write): one transaction.
+        row = self.rows[key]
+        d = decide(row.record, attempt.fingerprint, now_us, lab.policy)
+        if d.outcome == Outcome.RECOVER:
+            row.record = d.record
+            claim = Claim(Outcome.RECOVER, TENANT, key, row.token, d.record.state)
+        elif d.outcome == Outcome.EXECUTE:  # past retention: a new request replaces the row
+            token = lab.new_token()
+            self.rows[key] = _Row(d.record, token, attempt.request)
+            claim = Claim(Outcome.EXECUTE, TENANT, key, token)
+        else:
+            claim = self._answer(key, d.outcome, d.record, d.retry_after_s)
+        yield lab.hop(2 * self.rtt_ms)
+        return claim
+
+    @staticmethod
+    def _answer(key: str, outcome: Outcome, record: Record, retry_after_s: int) -> Claim:
+        response = record.response if outcome == Outcome.REPLAY else None
+        return Claim(outcome, TENANT, key, response=response, retry_after_s=retry_after_s)
+
+    def _row(self, claim: Claim) -> _Row | None:
+        """The row this claim's token names (WHERE token = $1)."""
+        row = self.rows.get(claim.key)
+        return row if row is not None and row.token == claim.token else None
+
+    def pay(self, worker: Worker | _NoCrash, claim: Claim, request: PaymentRequest, now_us: int,
+            fault: FaultMode | None) -> Generator[simpy.Event, Any, Answer]:
+        lab = self.lab
+        if claim.state == State.STARTED:
+            charged = yield from lab.charge(claim, request, fault)
+            if charged is TIMED_OUT:
+                yield from self.release(claim, now_us)
+                return GATEWAY_TIMEOUT
+            if charged is DECLINED:
+                return _answer((yield from self.finish(claim, declined_response())))
+            worker.checkpoint(CHARGED)
+            # Phase 2 in one statement: the compare-and-set on `started`, and the payment only if it won.
+            row, paid = self._row(claim), None
+            if row is not None and row.record.state == State.STARTED:
+                row.record = advance(row.record, State.CHARGE_CREATED)
+                row.charge_id = charged.id
+                paid = lab.payment_row(claim.key, charged)
+            yield self.op()
+            worker.checkpoint(RECORDED)
+            if paid is not None:
+                return _answer((yield from self.finish(claim, payment_response(paid))))
+        # Resuming from charge_created, or another holder of this claim recorded the charge first.
+        row = self._row(claim)
+        paid = lab.payments.get(row.charge_id) if row is not None and row.charge_id else None
+        yield self.op()
+        if paid is not None:
+            return _answer((yield from self.finish(claim, payment_response(paid))))
+        assert row is not None and row.record.response is not None, "no reaper runs: a claim never loses its row"
+        yield self.op()
+        return _answer(row.record.response)
+
+    def finish(self, claim: Claim, response: StoredResponse) -> Generator[simpy.Event, Any, StoredResponse]:
+        row = self._row(claim)
+        result = response
+        if row is not None:
+            if row.record.state == State.FINISHED:
+                assert row.record.response is not None
+                result = row.record.response
+            else:
+                row.record = finish_record(row.record, response)
+        yield self.op()
+        return result
+
+    def release(self, claim: Claim, now_us: int) -> Generator[simpy.Event, Any, None]:
+        row = self._row(claim)
+        if row is not None and row.record.state != State.FINISHED:
+            row.record = release_record(row.record, now_us)
+        yield self.op()
+
+    # --- the completer
+
+    def start(self) -> None:
+        self.lab.env.process(self._completer())
+
+    def _completer(self) -> Generator[simpy.Event, Any, None]:
+        while True:
+            yield self.lab.hop(self.lab.setup.completer_interval_s * 1000)
+            yield from self.run_once()
+
+    def abandoned(self, now_us: int) -> list[str]:
+        """Unfinished claims whose lock has run out and that are not yet expired, oldest lock first."""
+        found = [(r.record.locked_until_us, k) for k, r in self.rows.items()
+                 if r.record.state != State.FINISHED and r.record.locked_until_us <= now_us < r.record.expires_at_us]
+        return [k for _, k in sorted(found)[:COMPLETER_BATCH]]
+
+    def run_once(self) -> Generator[simpy.Event, Any, int]:
+        """completer.run_once: take over each abandoned claim (RECOVER) and resume its payment."""
+        lab = self.lab
+        now_us = lab.now_us()
+        candidates = self.abandoned(now_us)
+        yield self.op()
+        done = 0
+        for key in candidates:
+            # take_over: decide and apply under the row lock, in one transaction.
+            row = self.rows[key]
+            d = decide(row.record, row.record.fingerprint, now_us, lab.policy)
+            if d.outcome == Outcome.RECOVER:
+                row.record = d.record
+            yield lab.hop(2 * self.rtt_ms)
+            if d.outcome != Outcome.RECOVER:  # a retry recovered it first, or it finished meanwhile
+                continue
+            claim = Claim(Outcome.RECOVER, TENANT, key, row.token, row.record.state)
+            answer = yield from self.pay(NO_CRASH, claim, row.request, now_us, None)
+            if answer.status == GATEWAY_TIMEOUT.status:
+                continue
+            done += 1
+        lab.stats.completed_by_completer += done
+        return done
+
+    def settle(self) -> Generator[simpy.Event, Any, None]:
+        """Let the completer's passes go on until every claim is finished (each lock runs out first)."""
+        setup = self.lab.setup
+        passes = 0
+        while unfinished := sum(1 for r in self.rows.values() if r.record.state != State.FINISHED):
+            passes += 1
+            if passes * setup.completer_interval_s > 10 * setup.lock_timeout_s + 10:
+                raise RuntimeError(f"the completer left {unfinished} claims unfinished long after their locks ran out")
+            yield self.lab.hop(setup.completer_interval_s * 1000)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class RunResult:
+    """One run: its history, the final ledger, the checker's verdicts and the counters."""
+
+    design: str
+    load_point: float
+    seed: int
+    history: History
+    ledger: LedgerState
+    checks: list[CheckResult]
+    stats: Stats
+    end_us: int
+
+    @property
+    def valid(self) -> bool:
+        return all(c.valid for c in self.checks)
+
+    def check(self, name: str) -> CheckResult:
+        return next(c for c in self.checks if c.name == name)
+
+    def extra_effects(self) -> int:
+        """Per key, the larger of (succeeded charges - 1) and (payment rows - 1), when positive, summed."""
+        charges = Counter(c.reference for c in self.ledger.charges if c.status == SUCCEEDED)
+        payments = Counter(p.idempotency_key for p in self.ledger.payments)
+        return sum(max(0, charges[k] - 1, payments[k] - 1) for k in set(charges) | set(payments))
+
+    def per_10k(self, n: int) -> float:
+        return PER_10K * n / self.stats.payments if self.stats.payments else float("nan")
+
+    def rows(self, run_id: str) -> list[Row]:
+        s = self.stats
+        key = RunKey(run_id=run_id, pattern=PATTERN, design=self.design, seed=self.seed, load_point=self.load_point)
+        attempts = s.attempts or 1
+
+        def pct(n: int, of: int) -> float:
+            return 100.0 * n / of if of else float("nan")
+
+        values: list[tuple[str, float, str]] = [
+            ("payments", s.payments, "requests"),
+            ("attempts", s.attempts, "requests"),
+            ("duplicates_per_10k", self.per_10k(self.extra_effects()), "per_10k"),
+            ("effect_violations_per_10k", self.per_10k(self.check("exactly_one_effect").violations), "per_10k"),
+            ("orphans_per_10k", self.per_10k(self.check("no_orphan_charges").violations), "per_10k"),
+            ("replay_mismatch", self.check("replays_match_first").violations, "requests"),
+            ("conflicts_pct", pct(s.conflicts, attempts), "percent"),
+            ("replays_pct", pct(s.replays, attempts), "percent"),
+            ("timeouts_pct", pct(s.timeouts, attempts), "percent"),
+            ("retries_per_request", (s.attempts - s.chains) / s.payments if s.payments else float("nan"), "ratio"),
+            ("gave_up_pct", pct(s.gave_up, s.payments), "percent"),
+            ("latency_p50", s.latency.percentile_ms(50), "ms"),
+            ("latency_p99", s.latency.percentile_ms(99), "ms"),
+            ("payment_latency_p99", s.payment_latency.percentile_ms(99), "ms"),
+            ("crashes", s.crashes, "count"),
+            ("completed_by_completer_per_10k", self.per_10k(s.completed_by_completer), "per_10k"),
+            *((c.name, float(c.valid), "bool") for c in self.checks),
+            ("checks_valid", float(self.valid), "bool"),
+        ]
+        return [key.row(ALL_TENANTS, metric, value, unit) for metric, value, unit in values]
+
+
+def simulate(design: str, load_point: float, seed: int, setup: Setup = SETUP, *,
+             schedule: list[tuple[int, str]] | None = None) -> RunResult:
+    """One run of one design at one load point and seed (the module docstring describes it);
+    `schedule` gives the payments' arrival times instead of the Poisson workload."""
+    return Lab(design, setup, load_point, seed).run(schedule)
+
+
+def simulate_one(design: str, load_point: float, seed: int, *, setup: Setup = SETUP,
+                 run_id: str | None = None) -> list[Row]:
+    """One run's rows (metrics of the module docstring)."""
+    return simulate(design, load_point, seed, setup).rows(run_id or new_run_id(PATTERN, "sim"))
+
+
+def _simulate(design: str, load_point: float, seed: int, params: Mapping[str, Any]) -> list[Row]:
+    return simulate_one(design, load_point, seed, setup=params["setup"], run_id=params["run_id"])
+
+
+def run(out: Path, *, quick: bool = False, seeds: int = 5, jobs: int = 2,
+        progress: Callable[[int, int], None] | None = None) -> Path:
+    """Sweep DESIGNS x LOAD_POINTS x seeds; write `out/sim/results.csv` and run.json; return the CSV.
+
+    `quick` shortens each run (DURATION_S["quick"]); designs, load points and seeds are unchanged.
+    """
+    setup = replace(SETUP, duration_s=DURATION_S["quick" if quick else "full"])
+    run_id = new_run_id(PATTERN, "sim")
+    rows = sweep(_simulate, designs=DESIGNS, load_points=LOAD_POINTS, seeds=range(seeds),
+                 params={"run_id": run_id, "setup": setup}, jobs=jobs, progress=progress)
+    parameters = {
+        "setup": setup.parameters(),
+        "designs": list(DESIGNS),
+        "load_points": list(LOAD_POINTS),
+        "seeds": list(range(seeds)),
+        "quick": quick,
+        "jobs": jobs,
+    }
+    return write_run(out / "sim", run_id=run_id, pattern=PATTERN, source="sim", rows=rows, parameters=parameters)
