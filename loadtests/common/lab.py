@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,7 +42,13 @@ from locust.rpc import Message
 from locust.runners import LocalRunner, MasterRunner, Runner, WorkerRunner
 
 from loadtests.common.openmodel import DEFAULT_MAX_IN_FLIGHT
-from loadtests.common.provision import ProvisioningError, Tenant, admin_token_from_env, create_tenants
+from loadtests.common.provision import (
+    UNLIMITED,
+    ProvisioningError,
+    Tenant,
+    admin_token_from_env,
+    create_tenants,
+)
 from saaslab.history import History
 from scenarios.kernel.workload import TenantSpec
 
@@ -100,6 +106,8 @@ class LabUser(FastHttpUser):
     concurrency = DEFAULT_MAX_IN_FLIGHT
 
     tenant_specs: ClassVar[Sequence[TenantSpec]] = ()
+    tenant_limits: ClassVar[Mapping[str, Any] | None] = UNLIMITED
+    """The rate policy (`limits` of POST /admin/tenants) every tenant of the class gets."""
     history: History
 
     def drive(self) -> None:
@@ -228,7 +236,7 @@ def _on_test_start(environment: Environment, **_kw: Any) -> None:
         token = admin_token_from_env()
         setup = {}
         for cls in _lab_classes(environment):
-            tenants = create_tenants(environment.host or "", token, cls.tenant_specs)
+            tenants = create_tenants(environment.host or "", token, cls.tenant_specs, limits=cls.tenant_limits)
             setup[cls.__name__] = {
                 "tenants": {n: list(t) for n, t in tenants.items()},
                 "workers": runner.worker_count if distributed else 1,

@@ -1,7 +1,7 @@
 -- Fixed window: the twin of core.fixed_window.
 -- KEYS: limiter HASH {w: window start µs, n: count}, usage counter.
 -- ARGV: now_us (-1 = TIME), requests, window_us, cost, ttl_slack_ms, usage_ttl_s.
--- Returns {allowed, remaining, reset_us, retry_after_us, usage}.
+-- Returns {allowed, remaining, reset_us, retry_after_us, usage, decided_us}.
 local now = clock(ARGV[1])
 local requests, window, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 
@@ -26,4 +26,5 @@ local retry = 0
 if not allowed then
     retry = reset
 end
-return finish(allowed, requests - count, reset, retry)
+-- A stored window newer than the clock's is the one this request counted in.
+return finish(allowed, requests - count, reset, retry, math.max(now, start))

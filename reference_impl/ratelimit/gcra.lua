@@ -1,7 +1,7 @@
 -- GCRA: the twin of core.gcra.
 -- KEYS: limiter STRING (theoretical arrival time, µs), usage counter.
 -- ARGV: now_us (-1 = TIME), requests, window_us, cost, ttl_slack_ms, usage_ttl_s.
--- Returns {allowed, remaining, reset_us, retry_after_us, usage}.
+-- Returns {allowed, remaining, reset_us, retry_after_us, usage, decided_us}.
 local now = clock(ARGV[1])
 local requests, window, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 
@@ -26,4 +26,4 @@ local remaining = idiv(burst - (tat - now), interval)
 if remaining < 0 then
     remaining = 0
 end
-return finish(allowed, remaining, tat - now, retry)
+return finish(allowed, remaining, tat - now, retry, now)

@@ -18,19 +18,30 @@ algorithm promises (CONTRACT.md, "Rate limiting"):
 
 `naive` is held to the fixed window's promise, which it breaks under concurrency: the checker
 must catch it. `quiet_never_limited`: a tenant flagged quiet was never refused.
+
+Live, the time of a decision is the one the service reports in lab mode (`Saaslab-Decided-At`,
+docs/contract.md): `decision_time` of the limiter's own clock, which the Lua scripts return.
+`check_run` checks a live run folder (`saaslab check ratelimit`).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from collections import defaultdict
 from collections.abc import Collection, Iterable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from reference_impl.ratelimit.core import Policy, gcra_interval
-from saaslab.history import CheckResult, Op
+from saaslab.history import CheckResult, Op, load
+
+if TYPE_CHECKING:
+    from saaslab.settings import Settings
 
 F_DECIDE = "decide"
+DECIDED_AT_HEADER = "Saaslab-Decided-At"
+"""Lab mode only (docs/contract.md): on every decided answer, the limiter's clock at the decision in µs."""
 MAX_EXAMPLES = 5
 ALIGNED = frozenset({"fixed_window", "sliding_counter", "naive"})
 
@@ -41,6 +52,25 @@ def decision_value(*, tenant: str, time_us: int, allowed: bool, policy: Policy, 
     return {"tenant": tenant, "time_us": time_us, "allowed": allowed, "cost": cost,
             "requests": policy.requests, "window_us": policy.window_us, "algorithm": algorithm,
             "quiet": quiet}
+
+
+def decision_time(algorithm: str, state: Any, now_us: int) -> int:
+    """The time a decision counts at, from the state it left (`core`'s) and the clock it was given.
+
+    That is `now_us`, unless the clock stepped back behind time the state already holds: then the
+    request counted in the newer window (fixed window, sliding counter, naive), at the newer bucket
+    time (token bucket) or at the newest log entry (sliding log). The Lua scripts return the same
+    value (`finish`'s `decided_us`); GCRA keeps no such time and decides at `now_us`.
+    """
+    if state is None or algorithm == "gcra":
+        return now_us
+    if algorithm in ALIGNED:
+        return max(now_us, state.window_start_us)
+    if algorithm == "token_bucket":
+        return max(now_us, state.updated_us)
+    if algorithm == "sliding_log":
+        return max(now_us, state.entries[-1]) if state.entries else now_us
+    raise ValueError(f"no decision time for algorithm {algorithm!r}")
 
 
 def _decisions(ops: Iterable[Op]) -> Iterable[dict[str, Any]]:
@@ -145,3 +175,21 @@ def quiet_never_limited(ops: Iterable[Op], quiet_tenants: Collection[str] | None
 def check_history(ops: Iterable[Op], quiet_tenants: Collection[str] | None = None) -> list[CheckResult]:
     ops = list(ops)
     return [no_over_admission(ops), quiet_never_limited(ops, quiet_tenants)]
+
+
+def write_check(path: Path, results: list[CheckResult]) -> None:
+    """`check.json`: the list of verdicts (the form the report and the notebook read)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([r.to_dict() for r in results], indent=2))
+
+
+def check_run(out_dir: Path, settings: Settings | None = None) -> list[CheckResult]:
+    """Check a live run folder: `out_dir/live/history.jsonl`, every decision the load test recorded.
+
+    `settings` is part of every pattern's checker interface; this one needs no connection, since
+    each decision carries everything it is judged on. Writes `out_dir/live/check.json`.
+    """
+    live = out_dir / "live"
+    results = check_history(load(live / "history.jsonl"))
+    write_check(live / "check.json", results)
+    return results

@@ -37,11 +37,14 @@ end
 -- The limiter key lives while its state still matters (reset_us) plus slack for app clocks
 -- ahead of Redis's; after that an absent key decides exactly as the expired state would.
 -- Usage counts every request, allowed or not, in the same round trip.
-local function finish(allowed, remaining, reset_us, retry_after_us)
+-- decided_us is the time the decision counts at (invariants.decision_time): the clock, or the newer
+-- time the state already holds when the clock stepped back. It costs the reply one integer; the
+-- service shows it only in lab mode, where the checker judges windows and refill on it.
+local function finish(allowed, remaining, reset_us, retry_after_us, decided_us)
     redis.call('PEXPIRE', KEYS[1], int(ceil_div(reset_us, 1000) + tonumber(ARGV[5])))
     local used = redis.call('INCR', KEYS[2])
     if used == 1 then
         redis.call('EXPIRE', KEYS[2], ARGV[6])
     end
-    return {allowed and 1 or 0, remaining, reset_us, retry_after_us, used}
+    return {allowed and 1 or 0, remaining, reset_us, retry_after_us, used, decided_us}
 end

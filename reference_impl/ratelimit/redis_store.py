@@ -91,6 +91,9 @@ class LimitResult:
     retry_after_us: int
     usage: int
     """The tenant's request count for the current period, this request included."""
+    decided_us: int = 0
+    """The limiter's clock at the decision, µs (Redis TIME or the caller's `now_us`), as
+    `invariants.decision_time` defines it: what the checker judges windows and refill on."""
 
 
 class LimitCall(NamedTuple):
@@ -183,8 +186,8 @@ class RedisRateLimiter:
 
 
 def _result(reply: Sequence[int]) -> LimitResult:
-    allowed, remaining, reset_us, retry_after_us, usage = (int(v) for v in reply)
-    return LimitResult(allowed == 1, remaining, reset_us, retry_after_us, usage)
+    allowed, remaining, reset_us, retry_after_us, usage, decided_us = (int(v) for v in reply)
+    return LimitResult(allowed == 1, remaining, reset_us, retry_after_us, usage, decided_us)
 
 
 async def read_state(redis: Redis, key: str, algorithm: str) -> Any:
@@ -248,7 +251,8 @@ class NaiveRedisRateLimiter:
         if used == 1:
             write.expire(ukey, self._usage_ttl_s)
         await write.execute()
-        return LimitResult(d.allowed, d.remaining, d.reset_us, d.retry_after_us, int(used))
+        return LimitResult(d.allowed, d.remaining, d.reset_us, d.retry_after_us, int(used),
+                           max(now, d.state.window_start_us))
 
     async def state(self, tenant_id: str, route_class: str | None = None) -> Any:
         return await read_state(self.redis, limiter_key(self.prefix, tenant_id, self.algorithm, route_class),

@@ -14,6 +14,10 @@ admits with only `RateLimit-Policy` and does not count usage (the count lives in
 
 The tenant's policy is read from the `Tenant` the directory resolved (its `limits` or its plan's
 default), so a `PATCH /admin/tenants/{id}` reaches a worker when its tenant cache entry expires.
+
+In lab mode every decided answer, allowed or refused, also carries `Saaslab-Decided-At`: the
+limiter's own clock at the decision in µs (Redis TIME, or the app's clock for `naive`), which a
+load test records so the checker can judge aligned windows and refill on the limiter's time.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from reference_impl.common.problem import Problem
 from reference_impl.common.redis_client import ScriptRunner
 from reference_impl.ratelimit.breaker import CircuitBreaker, FailurePolicy
 from reference_impl.ratelimit.core import US_PER_S, Policy, ratelimit_headers
+from reference_impl.ratelimit.invariants import DECIDED_AT_HEADER
 from reference_impl.ratelimit.policies import policy_for
 from reference_impl.ratelimit.redis_store import (
     TTL_SLACK_MS,
@@ -75,6 +80,7 @@ class RateLimitService:
             raise ValueError("RateLimitService needs settings.ratelimit != 'off' and settings.redis_url")
         self.algorithm = settings.ratelimit
         self.shadow = settings.ratelimit_mode == "shadow"
+        self.lab_mode = settings.lab_mode
         self.failure = FailurePolicy(settings.ratelimit_failure)
         self.timeout_s = settings.ratelimit_timeout_ms / 1000
         self.breaker = CircuitBreaker(fail_max=settings.ratelimit_breaker_fail_max,
@@ -115,8 +121,8 @@ class RateLimitService:
         reply = await self._runner(
             (limit.key, usage_key(self._prefix, limit.tenant.id, period)),
             (USE_REDIS_TIME, limit.policy.requests, limit.policy.window_us, 1, TTL_SLACK_MS, USAGE_TTL_S))
-        allowed, remaining, reset_us, retry_after_us, usage = (int(v) for v in reply)
-        return LimitResult(allowed == 1, remaining, reset_us, retry_after_us, usage)
+        allowed, remaining, reset_us, retry_after_us, usage, decided_us = (int(v) for v in reply)
+        return LimitResult(allowed == 1, remaining, reset_us, retry_after_us, usage, decided_us)
 
     async def admit(self, tenant: Tenant, period: str) -> Admission:
         """Decide one /v1 request of `tenant`, counting it in the usage of `period`."""
@@ -134,6 +140,8 @@ class RateLimitService:
         refused = not result.allowed and not self.shadow
         headers = ratelimit_headers(limit.policy, allowed=not refused, remaining=result.remaining,
                                     reset_us=result.reset_us, retry_after_us=result.retry_after_us)
+        if self.lab_mode:
+            headers[DECIDED_AT_HEADER] = str(result.decided_us)
         if result.allowed:
             self.outcomes["allowed"] += 1
         elif self.shadow:

@@ -1,7 +1,7 @@
 -- Sliding window counter (Cloudflare's estimate): the twin of core.sliding_counter.
 -- KEYS: limiter HASH {w: current window start µs, c: its count, p: previous window's count}, usage.
 -- ARGV: now_us (-1 = TIME), requests, window_us, cost, ttl_slack_ms, usage_ttl_s.
--- Returns {allowed, remaining, reset_us, retry_after_us, usage}.
+-- Returns {allowed, remaining, reset_us, retry_after_us, usage, decided_us}.
 local now = clock(ARGV[1])
 local requests, window, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 
@@ -66,4 +66,4 @@ if remaining < 0 then
     remaining = 0
 end
 redis.call('HSET', KEYS[1], 'w', int(start), 'c', int(current), 'p', int(previous))
-return finish(allowed, remaining, reset, retry)
+return finish(allowed, remaining, reset, retry, math.max(now, start))

@@ -1,7 +1,7 @@
 -- Sliding window log: the twin of core.sliding_log.
 -- KEYS: limiter LIST of admitted times (µs, oldest first, one per unit of cost), usage counter.
 -- ARGV: now_us (-1 = TIME), requests, window_us, cost, ttl_slack_ms, usage_ttl_s.
--- Returns {allowed, remaining, reset_us, retry_after_us, usage}.
+-- Returns {allowed, remaining, reset_us, retry_after_us, usage, decided_us}.
 local now = clock(ARGV[1])
 local requests, window, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local key = KEYS[1]
@@ -42,4 +42,4 @@ local reset = 0
 if n > 0 then
     reset = tonumber(redis.call('LINDEX', key, -1)) + window - now
 end
-return finish(allowed, requests - n, reset, retry)
+return finish(allowed, requests - n, reset, retry, t)

@@ -1,7 +1,7 @@
 -- Token bucket: the twin of core.token_bucket.
 -- KEYS: limiter HASH {l: level in token-µs (one token = window_us units), t: time of it}, usage.
 -- ARGV: now_us (-1 = TIME), requests, window_us, cost, ttl_slack_ms, usage_ttl_s.
--- Returns {allowed, remaining, reset_us, retry_after_us, usage}.
+-- Returns {allowed, remaining, reset_us, retry_after_us, usage, decided_us}.
 local now = clock(ARGV[1])
 local requests, window, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 
@@ -40,4 +40,4 @@ if not allowed then
 end
 local reset = ahead + ceil_div(capacity - level, requests)
 redis.call('HSET', KEYS[1], 'l', int(level), 't', int(updated))
-return finish(allowed, idiv(level, window), reset, retry)
+return finish(allowed, idiv(level, window), reset, retry, updated)

@@ -11,6 +11,9 @@ design = algorithm, load_point = the noisy tenant's offered rate over its quota,
 for the whole run (tenant "*"), and `live/check.json`. It fills the simulated-versus-measured table
 (429 rate and p99 per tenant group, with the gap) and the invariants. The simulation supplies the
 429 rate from its noisy-neighbour experiment; it has no latency model, so its p99 reads "not modelled".
+The live run.json's `race` (simultaneous requests of one tenant across the service's workers)
+gives one more conclusion, and its `policy` and `duration_s` are checked against the simulated
+neighbour experiment's, so a comparison that is not like for like says so.
 """
 
 from __future__ import annotations
@@ -647,6 +650,40 @@ def _agreement_sentences(comps: list[Comparison]) -> list[str]:
     return out
 
 
+def _same_seed_sentence(sim: View, live: View, comps: list[Comparison]) -> str | None:
+    """The noisy tenant's 429 rate against the simulation of the very schedule the live run replayed.
+
+    A live run replays one seed's arrivals; the simulated mean is over several seeds. Where the
+    simulation has the live seed, the like-for-like difference is that seed's, not the mean's.
+    """
+    seeds = {r.seed for r in live.run.rows}
+    if len(seeds) != 1:
+        return None
+    seed = next(iter(seeds))
+    diffs = []
+    for d in live.designs:
+        for lp in live.load_points:
+            simulated = sim.seeds(d, lp, NOISY, "neighbour_rejected_pct").get(seed)
+            measured = live.seeds(d, lp, NOISY, "rejected_rate").get(seed)
+            if simulated is not None and measured is not None:
+                diffs.append((abs(100.0 * measured - simulated), d, lp, simulated, 100.0 * measured))
+    if not diffs:
+        return None
+    worst, d, lp, simulated, measured = max(diffs)
+    text = (f"Against the simulation of the very schedule the live run replayed (seed {seed}), the noisy tenant's "
+            "measured 429 rate ")
+    if round(worst, 1) == 0:
+        text += f"equalled the simulated one to 0.1 pp in all {len(diffs)} cells"
+    else:
+        text += (f"differed by at most {worst:.1f} pp over {len(diffs)} cells ({d} at load {_load(lp)}: simulated "
+                 f"{fmt_num(simulated)}%, measured {fmt_num(measured)}%)")
+    mean_gaps = [abs(c.live_rate.mean - c.sim_rate.mean) for c in comps if c.group == "noisy" and c.rated]
+    if mean_gaps and max(mean_gaps) > worst + SAME_VALUE:
+        text += (f", less than the {max(mean_gaps):.1f} pp of the largest gap against the mean over seeds: that gap "
+                 "is the seeds' spread")
+    return text + "."
+
+
 # --- tables ---------------------------------------------------------------------------------------
 
 def _accuracy_table(v: View) -> Table:
@@ -881,14 +918,61 @@ def _workload(sim: RunData | None, live: RunData | None) -> list[str]:
     if params.get("load_points"):
         lines.append(f"Load points: {', '.join(_g(lp) for lp in params['load_points'])} (x the limit); "
                      f"{len(params.get('seeds') or [])} seeds{' (quick durations)' if params.get('quick') else ''}.")
+    if params.get("neighbour_policy"):
+        lines.append(f"The noisy neighbour runs under its own policy, {_policy_text(params['neighbour_policy'])} "
+                     "per tenant: the one the live load test provisions.")
     if live is not None:
         lp = live.parameters
         parts = [f"{k.replace('_', ' ')} {lp[k]}" for k in ("load_points", "duration_s", "workers", "seed", "designs")
                  if lp.get(k) is not None]
+        if lp.get("policy"):
+            parts.append(f"policy {_policy_text(lp['policy'])}")
         lines.append("Live run: " + ("; ".join(parts) if parts else "no parameters recorded") + ".")
     if not lines:
         lines.append("The runs recorded no workload parameters (run.json is missing or has none).")
     return lines
+
+
+def _policy_text(policy: dict[str, Any]) -> str:
+    return f"{policy['requests']} per {_g(policy['window_s'])} s"
+
+
+def _setup_mismatch(sim: dict[str, Any], live: dict[str, Any]) -> list[str]:
+    """Sentences for each way the live noisy neighbour differs from the simulated one (policy, duration)."""
+    out = []
+    sim_policy = sim.get("neighbour_policy") or sim.get("policy") or {}
+    live_policy = live.get("policy") or {}
+    if sim_policy and live_policy and (sim_policy.get("requests"), float(sim_policy.get("window_s", 0))) != (
+            live_policy.get("requests"), float(live_policy.get("window_s", 0))):
+        out.append(f"The live run's policy ({_policy_text(live_policy)}) differs from the simulated noisy "
+                   f"neighbour's ({_policy_text(sim_policy)}), so their 429 rates are not like for like.")
+    sim_s = (sim.get("durations_s") or {}).get("neighbour")
+    live_s = live.get("duration_s")
+    if sim_s is not None and live_s is not None and float(sim_s) != float(live_s):
+        out.append(f"The live runs lasted {_g(live_s)} s and the simulated noisy neighbour {_g(sim_s)} s: a bucket's "
+                   "initial burst weighs more in the shorter one, so their 429 rates differ for that reason too.")
+    return out
+
+
+def _live_race_sentence(live: RunData) -> str | None:
+    """The live race (run.json `race`): what each algorithm admitted of simultaneous requests."""
+    race = live.parameters.get("race") or {}
+    results = race.get("results") or {}
+    limit = (race.get("policy") or {}).get("requests")
+    if not results or limit is None:
+        return None
+    workers = live.parameters.get("workers")
+    across = f" across {workers} service workers" if workers else ""
+    exact = [d for d, r in results.items() if r.get("admitted") == limit and r.get("no_over_admission")]
+    parts = []
+    if exact:
+        parts.append(f"{fmt_list(_order(exact))} admitted exactly {limit}")
+    for d in _order(set(results) - set(exact)):
+        r = results[d]
+        held = "held" if r.get("no_over_admission") else "failed"
+        parts.append(f"{d} admitted {r.get('admitted')} (no_over_admission {held})")
+    return (f"Live, {race.get('requests')} requests of one tenant sent at once{across} at a limit of {limit}: "
+            + "; ".join(parts) + ".")
 
 
 def _live_notes(sim: View | None, live: View) -> list[str]:
@@ -904,10 +988,13 @@ def _live_notes(sim: View | None, live: View) -> list[str]:
     if UNSAFE in live.designs:
         notes.append(f"The simulation's noisy neighbour decides requests one at a time, so its {UNSAFE} rates are "
                      f"fixed_window's; live, {UNSAFE} races across the service workers and may refuse fewer.")
+    if sim is not None:
+        notes += _setup_mismatch(sim.run.parameters, live.run.parameters)
     for d in live.designs:
         for lp in live.load_points:
             problems = []
-            for metric, noun in (("errors", "errors"), ("timeouts", "timeouts"), ("dropped", "dropped arrivals")):
+            for metric, noun in (("errors", "errors"), ("timeouts", "timeouts"), ("dropped", "dropped arrivals"),
+                                 ("undecided", "answers the limiter did not decide")):
                 s = live.get(d, lp, metric)
                 if s.known and s.mean > 0:
                     problems.append(f"{s.mean:,.0f} {noun}")
@@ -957,7 +1044,13 @@ def build(data: PatternData) -> Report:
                             "has one seed per cell, so its values carry no interval.")
         if sim is not None:
             conclusions += _agreement_sentences(comps)
+            same_seed = _same_seed_sentence(sim, live, comps)
+            if same_seed:
+                conclusions.append(same_seed)
             figures.append(_live_figure(comps))
+    race = _live_race_sentence(data.live) if data.live else None
+    if race:
+        conclusions.append(race)
     checks = checks_sentence(data.live)
     if checks:
         conclusions.append(checks)
