@@ -9,5 +9,5 @@ __version__ = "0.1.0"
 PATTERNS = ("tenancy", "ratelimit", "idempotency", "retries")
 """Pattern slugs with a simulation and a report, in the order the demo runs them."""
 
-LIVE_PATTERNS = ("tenancy", "ratelimit")
+LIVE_PATTERNS = ("tenancy", "ratelimit", "idempotency")
 """Patterns that also have a live face: a load test against the reference service and its checker."""
