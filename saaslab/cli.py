@@ -235,13 +235,13 @@ def sim(
 
 
 def _load(pattern: str, out: Path, quick: bool, host: str | None, rate: float | None,
-          duration: float | None) -> Path:
+          duration: float | None, unsafe: bool = False) -> Path:
     from saaslab.loadrun import run_load
 
     settings = Settings()
     with services_for(settings) as s:
         return run_load(pattern, s, out, quick=quick, host=host, rate=rate, duration=duration,
-                        progress=lambda msg: console.log(msg))
+                        progress=lambda msg: console.log(msg), unsafe_probe=unsafe)
 
 
 @app.command()
@@ -251,12 +251,16 @@ def load(
     host: Annotated[str | None, typer.Option(help="URL of a running service; default: start one here.")] = None,
     rate: Annotated[float | None, typer.Option(help="Override the offered load (requests/s).", min=0.1)] = None,
     duration: Annotated[float | None, typer.Option(help="Override the load duration in seconds.", min=1)] = None,
+    unsafe: Annotated[bool, typer.Option(
+        "--unsafe", help="Also run the pattern's deliberately unsafe design in the same harness, into "
+        "<out>/unsafe/live/ (tenancy: the leaky isolation probe; ratelimit: naive; idempotency: none), to see the "
+        "checker catch it: `saaslab check PATTERN --out <out>/unsafe`.")] = False,
     out: OutOpt = None,
 ) -> None:
     """Drive the live service with Locust; writes <out>/live/results.csv, run.json, history and checks."""
     names = _patterns(pattern, live=True)
     for p in names:
-        path = _load(p, _out_dir(out, p, len(names) > 1), quick, host, rate, duration)
+        path = _load(p, _out_dir(out, p, len(names) > 1), quick, host, rate, duration, unsafe)
         console.print(f"{p}: measured results in {path}")
 
 
