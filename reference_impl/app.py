@@ -79,7 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
     # Payments are recorded in the idempotency ledger and published to the store's payments table.
     publish = publisher(store)
     design = make_design(settings.idempotency, pool=pool, redis=redis_client, prefix=settings.redis_prefix,
-                         policy=policy_of(settings), publish=publish)
+                         policy=policy_of(settings), publish=publish, redis_url=settings.redis_url)
     idempotency = IdempotentRequests(design, unprotected=NoIdempotency(pool, publish=publish), faults=faults,
                                      unavailable=UNAVAILABLE_ERRORS)
 
@@ -119,6 +119,7 @@ def create_app(settings: Settings) -> FastAPI:
             await idempotency.load()
             yield
         finally:
+            await idempotency.close()
             await per_request.close()
             await redis_client.aclose()
             await pool.close()

@@ -104,12 +104,13 @@ class NoIdempotency:
 
 
 def make_design(design: str, *, pool: Pool, redis: Redis, prefix: str, policy: Policy | None = None,
-                publish: Publish | None = None) -> IdempotencyDesign:
-    """The design named `design`; `publish` (ledger.Publish) is called with each recorded payment."""
+                publish: Publish | None = None, redis_url: str | None = None) -> IdempotencyDesign:
+    """The design named `design`; `publish` (ledger.Publish) is called with each recorded payment.
+    With `redis_url` the `redis` design claims keys through an auto-pipelined ScriptRunner."""
     if design == "none":
         return NoIdempotency(pool, publish=publish)
     if design == "redis":
-        return RedisIdempotency(redis, pool, prefix, policy, publish=publish)
+        return RedisIdempotency(redis, pool, prefix, policy, publish=publish, redis_url=redis_url)
     if design == "postgres":
         return PostgresIdempotency(pool, policy, publish=publish)
     raise ValueError(f"unknown idempotency design {design!r}; choose one of {', '.join(DESIGNS)}")

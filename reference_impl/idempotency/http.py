@@ -179,6 +179,12 @@ class IdempotentRequests:
             log.warning("idempotency design %s could not load at start-up (%r); loading on first use",
                         self.design.design, exc)
 
+    async def close(self) -> None:
+        """Close what the design holds open beyond the app's pools (the redis design's script runner)."""
+        close = getattr(self.design, "close", None)
+        if close is not None:
+            await close()
+
     async def pay(self, request: Request, tenant: Tenant, payment: PaymentRequest) -> Response:
         """POST /v1/payments: charge the lab provider and record the payment through the design."""
         key: str | None = request.scope.get(KEY_SCOPE_KEY)

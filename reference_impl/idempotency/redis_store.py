@@ -25,6 +25,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from reference_impl.common.db import Pool
+from reference_impl.common.redis_client import ScriptRunner
 from reference_impl.idempotency.core import Claim, Outcome, Policy, Record, State, StoredResponse
 from reference_impl.idempotency.ledger import (
     Checkpoint,
@@ -60,7 +61,8 @@ class RedisIdempotency:
     design = "redis"
 
     def __init__(self, redis: Redis, pool: Pool, prefix: str, policy: Policy | None = None, *,
-                 ttl_slack_ms: int = TTL_SLACK_MS, publish: Publish | None = None) -> None:
+                 ttl_slack_ms: int = TTL_SLACK_MS, publish: Publish | None = None, redis_url: str | None = None
+                 ) -> None:
         self.redis = redis
         self._pool = pool
         self._publish = publish
@@ -69,6 +71,13 @@ class RedisIdempotency:
         self._ttl_slack_ms = ttl_slack_ms
         self._claim, self._finish, self._release = (Script((SCRIPT_DIR / f"{name}.lua").read_text())
                                                     for name in ("claim", "finish", "release"))
+        # The claim is every keyed POST's round trip (a replay's only one): with `redis_url` it goes
+        # through the service's auto-pipelined runner, as the rate limiter's script does.
+        self._claim_runner = ScriptRunner(redis_url, self._claim.source) if redis_url else None
+
+    async def close(self) -> None:
+        if self._claim_runner is not None:
+            await self._claim_runner.close()
 
     async def load(self) -> None:
         """SCRIPT LOAD once (at startup), so the first request does not pay the NOSCRIPT detour."""
@@ -80,10 +89,11 @@ class RedisIdempotency:
         """Decide, and claim the key when the decision says so, in one round trip. `payment` is not
         kept: a request is recovered only by its own retry, which brings its body again."""
         p = self.policy
-        reply: Sequence[bytes] = await self._claim(
-            self.redis, [record_key(self.prefix, tenant_id, key)],
-            [now_us, fingerprint, p.lock_timeout_us, p.retention_us, p.conflict_retry_after_s, new_token(),
-             self._ttl_slack_ms])
+        keys = [record_key(self.prefix, tenant_id, key)]
+        args = [now_us, fingerprint, p.lock_timeout_us, p.retention_us, p.conflict_retry_after_s, new_token(),
+                self._ttl_slack_ms]
+        reply: Sequence[bytes] = await (self._claim_runner(keys, args) if self._claim_runner is not None
+                                        else self._claim(self.redis, keys, args))
         outcome, state, token, retry_after, status, headers, body = reply
         decided = Outcome(_text(outcome))
         if decided in (Outcome.EXECUTE, Outcome.RECOVER):
