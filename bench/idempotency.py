@@ -44,7 +44,6 @@ import psutil
 from bench import httpload
 from bench.tenancy import CONNECTIONS, UNREACHABLE_LIMIT, _pin, start_server, stop_server
 from reference_impl.common.redis_client import make_redis
-from saaslab.results import LatencyHistogram
 from saaslab.services import ServiceError, free_port, services_for
 from saaslab.settings import Settings
 
@@ -60,8 +59,6 @@ OPEN_LOAD = 0.5
 """The open-model arrival rate, as a share of the design's replay saturation."""
 TARGET_REPLAY_P99_MS = 2.0
 WARM_S = 1.0
-WARM_CONNECTIONS = 16
-MAX_IN_FLIGHT = 256
 LIMITER_TIMEOUT_MS = 2000
 MAX_SEND_LAG_P99_MS = 2.0
 """Beyond about two of the event loop's timer ticks, the generator's core is busy with other work."""
@@ -127,61 +124,6 @@ async def _closed_loop(port: int, next_request: Callable[[], bytes], seconds: fl
     return res
 
 
-async def _open_loop(port: int, request: bytes, *, rate: float,
-                     seconds: float) -> tuple[httpload.LoadResult, LatencyHistogram, int]:
-    """A constant arrival rate; latency from each request's intended send time. Also answers the
-    generator's own send lag and the requests it dropped.
-
-    The event loop's timers tick in milliseconds, so a send may leave up to about a millisecond
-    late; latency counts that lag and its own p99 says how much of a p99 is the generator's.
-    Connections are opened before the clock starts. A request due while `MAX_IN_FLIGHT` are
-    outstanding (a stall on a shared machine) is dropped and counted apart: waiting would hide it.
-    """
-    res = httpload.LoadResult(0, 0, seconds)
-    lag = LatencyHistogram()
-    idle = []
-    for _ in range(WARM_CONNECTIONS):
-        conn = httpload._Conn("127.0.0.1", port)
-        conn.reader, conn.writer = await asyncio.open_connection("127.0.0.1", port)
-        idle.append(conn)
-    in_flight = dropped = 0
-
-    async def one(intended: float) -> None:
-        nonlocal in_flight
-        conn = idle.pop() if idle else httpload._Conn("127.0.0.1", port)
-        in_flight += 1
-        try:
-            status = await conn.send(request)
-            res.latency.record_s(time.perf_counter() - intended)
-            res.requests += 1
-            httpload._count(res, status)
-            idle.append(conn)
-        except OSError:
-            res.errors += 1
-            conn.close()
-        finally:
-            in_flight -= 1
-
-    tasks = []
-    interval = 1.0 / rate
-    t0 = time.perf_counter() + 0.01
-    for i in range(int(rate * seconds)):
-        intended = t0 + i * interval
-        delay = intended - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        lag.record_s(time.perf_counter() - intended)
-        if in_flight >= MAX_IN_FLIGHT:
-            dropped += 1
-            continue
-        tasks.append(asyncio.ensure_future(one(intended)))
-    await asyncio.gather(*tasks)
-    for conn in idle:
-        conn.close()
-    res.seconds = time.perf_counter() - t0
-    return res, lag, dropped
-
-
 class Server:
     """One service process under one idempotency design, with its benchmark tenant and requests."""
 
@@ -242,7 +184,8 @@ class Server:
 
     def open_round(self, rate: float, seconds: float) -> dict:
         server_cpu = _cpu_s(self.process)
-        result, lag, dropped = httpload.run(_open_loop(self.port, self.replay, rate=rate, seconds=seconds))
+        o = httpload.run(httpload.open_loop("127.0.0.1", self.port, self.replay, rate=rate, seconds=seconds))
+        result, lag, dropped = o.result, o.send_lag, o.dropped
         _check(result, f"{self.design} open-model replays")
         self.replays_sent += result.requests
         return {"rps": result.rps, "dropped": dropped, "p50_ms": result.latency.percentile_ms(50),
@@ -310,7 +253,7 @@ def bench_replay(servers: list[Server], seconds: float) -> dict[str, dict]:
 
 def _caveat(rounds: list[dict]) -> str:
     """Why a p99 may not be measured well enough to judge the target; empty when it is."""
-    if any(r["dropped"] for r in rounds):  # a stall filled MAX_IN_FLIGHT: the tail went unmeasured
+    if any(r["dropped"] for r in rounds):  # a stall filled httpload.MAX_IN_FLIGHT: the tail went unmeasured
         return "stalled: requests dropped"
     if max(r["send_lag_p99_ms"] for r in rounds) > MAX_SEND_LAG_P99_MS:
         return "unreliable: the load generator itself was late"

@@ -50,7 +50,6 @@ from reference_impl.ratelimit.redis_store import (
     script_source,
 )
 from reference_impl.tenancy.core import usage_key, usage_period
-from saaslab.results import LatencyHistogram
 from saaslab.services import ServiceError, free_port, services_for
 from saaslab.settings import Settings
 
@@ -62,8 +61,6 @@ CONCURRENCY = CONNECTIONS
 """Concurrent callers on the one Redis connection: as many as the service's HTTP benchmark keeps in flight."""
 OPEN_LOAD = 0.5
 """The open-model arrival rate, as a share of the limiter-off service's saturation throughput."""
-WARM_CONNECTIONS = 16
-MAX_IN_FLIGHT = 256
 LIMITER_TIMEOUT_MS = 2000
 MAX_SEND_LAG_P99_MS = 2.0
 """Beyond about two of the event loop's timer ticks, the generator's core is busy with other work."""
@@ -174,66 +171,10 @@ def bench_redis(settings: Settings, prefix: str, seconds: float) -> dict:
             "tenants": TENANTS, "concurrency": CONCURRENCY, "pairs": pairs}
 
 
-async def _open_loop(port: int, request: bytes, *, rate: float, seconds: float) -> tuple[httpload.LoadResult,
-                                                                                        LatencyHistogram, int]:
-    """`httpload.open_loop`, also answering the generator's own send lag and the requests it dropped.
-
-    The event loop's timers tick in milliseconds, so a send can leave up to about a millisecond
-    after its intended time; latency counts that lag, alike for both servers, and the lag's own p99
-    says how much of a p99 is the generator's. (Spinning to the exact time instead took a whole
-    core from Redis and PostgreSQL and made the service, not the generator, late.) Connections are
-    opened before the clock starts. A request due while `MAX_IN_FLIGHT` are outstanding (a stall on
-    a shared machine) is dropped and counted apart, not queued: waiting would hide the stall.
-    """
-    res = httpload.LoadResult(0, 0, seconds)
-    lag = LatencyHistogram()
-    idle = []
-    for _ in range(WARM_CONNECTIONS):
-        conn = httpload._Conn("127.0.0.1", port)
-        conn.reader, conn.writer = await asyncio.open_connection("127.0.0.1", port)
-        idle.append(conn)
-    interval = 1.0 / rate
-
-    in_flight = dropped = 0
-
-    async def one(intended: float) -> None:
-        nonlocal in_flight
-        conn = idle.pop() if idle else httpload._Conn("127.0.0.1", port)
-        in_flight += 1
-        try:
-            status = await conn.send(request)
-            res.latency.record_s(time.perf_counter() - intended)
-            res.requests += 1
-            httpload._count(res, status)
-            idle.append(conn)
-        except OSError:
-            res.errors += 1
-            conn.close()
-        finally:
-            in_flight -= 1
-
-    tasks = []
-    t0 = time.perf_counter() + 0.01
-    for i in range(int(rate * seconds)):
-        intended = t0 + i * interval
-        delay = intended - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        lag.record_s(time.perf_counter() - intended)
-        if in_flight >= MAX_IN_FLIGHT:
-            dropped += 1
-            continue
-        tasks.append(asyncio.ensure_future(one(intended)))
-    await asyncio.gather(*tasks)
-    for conn in idle:
-        conn.close()
-    res.seconds = time.perf_counter() - t0
-    return res, lag, dropped
-
-
 def _open_round(server: psutil.Process, port: int, request: bytes, rate: float, seconds: float) -> dict:
     server_cpu = _cpu_s(server)
-    result, lag, dropped = httpload.run(_open_loop(port, request, rate=rate, seconds=seconds))
+    o = httpload.run(httpload.open_loop("127.0.0.1", port, request, rate=rate, seconds=seconds))
+    result, lag, dropped = o.result, o.send_lag, o.dropped
     if result.errors:
         raise ServiceError(f"benchmark requests failed: {result.errors} errors, statuses {result.status_counts}")
     return {"rps": result.rps, "dropped": dropped, "p50_ms": result.latency.percentile_ms(50),
@@ -267,7 +208,7 @@ def _decisions(port: int) -> dict[str, float]:
 def _caveat(opened: list[dict]) -> str:
     """Why the added p99 may not be measured well enough to judge the target; empty when it is."""
     rounds = [r for pair in opened for r in pair.values()]
-    if any(r["dropped"] for r in rounds):  # a stall filled MAX_IN_FLIGHT: the tail went unmeasured
+    if any(r["dropped"] for r in rounds):  # a stall filled httpload.MAX_IN_FLIGHT: the tail went unmeasured
         return "stalled: requests dropped"
     if max(r["send_lag_p99_ms"] for r in rounds) > MAX_SEND_LAG_P99_MS:
         return "unreliable: the load generator itself was late"
@@ -380,7 +321,7 @@ def run(out: Path, *, seconds: float = 4.0) -> dict:
           f"{tail['send_lag_p99_ms_max']:.3f} ms."]
     if any(tail["dropped"].values()):
         md += ["", f"Open model: {tail['dropped']['off']} (off) and {tail['dropped']['on']} (on) requests dropped "
-                   f"because {MAX_IN_FLIGHT} were already outstanding (a stall); the p99s leave them out."]
+                   f"because {httpload.MAX_IN_FLIGHT} were already outstanding (a stall); the p99s leave them out."]
     result = {"benchmark": "ratelimit", "algorithm": ALGORITHM, "seconds": seconds, "redis": redis_row,
               **service, "markdown": md, "machine_cpus": os.cpu_count()}
     (out / "ratelimit.json").write_text(json.dumps(result, indent=2))
