@@ -83,7 +83,7 @@ from reference_impl.retries.core import (
     parse_retry_after,
 )
 from saaslab.results import LatencyHistogram
-from scenarios.idempotency import DURATION_S, SETUP, capacity_rps, payment_body
+from scenarios.idempotency import DURATION_S, LIVE_PLAN, SETUP, capacity_rps, payment_body
 from scenarios.kernel.workload import TenantSpec, Workload, arrivals
 
 PAYMENTS = "/v1/payments"
@@ -101,28 +101,30 @@ log = logging.getLogger("saaslab.idempotency")
 
 @dataclass(frozen=True)
 class Plan:
-    """Every knob of the scenario besides rate, seed and design (the module docstring says what each does)."""
+    """Every knob of the scenario besides rate, seed and design (the module docstring says what each does).
+    The clients' and faults' defaults come from `scenarios.idempotency.LIVE_PLAN`, which the simulation
+    replays for the simulated-versus-measured table."""
 
     duration_s: float = DURATION_S["full"]
-    p_double_click: float = 1.0
-    """The share of payments sent as a double click; the others have one client (the simulation: 0.02)."""
+    p_double_click: float = LIVE_PLAN.p_double_click
+    """The share of payments sent as a double click; the others have one client (the simulation's own clients: 0.02)."""
     clicks: tuple[int, ...] = (2, 3)
     """How many clients send a double-clicked payment (drawn uniformly)."""
-    double_click_ms: float = 50.0
+    double_click_ms: float = LIVE_PLAN.double_click_ms
     """The clicks after the first follow within U(0, this)."""
     client_timeout_s: float = SETUP.client_timeout_ms / 1000
     retry_policy: str = SETUP.retry_policy
     retry_base_ms: float = SETUP.retry_base_ms
     retry_cap_ms: float = SETUP.retry_cap_ms
-    max_attempts: int = 8
-    budget_ratio_pct: int = 20
-    budget_min_per_s: int = 5
-    budget_burst: int = 50
+    max_attempts: int = LIVE_PLAN.max_attempts
+    budget_ratio_pct: int = LIVE_PLAN.retry_budget[0]
+    budget_min_per_s: int = LIVE_PLAN.retry_budget[1]
+    budget_burst: int = LIVE_PLAN.retry_budget[2]
     faults: bool = True
-    p_timeout_after_effect: float = 0.1
-    p_slow: float = 0.25
-    slow_ms: int = 1500
-    slow_phase: tuple[float, float] = (0.4, 0.6)
+    p_timeout_after_effect: float = LIVE_PLAN.p_timeout_after_effect
+    p_slow: float = LIVE_PLAN.p_slow
+    slow_ms: int = LIVE_PLAN.slow_ms
+    slow_phase: tuple[float, float] = LIVE_PLAN.slow_phase
     """The slow provider's phase, as fractions of the duration; `steady` before it, `storm` after."""
     crashes: tuple[tuple[float, str], ...] = ((0.15, "idempotency.charged"), (0.5, "idempotency.charge_created"))
     """One-shot worker crashes: (fraction of the duration, fault point)."""

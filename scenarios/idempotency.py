@@ -66,6 +66,10 @@ Metrics per (design, load point, seed), tenant "*":
   finished, per 10,000 logical payments (per_10k)
 - `exactly_one_effect`, `replays_match_first`, `no_orphan_charges`: 1 if the check held (bool);
   `checks_valid`: 1 if all three held (bool)
+- `aslive_duplicates_per_10k`, `aslive_orphans_per_10k`, `aslive_latency_p99`, `aslive_gave_up_pct`:
+  the same payments once more under the live load test's clients and faults (`LIVE_PLAN`, applied
+  by `as_live`: every payment double-clicked, timeouts after the charge, the slow provider, a
+  shared retry budget). The report sets these beside the live run's, like for like.
 
 What the designs do under this model, from reading the code it mirrors (the sweep measures how often):
 
@@ -130,7 +134,13 @@ from reference_impl.idempotency.ledger import (
     payment_response,
 )
 from reference_impl.idempotency.provider import FAILED, SUCCEEDED, Charge, FaultMode
-from reference_impl.retries.core import honour_retry_after, make_policy, parse_retry_after
+from reference_impl.retries.core import (
+    BudgetState,
+    RetryBudget,
+    honour_retry_after,
+    make_policy,
+    parse_retry_after,
+)
 from reference_impl.tenancy.core import Job, make_scheduler
 from saaslab.history import CheckResult, History, Op
 from saaslab.results import ALL_TENANTS, LatencyHistogram, Row, new_run_id, write_run
@@ -180,6 +190,8 @@ class Setup:
     retry_base_ms: float = 100.0
     retry_cap_ms: float = 2000.0
     max_attempts: int = 6
+    retry_budget: tuple[int, int, int] | None = None
+    """(ratio_pct, min_per_s, burst) of a `RetryBudget` all clients share; None: no budget."""
     lock_timeout_s: float = 5.0
     completer_interval_s: float = 1.0
 
@@ -188,6 +200,40 @@ class Setup:
 
 
 SETUP = Setup()
+
+
+@dataclass(frozen=True)
+class LivePlan:
+    """The live load test's clients and faults: loadtests/idempotency.py's `Plan` takes its defaults
+    from `LIVE_PLAN`, and `as_live` replays them here, so the simulated-versus-measured table
+    compares the same workload (the `aslive_*` metrics)."""
+
+    p_double_click: float = 1.0
+    double_click_ms: float = 50.0
+    max_attempts: int = 8
+    p_timeout_after_effect: float = 0.1
+    p_slow: float = 0.25
+    slow_ms: int = 1500
+    slow_phase: tuple[float, float] = (0.4, 0.6)
+    """The slow provider's phase, as fractions of the run; the timeouts after the charge hold outside it."""
+    retry_budget: tuple[int, int, int] = (20, 5, 50)
+    """The clients' shared retry budget: retries after an unknown outcome may be `ratio_pct`% of
+    successes plus `min_per_s` per second, banking up to `burst`."""
+
+
+LIVE_PLAN = LivePlan()
+AS_LIVE_METRICS = ("duplicates_per_10k", "orphans_per_10k", "latency_p99", "gave_up_pct")
+"""Metrics the simulation also writes for the live plan, as `aslive_<metric>`."""
+
+
+def as_live(setup: Setup, plan: LivePlan = LIVE_PLAN) -> Setup:
+    """`setup` with the live plan's clients and provider faults. The model has no phases, so the slow
+    phase and the timeouts after the charge are spread over the run at their time averages. (Live
+    clicks come 2 or 3 at a time, here 2; live crashes are one-shot, here `p_crash` per checkpoint.)"""
+    slow_share = plan.slow_phase[1] - plan.slow_phase[0]
+    return replace(setup, p_double_click=plan.p_double_click, double_click_ms=plan.double_click_ms,
+                   max_attempts=plan.max_attempts, p_timeout_after_effect=plan.p_timeout_after_effect * (1 - slow_share),
+                   p_slow=plan.p_slow * slow_share, slow_ms=float(plan.slow_ms), retry_budget=plan.retry_budget)
 
 
 def capacity_rps(setup: Setup = SETUP) -> float:
@@ -298,6 +344,8 @@ class Lab:
         self.policy = Policy(DEFAULT_RETENTION_US, round(setup.lock_timeout_s * US_PER_S))
         self.backoff = make_policy(setup.retry_policy, base_us=round(setup.retry_base_ms * US_PER_MS),
                                    cap_us=round(setup.retry_cap_ms * US_PER_MS), max_attempts=setup.max_attempts)
+        self.budget = RetryBudget(*setup.retry_budget) if setup.retry_budget else None
+        self.budget_state: BudgetState | None = None
         # Separate streams, so that a design drawing more of one kind does not shift the others.
         self.client_rng = random.Random(f"idempotency:client:{seed}:{load_point}")
         self.fault_rng = random.Random(f"idempotency:faults:{seed}:{load_point}")
@@ -440,6 +488,8 @@ class Lab:
                 got = yield answered
                 retry_after_us = self._record(op, got, sent)
                 if isinstance(got, Answer) and got.decisive:
+                    if self.budget is not None:
+                        self.budget_state = self.budget.on_success(self.budget_state, self.now_us())
                     if key not in self._answered:
                         self._answered.add(key)
                         stats.payment_latency.record_us(int(env.now) - self._first_send[key])
@@ -447,6 +497,12 @@ class Lab:
                 wait = honour_retry_after(self.backoff.next_delay_us(tries, previous, self.client_rng), retry_after_us)
                 if wait is None:
                     return
+                asked_back = isinstance(got, Answer) and got.status in (409, 429)
+                if self.budget is not None and not asked_back:
+                    # A retry after an unknown outcome spends budget, as the live clients' do.
+                    allowed, self.budget_state = self.budget.try_retry(self.budget_state, self.now_us())
+                    if not allowed:
+                        return
                 previous = wait
                 if wait:
                     yield env.timeout(wait)
@@ -969,8 +1025,18 @@ def simulate_one(design: str, load_point: float, seed: int, *, setup: Setup = SE
     return simulate(design, load_point, seed, setup).rows(run_id or new_run_id(PATTERN, "sim"))
 
 
+def simulate_as_live(design: str, load_point: float, seed: int, *, setup: Setup = SETUP,
+                     run_id: str | None = None) -> list[Row]:
+    """The same payments (`setup`'s arrivals) under the live plan's clients and faults: the `aslive_*` rows."""
+    schedule = arrivals(workload(load_point, setup), seed)
+    result = simulate(design, load_point, seed, as_live(setup), schedule=schedule)
+    return [replace(r, metric=f"aslive_{r.metric}") for r in result.rows(run_id or new_run_id(PATTERN, "sim"))
+            if r.metric in AS_LIVE_METRICS]
+
+
 def _simulate(design: str, load_point: float, seed: int, params: Mapping[str, Any]) -> list[Row]:
-    return simulate_one(design, load_point, seed, setup=params["setup"], run_id=params["run_id"])
+    return [*simulate_one(design, load_point, seed, setup=params["setup"], run_id=params["run_id"]),
+            *simulate_as_live(design, load_point, seed, setup=params["setup"], run_id=params["run_id"])]
 
 
 def run(out: Path, *, quick: bool = False, seeds: int = 5, jobs: int = 2,
@@ -985,6 +1051,7 @@ def run(out: Path, *, quick: bool = False, seeds: int = 5, jobs: int = 2,
                  params={"run_id": run_id, "setup": setup}, jobs=jobs, progress=progress)
     parameters = {
         "setup": setup.parameters(),
+        "as_live": {**asdict(LIVE_PLAN), "setup": as_live(setup).parameters()},
         "designs": list(DESIGNS),
         "load_points": list(LOAD_POINTS),
         "seeds": list(range(seeds)),

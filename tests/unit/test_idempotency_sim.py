@@ -143,7 +143,9 @@ def test_run_writes_every_design_and_load_point(tmp_path: Path, monkeypatch: pyt
     path = idempotency.run(tmp_path / "idempotency", quick=True, seeds=2, jobs=2,
                            progress=lambda done, total: calls.append((done, total)))
     rows = read_rows(path)
-    assert len(rows) == len(DESIGNS) * 2 * 2 * len(UNITS)
+    # Each run's metrics, plus the same payments under the live plan's clients and faults (aslive_*).
+    assert len(rows) == len(DESIGNS) * 2 * 2 * (len(UNITS) + len(idempotency.AS_LIVE_METRICS))
+    assert {r.metric for r in rows} == set(UNITS) | {f"aslive_{m}" for m in idempotency.AS_LIVE_METRICS}
     assert {(r.design, r.load_point, r.seed) for r in rows} == {(d, lp, s) for d in DESIGNS for lp in (0.3, 0.9)
                                                                  for s in (0, 1)}
     assert calls[-1] == (12, 12) and len(calls) == 12
@@ -152,3 +154,15 @@ def test_run_writes_every_design_and_load_point(tmp_path: Path, monkeypatch: pyt
     p = meta["parameters"]
     assert (p["designs"], p["load_points"], p["seeds"], p["quick"]) == (list(DESIGNS), [0.3, 0.9], [0, 1], True)
     assert p["setup"]["duration_s"] == 0.5 and p["setup"]["capacity_rps"] == pytest.approx(idempotency.capacity_rps())
+
+
+def test_as_live_replays_the_live_plan_and_only_none_duplicates() -> None:
+    """The simulation's replay of the live load test's plan: the unsafe design duplicates, the others never."""
+    setup = replace(idempotency.SETUP, duration_s=2.0)
+    got = {d: {r.metric: r.value for r in idempotency.simulate_as_live(d, 0.3, 0, setup=setup)} for d in DESIGNS}
+    assert got["none"]["aslive_duplicates_per_10k"] > 0
+    assert got["redis"]["aslive_duplicates_per_10k"] == got["postgres"]["aslive_duplicates_per_10k"] == 0
+    assert got["postgres"]["aslive_orphans_per_10k"] == 0
+    live = idempotency.as_live(setup)
+    assert (live.p_double_click, live.retry_budget) == (idempotency.LIVE_PLAN.p_double_click,
+                                                        idempotency.LIVE_PLAN.retry_budget)
