@@ -186,6 +186,32 @@ def fmt_gap(pct: float) -> str:
     return f"{round(pct):+d}%"  # an int: no "-0%" for tiny negative gaps
 
 
+def load_key(x: float) -> float:
+    """A load point as a dictionary key: each source (simulation, live run) wrote its own float."""
+    return round(x, 6)
+
+
+def fmt_load(lp: float) -> str:
+    return f"{lp:g}"
+
+
+def fmt_loads(lps: Iterable[float]) -> str:
+    """'load 0.5' or 'loads 0.5 and 0.7'."""
+    lps = list(lps)
+    return ("load " if len(lps) == 1 else "loads ") + fmt_list([fmt_load(lp) for lp in lps])
+
+
+def fmt_g(x: Any) -> str:
+    """A run parameter as written by whoever chose it (20, 0.5), not padded to a precision."""
+    return f"{float(x):g}"
+
+
+def ordered(present: Iterable[str], order: Sequence[str]) -> list[str]:
+    """`present` in the report's `order`, anything unknown after it, alphabetically."""
+    present = set(present)
+    return [d for d in dict.fromkeys(order) if d in present] + sorted(present - set(order))
+
+
 def fmt_list(items: Sequence[str]) -> str:
     """'a', 'a and b', 'a, b and c'."""
     items = list(items)

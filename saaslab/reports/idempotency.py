@@ -49,11 +49,16 @@ from saaslab.report import (
     Table,
     checks_sentence,
     figure_data_uri,
+    fmt_g,
     fmt_gap,
     fmt_list,
+    fmt_load,
+    fmt_loads,
     fmt_num,
     gap_percent,
     grouped_bars,
+    load_key,
+    ordered,
 )
 from saaslab.results import ALL_TENANTS
 
@@ -73,27 +78,8 @@ MISSING = Summary(mean=float("nan"), ci95=float("nan"), n=0)
 _BRACKETED = re.compile(r"^(?P<check>[^\[\]]+)\[(?P<design>[^\[\]]+)\]$")
 
 
-def _lp(x: float) -> float:
-    """Load points as dictionary keys: each source wrote its own float."""
-    return round(x, 6)
-
-
-def _load(lp: float) -> str:
-    return f"{lp:g}"
-
-
-def _loads(lps: Iterable[float]) -> str:
-    lps = list(lps)
-    return ("load " if len(lps) == 1 else "loads ") + fmt_list([_load(lp) for lp in lps])
-
-
-def _g(x: Any) -> str:
-    return f"{float(x):g}"
-
-
 def _order(designs: Iterable[str]) -> list[str]:
-    present = set(designs)
-    return [d for d in DESIGN_ORDER if d in present] + sorted(present - set(DESIGN_ORDER))
+    return ordered(designs, DESIGN_ORDER)
 
 
 def _per_10k(s: Summary) -> str:
@@ -116,19 +102,19 @@ class View:
         values: dict[tuple[str, float, str], dict[int, float]] = defaultdict(dict)
         for r in run.rows:
             if r.tenant == ALL_TENANTS:
-                values[(r.design, _lp(r.load_point), r.metric)][r.seed] = r.value
+                values[(r.design, load_key(r.load_point), r.metric)][r.seed] = r.value
         return cls(run=run, values=dict(values), designs=_order(k[0] for k in values),
                    load_points=sorted({k[1] for k in values}))
 
     def seeds(self, design: str, lp: float, metric: str) -> dict[int, float]:
-        return self.values.get((design, _lp(lp), metric), {})
+        return self.values.get((design, load_key(lp), metric), {})
 
     def get(self, design: str, lp: float, metric: str) -> Summary:
         found = self.seeds(design, lp, metric)
         return Summary.of(found.values()) if found else MISSING
 
     def has(self, design: str, lp: float) -> bool:
-        return any(k[0] == design and k[1] == _lp(lp) for k in self.values)
+        return any(k[0] == design and k[1] == load_key(lp) for k in self.values)
 
     def has_metric(self, metric: str) -> bool:
         return any(k[2] == metric for k in self.values)
@@ -187,11 +173,11 @@ def _headline(v: View) -> str:
         if low:
             lo, hi = min(s.mean for s in low), max(s.mean for s in low)
             span = fmt_num(lo) if fmt_num(lo) == fmt_num(hi) else f"{fmt_num(lo)} to {fmt_num(hi)}"
-            text += f" {span} duplicate effects per 10,000 payments within capacity ({_loads(v.within_capacity)})"
+            text += f" {span} duplicate effects per 10,000 payments within capacity ({fmt_loads(v.within_capacity)})"
         over = [(lp, s) for lp in v.overload if (s := v.get(d, lp, "duplicates_per_10k")).known]
         if over:
             text += (" and " if low else " duplicate effects per 10,000 payments: ") + fmt_list(
-                [f"{fmt_num(s.mean)} at load {_load(lp)}" for lp, s in over])
+                [f"{fmt_num(s.mean)} at load {fmt_load(lp)}" for lp, s in over])
         parts.append(text)
     if safe:
         runs = sum(len(v.runs(d, "duplicates_per_10k")) for d in safe)
@@ -202,7 +188,7 @@ def _headline(v: View) -> str:
     clean = [d for d in safe if _zero_everywhere(v, d, "orphans_per_10k") is True]
     if orphans:
         parts.append("but " + fmt_list([f"{d} left up to {fmt_num(w[0])} charges per 10,000 without a payment row "
-                                        f"(load {_load(w[1])})" for d, w in orphans])
+                                        f"(load {fmt_load(w[1])})" for d, w in orphans])
                      + (f" where {fmt_list(clean)} left none" if clean else ""))
     text = "; ".join(parts)
     return f"Under client timeouts, retries, provider faults and crashes, {text}."
@@ -243,7 +229,7 @@ def _orphan_sentence(v: View) -> str | None:
             ok, n = v.held(d, "no_orphan_charges")
             w = _worst(v, d, "orphans_per_10k")
             text = (f"{d} left charges without a payment row in {n - ok} of {n} runs (at most {fmt_num(w[0])} per "
-                    f"10,000 on average, at load {_load(w[1])})" if w else f"{d} left charges without a payment row")
+                    f"10,000 on average, at load {fmt_load(w[1])})" if w else f"{d} left charges without a payment row")
             if finished == 0:
                 text += (": nothing resumes its abandoned claims, so a charge made before a crash or a lost provider "
                          "answer gets its payment row only if the client retries after the lock has run out")
@@ -268,10 +254,10 @@ def _load_sentence(v: View) -> str | None:
     factor = dup.mean / max(base) if max(base) > 0 else float("inf")
     past = bool(v.within_capacity) and top not in v.within_capacity
     if past and factor < 2:
-        return (f"Past capacity (load {_load(top)}) {UNSAFE}'s duplicates stayed near their level within capacity "
+        return (f"Past capacity (load {fmt_load(top)}) {UNSAFE}'s duplicates stayed near their level within capacity "
                 f"({_per_10k(dup)}, {fmt_num(factor)}x the most seen there): {fmt_num(to.mean)}% of its attempts "
                 f"timed out and clients retried {fmt_num(retries.mean)} times per payment.")
-    text = (f"Load matters once clients time out: at load {_load(top)}, {fmt_num(to.mean)}% of {UNSAFE}'s attempts "
+    text = (f"Load matters once clients time out: at load {fmt_load(top)}, {fmt_num(to.mean)}% of {UNSAFE}'s attempts "
             f"timed out, clients retried {fmt_num(retries.mean)} times per payment and duplicates reached "
             f"{_per_10k(dup)}")
     if past and math.isfinite(factor):
@@ -287,7 +273,7 @@ def _cost_sentence(v: View) -> str | None:
     if len(items) < 2:
         return None
     parts = [f"{d} {p99.text(' ms')}" for d, p99, _, _ in items]
-    text = f"At load {_load(lp)} the p99 of an answered attempt was " + ", ".join(parts)
+    text = f"At load {fmt_load(lp)} the p99 of an answered attempt was " + ", ".join(parts)
     guarded = [(d, c) for d, _, c, _ in items if d != UNSAFE and c.known]
     if guarded:
         text += ("; 409 (the first request still in flight) answered " + fmt_list(
@@ -327,6 +313,8 @@ class Comparison:
     measured: bool
     sim: dict[str, Summary]
     live: dict[str, Summary]
+    as_live: bool = False
+    """The simulated side is the model replaying the live plan (`aslive_*` metrics)."""
 
     def agrees(self, metric: str) -> bool | None:
         s, m = self.sim.get(metric, MISSING), self.live.get(metric, MISSING)
@@ -353,7 +341,7 @@ def _comparisons(sim: View | None, live: View | None) -> list[Comparison]:
         simulated = sim is not None and sim.has(d, lp)
         out.append(Comparison(d, lp, simulated, live is not None,
                               {m: sim.get(d, lp, prefix + m) for m, _ in COMPARED} if simulated and sim else {},
-                              {m: live.get(d, lp, m) for m, _ in COMPARED} if live else {}))
+                              {m: live.get(d, lp, m) for m, _ in COMPARED} if live else {}, bool(prefix)))
     return out
 
 
@@ -369,7 +357,7 @@ def _gap(c: Comparison, metric: str) -> str:
 def _sim_vs_live_table(comps: list[Comparison], sim_present: bool) -> Table:
     rows = []
     for c in comps:
-        row = [c.design, _load(c.load_point)]
+        row = [c.design, fmt_load(c.load_point)]
         for metric, _ in COMPARED:
             if c.simulated:
                 sim_cell = c.sim[metric].text()
@@ -384,10 +372,11 @@ def _sim_vs_live_table(comps: list[Comparison], sim_present: bool) -> Table:
     return Table("Simulated versus measured: duplicates per 10,000 payments by design", columns, rows,
                  caption=("Duplicates: extra charges or payment rows per 10,000 logical payments; orphans: charges "
                           "without their payment row after the completer, per 10,000; p99: per answered attempt. "
-                          "Simulated: the model replaying the live plan's clients and faults (every payment "
-                          "double-clicked, timeouts after the charge, a slow provider, a shared retry budget; "
-                          "`scenarios.idempotency.as_live`), mean ± 95% CI over seeds; a live run has one value per "
-                          "cell. gap = (measured − simulated) / simulated."))
+                          + ("Simulated: the model replaying the live plan's clients and faults (every payment "
+                             "double-clicked, timeouts after the charge, a slow provider, a shared retry budget; "
+                             "`scenarios.idempotency.as_live`), " if any(c.as_live for c in comps) else "Simulated: ")
+                          + "mean ± 95% CI over seeds; a live run has one value per cell. "
+                          "gap = (measured − simulated) / simulated."))
 
 
 def _agreement_sentences(comps: list[Comparison]) -> list[str]:
@@ -402,7 +391,7 @@ def _agreement_sentences(comps: list[Comparison]) -> list[str]:
     surprising = [c for c in dup if c.sim["duplicates_per_10k"].mean == 0 < c.live["duplicates_per_10k"].mean]
     if surprising:
         out.append("Measured duplicates where the simulation had none: " + "; ".join(
-            f"{c.design} at load {_load(c.load_point)} {_per_10k(c.live['duplicates_per_10k'])}" for c in surprising)
+            f"{c.design} at load {fmt_load(c.load_point)} {_per_10k(c.live['duplicates_per_10k'])}" for c in surprising)
                    + ". The service does something the model does not: look at the live history.")
     safe = sorted({c.design for c in dup if c.sim["duplicates_per_10k"].mean == 0 == c.live["duplicates_per_10k"].mean})
     if safe:
@@ -411,7 +400,7 @@ def _agreement_sentences(comps: list[Comparison]) -> list[str]:
            and c.sim["latency_p99"].known and c.live["latency_p99"].known]
     if p99:
         c, s, m = max(p99, key=lambda x: abs(gap_percent(x[1].mean, x[2].mean)))
-        out.append(f"The p99s differ most for {c.design} at load {_load(c.load_point)}: simulated "
+        out.append(f"The p99s differ most for {c.design} at load {fmt_load(c.load_point)}: simulated "
                    f"{fmt_num(s.mean)} ms, measured {fmt_num(m.mean)} ms ({fmt_gap(gap_percent(s.mean, m.mean))}).")
     return out
 
@@ -449,7 +438,7 @@ def _invariants(sim: View | None, live: RunData | None) -> tuple[Table | None, s
                     what = "violating keys" if check == "exactly_one_effect" else "orphan charges"
                     w = _worst(sim, d, metric)
                     detail = (f"no {what}" if w is None or w[0] == 0 else
-                              f"{what} per 10,000 payments: up to {fmt_num(w[0])} (load {_load(w[1])})")
+                              f"{what} per 10,000 payments: up to {fmt_num(w[0])} (load {fmt_load(w[1])})")
                 rows.append(["simulated", d, check, f"{ok}/{n} runs", str(n - ok), detail])
     for d, name, c in _live_checks(live):
         rows.append(["live", d, name, "yes" if c.valid else "NO", f"{c.violations:,}", c.detail])
@@ -479,7 +468,7 @@ def _effects_table(v: View) -> Table:
                 continue
             per_lp = [v.seeds(d, lp, c) for c in ("exactly_one_effect", "no_orphan_charges")]
             checks = [f"{sum(1 for x in s.values() if x >= 0.5)}/{len(s)}" if s else "n/a" for s in per_lp]
-            rows.append([d, _load(lp), v.get(d, lp, "payments").text(), v.get(d, lp, "duplicates_per_10k").text(),
+            rows.append([d, fmt_load(lp), v.get(d, lp, "payments").text(), v.get(d, lp, "duplicates_per_10k").text(),
                          v.get(d, lp, "orphans_per_10k").text(), v.get(d, lp, "completed_by_completer_per_10k").text(),
                          v.get(d, lp, "crashes").text(), *checks])
     return Table("Duplicate and orphan effects (simulated)",
@@ -497,7 +486,7 @@ def _cost_table(v: View) -> Table:
         for lp in v.load_points:
             if not v.has(d, lp):
                 continue
-            rows.append([d, _load(lp), v.get(d, lp, "conflicts_pct").text("%"), v.get(d, lp, "replays_pct").text("%"),
+            rows.append([d, fmt_load(lp), v.get(d, lp, "conflicts_pct").text("%"), v.get(d, lp, "replays_pct").text("%"),
                          v.get(d, lp, "timeouts_pct").text("%"), v.get(d, lp, "retries_per_request").text(),
                          v.get(d, lp, "gave_up_pct").text("%"), v.get(d, lp, "latency_p99").text(" ms"),
                          v.get(d, lp, "payment_latency_p99").text(" ms")])
@@ -511,7 +500,7 @@ def _cost_table(v: View) -> Table:
 
 def _effects_figure(v: View) -> Figure:
     fig = MplFigure(figsize=(10, 3.8), layout="constrained")
-    loads = [_load(lp) for lp in v.load_points]
+    loads = [fmt_load(lp) for lp in v.load_points]
     for i, (metric, title) in enumerate((("duplicates_per_10k", "duplicate effects"),
                                          ("orphans_per_10k", "charges without a payment row"))):
         ax = fig.add_subplot(1, 2, i + 1)
@@ -531,7 +520,7 @@ def _effects_figure(v: View) -> Figure:
 
 def _cost_figure(v: View) -> Figure:
     fig = MplFigure(figsize=(10, 3.8), layout="constrained")
-    loads = [_load(lp) for lp in v.load_points]
+    loads = [fmt_load(lp) for lp in v.load_points]
     for i, (metric, title, label) in enumerate((("latency_p99", "p99 per answered attempt", "ms"),
                                                 ("retries_per_request", "retries per payment", "retries"))):
         ax = fig.add_subplot(1, 2, i + 1)
@@ -550,7 +539,7 @@ def _live_figure(comps: list[Comparison]) -> Figure:
     fig = MplFigure(figsize=(8, 3.8), layout="constrained")
     ax = fig.add_subplot()
     shown = [c for c in comps if c.measured and c.live["duplicates_per_10k"].known]
-    groups = [f"{c.design}\n{_load(c.load_point)}" for c in shown]
+    groups = [f"{c.design}\n{fmt_load(c.load_point)}" for c in shown]
     grouped_bars(ax, groups, {"simulated": [c.sim.get("duplicates_per_10k", MISSING) for c in shown],
                               "measured": [c.live["duplicates_per_10k"] for c in shown]})
     ax.set_yscale("symlog", linthresh=10)
@@ -580,24 +569,24 @@ DESIGN_TEXT = {
 def _setup_lines(params: dict[str, Any]) -> list[str]:
     """The simulated workload, faults and clients, from run.json's `setup` (KeyError if one is missing)."""
     p = params["setup"]
-    loads = ", ".join(_g(x) for x in params.get("load_points", []))
+    loads = ", ".join(fmt_g(x) for x in params.get("load_points", []))
     lines = [
-        f"Payments: Poisson arrivals at {loads} x capacity ({_g(p['capacity_rps'])} payments/s: {p['workers']} "
-        f"workers x {p['slots']} slots, a handler of {_g(p['handler_ms'])} ms + {_g(p['handler_overhead_ms'])} ms "
-        f"mean overhead, a provider call of {_g(p['provider_ms'])} ms + {_g(p['provider_jitter_ms'])} ms mean "
-        f"jitter) for {_g(p['duration_s'])} s; {_g(100 * p['p_double_click'])}% are double-clicked within "
-        f"{_g(p['double_click_ms'])} ms.",
-        f"Clients: {_g(p['client_timeout_ms'])} ms timeout per attempt; {p['retry_policy']} backoff (base "
-        f"{_g(p['retry_base_ms'])} ms, cap {_g(p['retry_cap_ms'])} ms), at most {p['max_attempts']} attempts, "
+        f"Payments: Poisson arrivals at {loads} x capacity ({fmt_g(p['capacity_rps'])} payments/s: {p['workers']} "
+        f"workers x {p['slots']} slots, a handler of {fmt_g(p['handler_ms'])} ms + {fmt_g(p['handler_overhead_ms'])} ms "
+        f"mean overhead, a provider call of {fmt_g(p['provider_ms'])} ms + {fmt_g(p['provider_jitter_ms'])} ms mean "
+        f"jitter) for {fmt_g(p['duration_s'])} s; {fmt_g(100 * p['p_double_click'])}% are double-clicked within "
+        f"{fmt_g(p['double_click_ms'])} ms.",
+        f"Clients: {fmt_g(p['client_timeout_ms'])} ms timeout per attempt; {p['retry_policy']} backoff (base "
+        f"{fmt_g(p['retry_base_ms'])} ms, cap {fmt_g(p['retry_cap_ms'])} ms), at most {p['max_attempts']} attempts, "
         "Retry-After honoured (reference_impl/retries/core.py).",
-        f"Provider faults per call: slow {_g(100 * p['p_slow'])}% (+{_g(p['slow_ms'])} ms), declined "
-        f"{_g(100 * p['p_fail'])}%, timeout after the charge {_g(100 * p['p_timeout_after_effect'])}% (the service "
+        f"Provider faults per call: slow {fmt_g(100 * p['p_slow'])}% (+{fmt_g(p['slow_ms'])} ms), declined "
+        f"{fmt_g(100 * p['p_fail'])}%, timeout after the charge {fmt_g(100 * p['p_timeout_after_effect'])}% (the service "
         "answers 504 with Retry-After: 1).",
-        f"Crashes: the worker process dies with probability {_g(100 * p['p_crash'])}% at each of "
+        f"Crashes: the worker process dies with probability {fmt_g(100 * p['p_crash'])}% at each of "
         f"{fmt_list(list(p['crash_points']))}, dropping every attempt on it, and restarts after "
-        f"{_g(p['restart_ms'])} ms.",
-        f"Claims lock for {_g(p['lock_timeout_s'])} s (shorter than the service's 90 s default, so recoveries happen "
-        f"within a run); the postgres completer passes every {_g(p['completer_interval_s'])} s, and a run ends once "
+        f"{fmt_g(p['restart_ms'])} ms.",
+        f"Claims lock for {fmt_g(p['lock_timeout_s'])} s (shorter than the service's 90 s default, so recoveries happen "
+        f"within a run); the postgres completer passes every {fmt_g(p['completer_interval_s'])} s, and a run ends once "
         "it has finished every claim.",
     ]
     seeds = len(params.get("seeds") or [])
@@ -629,7 +618,7 @@ def _live_notes(sim: View | None, live: View) -> list[str]:
     if sim is not None:
         unsimulated = [lp for lp in live.load_points if lp not in sim.load_points]
         if unsimulated:
-            notes.append(f"The simulation has no {_loads(unsimulated)} (it ran {_loads(sim.load_points)}), so those "
+            notes.append(f"The simulation has no {fmt_loads(unsimulated)} (it ran {fmt_loads(sim.load_points)}), so those "
                          "rows have no simulated values.")
     for d in live.designs:
         for lp in live.load_points:
@@ -637,7 +626,7 @@ def _live_notes(sim: View | None, live: View) -> list[str]:
                                                                      ("dropped", "dropped arrivals"))
                         if (s := live.get(d, lp, metric)).known and s.mean > 0]
             if problems:
-                notes.append(f"Live {d} at load {_load(lp)} saw {fmt_list(problems)}.")
+                notes.append(f"Live {d} at load {fmt_load(lp)} saw {fmt_list(problems)}.")
     return notes
 
 

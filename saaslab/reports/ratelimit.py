@@ -38,11 +38,16 @@ from saaslab.report import (
     checks_sentence,
     checks_table,
     figure_data_uri,
+    fmt_g,
     fmt_gap,
     fmt_list,
+    fmt_load,
+    fmt_loads,
     fmt_num,
     gap_percent,
     grouped_bars,
+    load_key,
+    ordered,
 )
 from saaslab.results import ALL_TENANTS
 
@@ -72,27 +77,8 @@ MISSING = Summary(mean=float("nan"), ci95=float("nan"), n=0)
 NO_LIVE = "no live run yet"
 
 
-def _lp(x: float) -> float:
-    """Load points as dictionary keys: each source wrote its own float."""
-    return round(x, 6)
-
-
-def _load(lp: float) -> str:
-    return f"{lp:g}"
-
-
-def _loads(lps: Iterable[float]) -> str:
-    lps = list(lps)
-    return ("load " if len(lps) == 1 else "loads ") + fmt_list([_load(lp) for lp in lps])
-
-
-def _g(x: Any) -> str:
-    return f"{float(x):g}"
-
-
 def _order(designs: Iterable[str]) -> list[str]:
-    present = set(designs)
-    return [d for d in DESIGN_ORDER if d in present] + sorted(present - set(DESIGN_ORDER))
+    return ordered(designs, DESIGN_ORDER)
 
 
 # --- one source, indexed ------------------------------------------------------------------------
@@ -110,12 +96,12 @@ class View:
     def of(cls, run: RunData) -> View:
         values: dict[tuple[str, float, str, str], dict[int, float]] = defaultdict(dict)
         for r in run.rows:
-            values[(r.design, _lp(r.load_point), r.tenant, r.metric)][r.seed] = r.value
+            values[(r.design, load_key(r.load_point), r.tenant, r.metric)][r.seed] = r.value
         return cls(run=run, values=dict(values), designs=_order(r.design for r in run.rows),
-                   load_points=sorted({_lp(r.load_point) for r in run.rows}))
+                   load_points=sorted({load_key(r.load_point) for r in run.rows}))
 
     def seeds(self, design: str, lp: float, tenant: str, metric: str) -> dict[int, float]:
-        return self.values.get((design, _lp(lp), tenant, metric), {})
+        return self.values.get((design, load_key(lp), tenant, metric), {})
 
     def run_seeds(self, design: str, metric: str, lp: float) -> dict[int, float]:
         """A run-level ("*") metric per seed; `lp` last, for `partial`."""
@@ -327,7 +313,7 @@ def _skew_verdict(v: View) -> SkewVerdict:
 
 def _clocks(v: View) -> str:
     skew_ms = v.run.parameters.get("skew_ms")
-    return f"±{_g(skew_ms)} ms apart" if skew_ms is not None else "skewed"
+    return f"±{fmt_g(skew_ms)} ms apart" if skew_ms is not None else "skewed"
 
 
 def _headline(v: View) -> str:
@@ -382,7 +368,7 @@ def _accuracy_sentence(v: View) -> str | None:
         wrong = f" ({_pct(fa)} false admits, {_pct(fr)} false rejects)" if fa and fr else ""
         lines.append(f"{d} {s.text('%')}{wrong}")
     return (f"Admission error (how far the admitted count is from an exact sliding window's, averaged over "
-            f"{_loads(v.load_points)}; mean ± 95% CI over seeds), with the decisions each got wrong: "
+            f"{fmt_loads(v.load_points)}; mean ± 95% CI over seeds), with the decisions each got wrong: "
             + "; ".join(lines) + ". False rejects grow with overload for a cautious limiter, so read them beside "
             "the error.")
 
@@ -399,11 +385,11 @@ def _separation_sentence(v: View) -> str | None:
     out = []
     if clear:
         pairs = sorted({(d1, d2) for _, d1, d2 in clear})
-        out.append(f"At {_loads([lp for lp, _, _ in clear])} the most accurate algorithm's lead over the runner-up "
+        out.append(f"At {fmt_loads([lp for lp, _, _ in clear])} the most accurate algorithm's lead over the runner-up "
                    f"({'; '.join(f'{a} over {b}' for a, b in pairs)}) is larger than the 95% CIs.")
     for d1, d2 in sorted({(d1, d2) for _, d1, d2 in overlap}):
         lps = [lp for lp, a, b in overlap if (a, b) == (d1, d2)]
-        out.append(f"At {_loads(lps)} {d1} and {d2} overlap within their 95% CIs on admission error, so this "
+        out.append(f"At {fmt_loads(lps)} {d1} and {d2} overlap within their 95% CIs on admission error, so this "
                    "data cannot separate them there.")
     return " ".join(out) or None
 
@@ -415,7 +401,7 @@ def _over_under_sentence(v: View) -> str | None:
         return None
     groups = sorted(_groups_of(items), key=lambda g: -g[1])
     listed = [f"{fmt_list(ds)} {fmt_num(x)}%" for ds, x in groups]
-    return (f"At load {_load(lp)} the algorithms admitted, of what an exact sliding window admits of the same "
+    return (f"At load {fmt_load(lp)} the algorithms admitted, of what an exact sliding window admits of the same "
             f"arrivals: {', '.join(listed)} (above 100% lets the tenant past its quota).")
 
 
@@ -427,8 +413,8 @@ def _boundary_sentence(v: View) -> str | None:
     groups = _groups_of(items)
     (low_d, low), (high_d, high) = groups[0], groups[-1]
     spread = v.run.parameters.get("boundary_spread")
-    where = f"within ±{_g(100 * spread)}% of a window around its boundary" if spread else "around a window boundary"
-    text = (f"A flood of {_g(lp)}x the limit {where} got {fmt_list(high_d)} to admit {fmt_num(high)}x the limit, "
+    where = f"within ±{fmt_g(100 * spread)}% of a window around its boundary" if spread else "around a window boundary"
+    text = (f"A flood of {fmt_g(lp)}x the limit {where} got {fmt_list(high_d)} to admit {fmt_num(high)}x the limit, "
             f"{fmt_list(low_d)} {fmt_num(low)}x")
     middle = [x for _, x in groups[1:-1]]
     if middle:
@@ -440,7 +426,7 @@ def _memory_sentence(v: View) -> str | None:
     ranked = sorted(((d, s.mean) for d in v.designs if (s := _memory(v, d)).known), key=lambda dx: dx[1])
     if len(ranked) < 2:
         return None
-    text = (f"Redis state per tenant (mean at load {_load(v.top_load)}): "
+    text = (f"Redis state per tenant (mean at load {fmt_load(v.top_load)}): "
             + ", ".join(f"{d} {_bytes(x)}" for d, x in ranked)
             + f"; the largest is {fmt_num(ranked[-1][1] / ranked[0][1])}x the smallest")
     first = v.load_points[0]
@@ -448,7 +434,7 @@ def _memory_sentence(v: View) -> str | None:
                if (low := v.get(d, first, "memory_state_bytes_mean")).known and top > 1.1 * low.mean]
     if growing and first != v.top_load:
         text += (f". It grows with the requests admitted for {fmt_list([d for d, _ in growing])} ("
-                 + ", ".join(f"{_bytes(x)} at load {_load(first)}" for _, x in growing)
+                 + ", ".join(f"{_bytes(x)} at load {fmt_load(first)}" for _, x in growing)
                  + "); the others' stays constant")
     return text + "."
 
@@ -461,7 +447,7 @@ def _neighbour_sentence(v: View) -> str | None:
         return None
     worst_d, worst_lp, worst = max(quiet, key=lambda x: x[2].mean)
     admitted = [s.mean for d in v.designs if (s := v.get(d, v.top_load, "neighbour_noisy_admitted_x_quota")).known]
-    noisy_text = (f"the noisy tenant at {_load(v.top_load)}x its quota was refused "
+    noisy_text = (f"the noisy tenant at {fmt_load(v.top_load)}x its quota was refused "
                   f"{_span(noisy, lambda x: f'{fmt_num(x)}%')} of its requests")
     if admitted:
         noisy_text += f" and still got {_span(admitted, lambda x: f'{fmt_num(x)}x')} its quota through"
@@ -469,7 +455,7 @@ def _neighbour_sentence(v: View) -> str | None:
         return (f"Limits are per tenant: under every algorithm and load the quiet tenants were never refused, "
                 f"while {noisy_text}.")
     return (f"The quiet tenants were refused up to {_pct(worst)} of their requests ({worst_d} at load "
-            f"{_load(worst_lp)}), while {noisy_text}.")
+            f"{fmt_load(worst_lp)}), while {noisy_text}.")
 
 
 def _race_sentence(v: View) -> str | None:
@@ -480,11 +466,11 @@ def _race_sentence(v: View) -> str | None:
     race = params.get("race_policy") or {}
     setup = []
     if params.get("race_spread_us"):
-        setup.append(f"arriving within {_g(params['race_spread_us'] / 1000)} ms")
+        setup.append(f"arriving within {fmt_g(params['race_spread_us'] / 1000)} ms")
     if params.get("servers"):
         setup.append(f"across {params['servers']} app servers")
     if race.get("requests"):
-        setup.append(f"at a limit of {race['requests']} per {_g(race['window_s'])} s")
+        setup.append(f"at a limit of {race['requests']} per {fmt_g(race['window_s'])} s")
     how = f" ({', '.join(setup)})" if setup else ""
     safe = [d for d, (ok, n) in held.items() if ok == n]
     out = []
@@ -499,7 +485,7 @@ def _race_sentence(v: View) -> str | None:
             failed = [load for load, r in runs.items() if any(x < 0.5 for x in r.values())]
             every = all(x < 0.5 for load in failed for x in runs[load].values())
             out.append(f"{d} failed it in {n - ok} of {n} runs ({'every run' if every else 'runs'} at "
-                       f"{_loads(failed)}), admitting up to {fmt_num(ratio)}x the limit (at load {_load(lp)})")
+                       f"{fmt_loads(failed)}), admitting up to {fmt_num(ratio)}x the limit (at load {fmt_load(lp)})")
     return f"In the race{how}, " + "; ".join(out) + "."
 
 
@@ -512,11 +498,11 @@ def _skew_sentence(v: View) -> str | None:
     atomic = [(d, agree, skewed) for d, agree, skewed in skew.broken if d != UNSAFE]
     if atomic:
         out.append(f"{fmt_list([d for d, _, _ in atomic])} admitted more in one window than they promise: " + "; ".join(
-            f"{d} {skewed.text('x')} (promise {_g(_promise(d))}x; {_x(agree)} with agreeing clocks)"
+            f"{d} {skewed.text('x')} (promise {fmt_g(_promise(d))}x; {_x(agree)} with agreeing clocks)"
             for d, agree, skewed in atomic))
     if skew.kept:
         out.append(f"{fmt_list(skew.kept)} stayed within {'its' if len(skew.kept) == 1 else 'their'} promise")
-    text = f"With app-server clocks {_clocks(v)} (load {_load(lp)}, judged in true time), " + ", while ".join(out)
+    text = f"With app-server clocks {_clocks(v)} (load {fmt_load(lp)}, judged in true time), " + ", while ".join(out)
     for d, agree, skewed in skew.broken:
         if d == UNSAFE:
             text += (f". {d} reached {_x(skewed)} ({_x(agree)} with agreeing clocks): its race, more than the "
@@ -589,8 +575,8 @@ def _comparisons(sim: View | None, live: View | None) -> list[Comparison]:
                  if any(k[0] == d and k[1] == lp for k in live.values)]
     else:
         assert sim is not None
-        loads = [lp for lp in COMPARED_LOAD_POINTS if _lp(lp) in sim.load_points]
-        cells = [(d, _lp(lp)) for d in sim.designs for lp in loads]
+        loads = [lp for lp in COMPARED_LOAD_POINTS if load_key(lp) in sim.load_points]
+        cells = [(d, load_key(lp)) for d in sim.designs for lp in loads]
     out = []
     for d, lp in cells:
         simulated = sim is not None and d in sim.designs and lp in sim.load_points
@@ -614,7 +600,7 @@ def _sim_vs_live_table(comps: list[Comparison], sim_present: bool) -> Table:
             sim_cell = "not simulated" if sim_present else "no simulation"
         live_rate = c.live_rate.text("%") if c.measured else NO_LIVE
         live_p99 = c.live_p99.text(" ms") if c.measured else NO_LIVE
-        rows.append([c.design, _load(c.load_point), GROUP_LABELS[c.group], sim_cell, live_rate, _rate_gap(c),
+        rows.append([c.design, fmt_load(c.load_point), GROUP_LABELS[c.group], sim_cell, live_rate, _rate_gap(c),
                      "not modelled", live_p99, "n/a"])
     return Table("Noisy neighbour: simulated versus measured",
                  ["design", "load (x quota)", "tenants", "429 rate simulated", "429 rate measured", "gap",
@@ -636,12 +622,12 @@ def _agreement_sentences(comps: list[Comparison]) -> list[str]:
     gaps = [c for c in rated if not math.isnan(c.gap)]
     if gaps:
         w = max(gaps, key=lambda c: abs(c.gap))
-        out.append(f"The largest relative gap is {w.design} at load {_load(w.load_point)} ({GROUP_LABELS[w.group]}): "
+        out.append(f"The largest relative gap is {w.design} at load {fmt_load(w.load_point)} ({GROUP_LABELS[w.group]}): "
                    f"simulated {_pct(w.sim_rate)}, measured {_pct(w.live_rate)} ({fmt_gap(w.gap)}).")
     unforeseen = [c for c in rated if c.sim_rate.mean == 0 < c.live_rate.mean]
     if unforeseen:
         out.append("Measured refusals where the simulation refused none: " + "; ".join(
-            f"{c.design} at load {_load(c.load_point)} ({GROUP_LABELS[c.group]}) {_pct(c.live_rate)}"
+            f"{c.design} at load {fmt_load(c.load_point)} ({GROUP_LABELS[c.group]}) {_pct(c.live_rate)}"
             for c in unforeseen) + ".")
     p99 = [c.live_p99.mean for c in comps if c.live_p99.known]
     if p99:
@@ -675,7 +661,7 @@ def _same_seed_sentence(sim: View, live: View, comps: list[Comparison]) -> str |
     if round(worst, 1) == 0:
         text += f"equalled the simulated one to 0.1 pp in all {len(diffs)} cells"
     else:
-        text += (f"differed by at most {worst:.1f} pp over {len(diffs)} cells ({d} at load {_load(lp)}: simulated "
+        text += (f"differed by at most {worst:.1f} pp over {len(diffs)} cells ({d} at load {fmt_load(lp)}: simulated "
                  f"{fmt_num(simulated)}%, measured {fmt_num(measured)}%)")
     mean_gaps = [abs(c.live_rate.mean - c.sim_rate.mean) for c in comps if c.group == "noisy" and c.rated]
     if mean_gaps and max(mean_gaps) > worst + SAME_VALUE:
@@ -692,7 +678,7 @@ def _accuracy_table(v: View) -> Table:
         for lp in v.load_points:
             if not v.seeds(d, lp, ALL_TENANTS, "accuracy_offered"):
                 continue
-            rows.append([d, _load(lp), v.get(d, lp, "accuracy_rejected_pct").text("%"),
+            rows.append([d, fmt_load(lp), v.get(d, lp, "accuracy_rejected_pct").text("%"),
                          v.get(d, lp, "accuracy_admitted_vs_exact_pct").text("%"),
                          v.get(d, lp, "accuracy_false_admit_pct").text("%"),
                          v.get(d, lp, "accuracy_false_reject_pct").text("%"),
@@ -712,8 +698,8 @@ def _boundary_memory_table(v: View) -> Table:
         rows.append([d, *(v.get(d, lp, "boundary_burst_ratio").text("x") for lp in v.load_points),
                      _memory(v, d).text(), v.get(d, v.top_load, "memory_state_bytes_max").text()])
     return Table("Window boundary and memory per tenant (simulated)",
-                 ["design", *(f"boundary flood {_load(lp)}x" for lp in v.load_points),
-                  f"state bytes, mean (load {_load(v.top_load)})", "state bytes, max"], rows,
+                 ["design", *(f"boundary flood {fmt_load(lp)}x" for lp in v.load_points),
+                  f"state bytes, mean (load {fmt_load(v.top_load)})", "state bytes, max"], rows,
                  caption=("Boundary flood Lx: an idle tenant sends L x the limit evenly around a window boundary; "
                           "cells are admitted over the limit. State bytes: estimated Redis memory of the "
                           "tenant's limiter key."))
@@ -727,8 +713,8 @@ def _neighbour_table(v: View) -> Table:
                      f"{fmt_num(max(quiet))}%" if quiet else "n/a",
                      v.get(d, v.top_load, "neighbour_noisy_admitted_x_quota").text("x")])
     return Table("Noisy neighbour: 429 rates per tenant (simulated)",
-                 ["design", *(f"noisy refused at {_load(lp)}x" for lp in v.load_points),
-                  "quiet refused (worst load)", f"noisy admitted / quota at {_load(v.top_load)}x"], rows,
+                 ["design", *(f"noisy refused at {fmt_load(lp)}x" for lp in v.load_points),
+                  "quiet refused (worst load)", f"noisy admitted / quota at {fmt_load(v.top_load)}x"], rows,
                  caption=("One noisy tenant at L x its quota, four quiet ones at half theirs, Poisson arrivals; "
                           "limits are per tenant. Mean ± 95% CI over seeds."))
 
@@ -745,10 +731,10 @@ def _concurrency_table(v: View) -> Table:
                      v.get(d, lp, "skew_false_reject_pct").text("%"),
                      v.get(d, lp, "cluster_max_window_ratio").text("x"),
                      v.get(d, lp, "skew_max_window_ratio").text("x"),
-                     f"{_g(PROMISED_WINDOW_RATIO.get(d, DEFAULT_PROMISE))}x"])
+                     f"{fmt_g(PROMISED_WINDOW_RATIO.get(d, DEFAULT_PROMISE))}x"])
     skew_ms = v.run.parameters.get("skew_ms")
-    skew = f"±{_g(skew_ms)} ms" if skew_ms is not None else "skewed"
-    return Table(f"Concurrency and clock skew at load {_load(lp)} (simulated)",
+    skew = f"±{fmt_g(skew_ms)} ms" if skew_ms is not None else "skewed"
+    return Table(f"Concurrency and clock skew at load {fmt_load(lp)} (simulated)",
                  ["design", "race: admitted / limit", "race: no_over_admission held (runs)",
                   "false admits, clocks agree", f"false admits, {skew}", f"false rejects, {skew}",
                   "most in any window, clocks agree", f"most in any window, {skew}", "promise"], rows,
@@ -762,7 +748,7 @@ def _concurrency_table(v: View) -> Table:
 
 def _accuracy_figure(v: View) -> Figure:
     fig = MplFigure(figsize=(9, 3.8), layout="constrained")
-    loads = [_load(lp) for lp in v.load_points]
+    loads = [fmt_load(lp) for lp in v.load_points]
     for i, (metric, title) in enumerate((("accuracy_false_admit_pct", "false admits"),
                                          ("accuracy_false_reject_pct", "false rejects"))):
         ax = fig.add_subplot(1, 2, i + 1)
@@ -780,7 +766,7 @@ def _accuracy_figure(v: View) -> Figure:
 def _boundary_figure(v: View) -> Figure:
     fig = MplFigure(figsize=(8, 3.8), layout="constrained")
     ax = fig.add_subplot()
-    grouped_bars(ax, [_load(lp) for lp in v.load_points],
+    grouped_bars(ax, [fmt_load(lp) for lp in v.load_points],
           {d: [v.get(d, lp, "boundary_burst_ratio") for lp in v.load_points] for d in v.designs})
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="the limit")
     ax.axhline(2.0, color="firebrick", linestyle=":", linewidth=1, label="twice the limit")
@@ -798,7 +784,7 @@ def _memory_figure(v: View) -> Figure:
     summaries = [_memory(v, d) for d in v.designs]
     ax.bar(v.designs, [s.mean if s.known else 0.0 for s in summaries],
            yerr=[0.0 if math.isnan(s.ci95) else s.ci95 for s in summaries], capsize=3, color="steelblue")
-    ax.set_ylabel(f"Redis bytes per tenant (load {_load(v.top_load)})")
+    ax.set_ylabel(f"Redis bytes per tenant (load {fmt_load(v.top_load)})")
     ax.grid(axis="y", alpha=0.3)
     ax.tick_params(axis="x", labelsize=8)
     return Figure("Memory per tenant", figure_data_uri(fig),
@@ -816,7 +802,7 @@ def _race_skew_figure(v: View) -> Figure:
     ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xticks(v.load_points, [_load(lp) for lp in v.load_points])
+    ax.set_xticks(v.load_points, [fmt_load(lp) for lp in v.load_points])
     ax.minorticks_off()
     ax.set_xlabel("requests sent (x limit)")
     ax.set_ylabel("admitted / limit")
@@ -831,7 +817,7 @@ def _race_skew_figure(v: View) -> Figure:
     ax.plot(np.arange(len(v.designs)), [PROMISED_WINDOW_RATIO.get(d, DEFAULT_PROMISE) for d in v.designs], "k_",
             markersize=18, label="promise")
     ax.set_ylabel("most admitted in one window / limit")
-    ax.set_title(f"clock skew, load {_load(lp)}", fontsize=10)
+    ax.set_title(f"clock skew, load {fmt_load(lp)}", fontsize=10)
     ax.tick_params(axis="x", labelsize=7)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
@@ -854,7 +840,7 @@ def _live_figure(comps: list[Comparison]) -> Figure:
             ax.plot(*zip(*sim, strict=True), "o:", color=color, label=f"{d} simulated")
     ax.set_xscale("log")
     loads = sorted({c.load_point for c in noisy})
-    ax.set_xticks(loads, [_load(lp) for lp in loads])
+    ax.set_xticks(loads, [fmt_load(lp) for lp in loads])
     ax.minorticks_off()
     ax.set_xlabel("noisy tenant's offered rate (x quota)")
     ax.set_ylabel("noisy tenant's 429 rate (%)")
@@ -868,7 +854,7 @@ def _live_figure(comps: list[Comparison]) -> Figure:
 
 def _designs(params: dict[str, Any], present: list[str]) -> dict[str, str]:
     policy = params.get("policy") or {}
-    limit = (f"{policy['requests']} requests per {_g(policy['window_s'])} s" if policy.get("requests")
+    limit = (f"{policy['requests']} requests per {fmt_g(policy['window_s'])} s" if policy.get("requests")
              else "the policy")
     known = {
         "fixed_window": ("A counter per epoch-aligned window: one small hash per tenant; a client can spend one "
@@ -891,32 +877,32 @@ def _workload(sim: RunData | None, live: RunData | None) -> list[str]:
     params = sim.parameters if sim else {}
     policy = params.get("policy") or {}
     if policy:
-        lines.append(f"Policy: {policy['requests']} requests per {_g(policy['window_s'])} s per tenant.")
+        lines.append(f"Policy: {policy['requests']} requests per {fmt_g(policy['window_s'])} s per tenant.")
     durations = params.get("durations_s") or {}
     if durations:
         lines.append("Accuracy: one tenant with on/off bursty arrivals at the load point x its limit for "
-                     f"{_g(durations.get('accuracy', 0))} s, each decision judged against an exact sliding log.")
+                     f"{fmt_g(durations.get('accuracy', 0))} s, each decision judged against an exact sliding log.")
     if params.get("boundary_spread") is not None:
         lines.append(f"Boundary: an idle tenant sends load point x the limit evenly over ±"
-                     f"{_g(100 * params['boundary_spread'])}% of a window around a boundary.")
+                     f"{fmt_g(100 * params['boundary_spread'])}% of a window around a boundary.")
     if durations.get("neighbour") is not None:
         lines.append(f"Noisy neighbour: one tenant at the load point x its quota and four at "
-                     f"{_g(params.get('quiet_multiple', 0.5))}x theirs, Poisson, {_g(durations['neighbour'])} s.")
+                     f"{fmt_g(params.get('quiet_multiple', 0.5))}x theirs, Poisson, {fmt_g(durations['neighbour'])} s.")
     if params.get("servers"):
         hop = params.get("network_hop_us") or {}
-        net = (f", each hop {_g(hop['base'])} µs plus a mean {_g(hop['jitter_mean'])} µs jitter"
+        net = (f", each hop {fmt_g(hop['base'])} µs plus a mean {fmt_g(hop['jitter_mean'])} µs jitter"
                if hop.get("base") is not None else "")
         lines.append(f"Clocks: {params['servers']} app servers sharing one Redis{net}, for the first "
-                     f"{_g(durations.get('skew', 0))} s of the accuracy workload, clocks agreeing and then "
-                     f"±{_g(params.get('skew_ms', 0))} ms apart. Letting the script read Redis's own TIME removes "
+                     f"{fmt_g(durations.get('skew', 0))} s of the accuracy workload, clocks agreeing and then "
+                     f"±{fmt_g(params.get('skew_ms', 0))} ms apart. Letting the script read Redis's own TIME removes "
                      "the skew in the service.")
     race = params.get("race_policy") or {}
     if race:
         lines.append(f"Race: load point x {race['requests']} requests of one tenant within "
-                     f"{_g(params.get('race_spread_us', 0) / 1000)} ms across the app servers, at "
-                     f"{race['requests']} per {_g(race['window_s'])} s.")
+                     f"{fmt_g(params.get('race_spread_us', 0) / 1000)} ms across the app servers, at "
+                     f"{race['requests']} per {fmt_g(race['window_s'])} s.")
     if params.get("load_points"):
-        lines.append(f"Load points: {', '.join(_g(lp) for lp in params['load_points'])} (x the limit); "
+        lines.append(f"Load points: {', '.join(fmt_g(lp) for lp in params['load_points'])} (x the limit); "
                      f"{len(params.get('seeds') or [])} seeds{' (quick durations)' if params.get('quick') else ''}.")
     if params.get("neighbour_policy"):
         lines.append(f"The noisy neighbour runs under its own policy, {_policy_text(params['neighbour_policy'])} "
@@ -934,7 +920,7 @@ def _workload(sim: RunData | None, live: RunData | None) -> list[str]:
 
 
 def _policy_text(policy: dict[str, Any]) -> str:
-    return f"{policy['requests']} per {_g(policy['window_s'])} s"
+    return f"{policy['requests']} per {fmt_g(policy['window_s'])} s"
 
 
 def _setup_mismatch(sim: dict[str, Any], live: dict[str, Any]) -> list[str]:
@@ -949,7 +935,7 @@ def _setup_mismatch(sim: dict[str, Any], live: dict[str, Any]) -> list[str]:
     sim_s = (sim.get("durations_s") or {}).get("neighbour")
     live_s = live.get("duration_s")
     if sim_s is not None and live_s is not None and float(sim_s) != float(live_s):
-        out.append(f"The live runs lasted {_g(live_s)} s and the simulated noisy neighbour {_g(sim_s)} s: a bucket's "
+        out.append(f"The live runs lasted {fmt_g(live_s)} s and the simulated noisy neighbour {fmt_g(sim_s)} s: a bucket's "
                    "initial burst weighs more in the shorter one, so their 429 rates differ for that reason too.")
     return out
 
@@ -978,12 +964,12 @@ def _live_race_sentence(live: RunData) -> str | None:
 def _live_notes(sim: View | None, live: View) -> list[str]:
     notes = []
     if len(live.load_points) != len(COMPARED_LOAD_POINTS):
-        notes.append(f"The live run measured {_loads(live.load_points)}; the comparison asks for "
+        notes.append(f"The live run measured {fmt_loads(live.load_points)}; the comparison asks for "
                      f"{len(COMPARED_LOAD_POINTS)} load points.")
     if sim is not None:
         unsimulated = [lp for lp in live.load_points if lp not in sim.load_points]
         if unsimulated:
-            notes.append(f"The simulation has no {_loads(unsimulated)} (it ran {_loads(sim.load_points)}), so those "
+            notes.append(f"The simulation has no {fmt_loads(unsimulated)} (it ran {fmt_loads(sim.load_points)}), so those "
                          "rows have no simulated 429 rate.")
     if UNSAFE in live.designs:
         notes.append(f"The simulation's noisy neighbour decides requests one at a time, so its {UNSAFE} rates are "
@@ -999,7 +985,7 @@ def _live_notes(sim: View | None, live: View) -> list[str]:
                 if s.known and s.mean > 0:
                     problems.append(f"{s.mean:,.0f} {noun}")
             if problems:
-                notes.append(f"Live {d} at load {_load(lp)} saw {fmt_list(problems)}.")
+                notes.append(f"Live {d} at load {fmt_load(lp)} saw {fmt_list(problems)}.")
     return notes
 
 

@@ -27,8 +27,10 @@ from saaslab.report import (
     Table,
     decimals_for,
     figure_data_uri,
+    fmt_g,
     fmt_list,
     fmt_num,
+    ordered,
     summarise,
 )
 from scenarios.retries import split_trigger_metric
@@ -52,11 +54,6 @@ STATE_COLOURS = ("#5fb36a", "#f0b63c", "#d9534f")
 MISSING = Summary(mean=float("nan"), ci95=float("nan"), n=0)
 
 
-def _ordered(present: Iterable[str], order: tuple[str, ...]) -> list[str]:
-    present = set(present)
-    return [d for d in dict.fromkeys(order) if d in present] + sorted(present - set(order))
-
-
 # --- the data, summarised -----------------------------------------------------------------------
 
 @dataclass
@@ -73,7 +70,7 @@ class Contention:
         rows = [r for r in run.rows if r.metric.startswith("contention_")]
         cells = {(d, int(lp), m): s for (d, lp, m), s in
                  summarise(rows, by=("design", "load_point", "metric")).items()}
-        return cls(cells=cells, policies=_ordered({r.design for r in rows}, POLICY_ORDER),
+        return cls(cells=cells, policies=ordered({r.design for r in rows}, POLICY_ORDER),
                    clients=sorted({int(r.load_point) for r in rows}), seeds=len({r.seed for r in rows}))
 
     def get(self, policy: str, clients: int, metric: str) -> Summary:
@@ -137,7 +134,7 @@ class Map:
                               metrics={m: Summary.of(v.values()) for m, v in by_metric.items()})
         before = {(d, round(lp, 6)): s for (d, lp), s in
                   summarise(before_rows, by=("design", "load_point")).items()}
-        return cls(cells=cells, before=before, designs=_ordered({k[0] for k in cells}, META_ORDER),
+        return cls(cells=cells, before=before, designs=ordered({k[0] for k in cells}, META_ORDER),
                    loads=sorted({k[1] for k in cells}), triggers=sorted({k[2] for k in cells}),
                    seeds=len({r.seed for r in run.rows if r.metric.startswith("meta_")}))
 
@@ -527,10 +524,6 @@ DESIGN_TEXT = {
 }
 
 
-def _g(x: Any) -> str:
-    return f"{float(x):g}"
-
-
 def _workload(params: dict[str, Any]) -> list[str]:
     lines = []
     con = params.get("contention") or {}
@@ -539,32 +532,32 @@ def _workload(params: dict[str, Any]) -> list[str]:
         trials = con.get("trials_per_seed")
         seeds = len(params.get("seeds") or [])
         lines.append(f"Contention (Brooker 2015): N clients (N = {', '.join(map(str, con.get('clients', [])))}) each "
-                     f"update one row once under optimistic concurrency; each message takes |Normal({_g(net.get('mean', 10))} ms, "
-                     f"{_g(net.get('sd', 2))} ms)|; base {_g(con.get('base_ms', 5))} ms, cap {_g(con.get('cap_ms', 2000))} ms; "
+                     f"update one row once under optimistic concurrency; each message takes |Normal({fmt_g(net.get('mean', 10))} ms, "
+                     f"{fmt_g(net.get('sd', 2))} ms)|; base {fmt_g(con.get('base_ms', 5))} ms, cap {fmt_g(con.get('cap_ms', 2000))} ms; "
                      "clients never give up.")
         if trials and seeds:
             lines.append(f"Each seed averages {trials} trials, so each point rests on {trials * seeds} trials "
                          f"({seeds} seeds); Brooker averaged 100 trials per point.")
     meta = params.get("metastability") or {}
     if meta:
-        lines.append(f"Metastability: Poisson arrivals at loads {', '.join(_g(x) for x in meta.get('loads', []))} of "
-                     f"capacity ({_g(meta.get('capacity_rps', 0))} requests/s: {meta.get('slots')} FIFO slots, "
-                     f"{_g(meta.get('service_ms', 0))} ms + {_g(meta.get('overhead_ms', 0))} ms mean overhead per request) "
+        lines.append(f"Metastability: Poisson arrivals at loads {', '.join(fmt_g(x) for x in meta.get('loads', []))} of "
+                     f"capacity ({fmt_g(meta.get('capacity_rps', 0))} requests/s: {meta.get('slots')} FIFO slots, "
+                     f"{fmt_g(meta.get('service_ms', 0))} ms + {fmt_g(meta.get('overhead_ms', 0))} ms mean overhead per request) "
                      f"from {meta.get('client_hosts')} client hosts; a client abandons an attempt after "
-                     f"{_g(meta.get('timeout_ms', 0))} ms, but the server still does the work.")
-        lines.append(f"Trigger: from t={_g(meta.get('trigger_at_s', 0))} s, service time x{_g(meta.get('spike_factor', 1))} "
+                     f"{fmt_g(meta.get('timeout_ms', 0))} ms, but the server still does the work.")
+        lines.append(f"Trigger: from t={fmt_g(meta.get('trigger_at_s', 0))} s, service time x{fmt_g(meta.get('spike_factor', 1))} "
                      f"for {', '.join(map(str, meta.get('triggers_s', [])))} s. Retrying designs make at most "
-                     f"{meta.get('max_attempts')} attempts, backoff base {_g(meta.get('base_ms', 0))} ms, cap "
-                     f"{_g(meta.get('cap_ms', 0))} ms.")
+                     f"{meta.get('max_attempts')} attempts, backoff base {fmt_g(meta.get('base_ms', 0))} ms, cap "
+                     f"{fmt_g(meta.get('cap_ms', 0))} ms.")
         budget, breaker = meta.get("budget") or {}, meta.get("breaker") or {}
         if budget:
             lines.append(f"Retry budget: {budget.get('ratio_pct')}% of successes plus {budget.get('min_per_s')} retry/s, "
                          f"banking up to {budget.get('burst')}. Breaker: opens after {breaker.get('fail_max')} "
-                         f"consecutive timeouts, one trial after {_g(breaker.get('reset_timeout_ms', 0))} ms.")
-        lines.append(f"Recovered: every 1 s bin of arrivals from {_g(meta.get('recovery_s', 10))} s after the spike "
-                     f"to the end of the run ({_g(meta.get('hold_s', 5))} s later) has a goodput share (requests served "
+                         f"consecutive timeouts, one trial after {fmt_g(breaker.get('reset_timeout_ms', 0))} ms.")
+        lines.append(f"Recovered: every 1 s bin of arrivals from {fmt_g(meta.get('recovery_s', 10))} s after the spike "
+                     f"to the end of the run ({fmt_g(meta.get('hold_s', 5))} s later) has a goodput share (requests served "
                      f"by any attempt within the timeout, over requests offered) of at least "
-                     f"{_g(100 * meta.get('recovered_share', 0.9))}%. Collapsed: not recovered, and clients still send "
+                     f"{fmt_g(100 * meta.get('recovered_share', 0.9))}%. Collapsed: not recovered, and clients still send "
                      "attempts at capacity or more over that window. Otherwise: still draining.")
     if not lines:
         lines.append("The run recorded no workload parameters (run.json is missing or has none).")
@@ -615,6 +608,6 @@ def build(data: PatternData) -> Report:
         figures.append(_map_figure(meta))
     else:
         notes.append("The run has no metastability rows, so there is no map.")
-    present = _ordered({*contention.policies, *meta.designs}, (*POLICY_ORDER, *META_ORDER))
+    present = ordered({*contention.policies, *meta.designs}, (*POLICY_ORDER, *META_ORDER))
     return Report(designs={d: DESIGN_TEXT.get(d, "(no description)") for d in present}, conclusions=conclusions,
                   tables=tables, figures=figures, notes=notes, **common)

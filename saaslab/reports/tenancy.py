@@ -26,11 +26,15 @@ from saaslab.report import (
     checks_table,
     decimals_for,
     figure_data_uri,
+    fmt_g,
     fmt_gap,
     fmt_list,
+    fmt_load,
+    fmt_loads,
     fmt_num,
     gap_percent,
     grouped_bars,
+    load_key,
     summarise,
 )
 from saaslab.results import ALL_TENANTS
@@ -63,11 +67,6 @@ SEND_LAG_NOTE_MS = 10.0
 MISSING = Summary(mean=float("nan"), ci95=float("nan"), n=0)
 
 
-def _lp(x: float) -> float:
-    """Load points as dictionary keys: each source wrote its own float."""
-    return round(x, 6)
-
-
 @dataclass
 class View:
     """One source's rows summarised over seeds, with the designs and load points it covers."""
@@ -81,21 +80,21 @@ class View:
 
     @classmethod
     def of(cls, run: RunData) -> View:
-        per_run = {(d, _lp(lp), m): s for (d, lp, m), s in
+        per_run = {(d, load_key(lp), m): s for (d, lp, m), s in
                    summarise(run.select(tenant=ALL_TENANTS), by=("design", "load_point", "metric")).items()}
-        tenant_p99 = {(d, _lp(lp), t): s for (d, lp, t), s in
+        tenant_p99 = {(d, load_key(lp), t): s for (d, lp, t), s in
                       summarise([r for r in run.select(metric="latency_p99") if r.tenant != ALL_TENANTS],
                                 by=("design", "load_point", "tenant")).items()}
         seeds: dict[tuple[str, float], set[int]] = defaultdict(set)
         for r in run.rows:
-            seeds[(r.design, _lp(r.load_point))].add(r.seed)
+            seeds[(r.design, load_key(r.load_point))].add(r.seed)
         present = {r.design for r in run.rows}
         designs = [d for d in DESIGN_ORDER if d in present] + sorted(present - set(DESIGN_ORDER))
         return cls(run=run, per_run=per_run, tenant_p99=tenant_p99, seeds={k: len(v) for k, v in seeds.items()},
-                   designs=designs, load_points=sorted({_lp(r.load_point) for r in run.rows}))
+                   designs=designs, load_points=sorted({load_key(r.load_point) for r in run.rows}))
 
     def get(self, design: str, load_point: float, metric: str) -> Summary:
-        return self.per_run.get((design, _lp(load_point), metric), MISSING)
+        return self.per_run.get((design, load_key(load_point), metric), MISSING)
 
     def ranking(self, load_point: float, metric: str = "quiet_p99_vs_solo") -> list[tuple[str, Summary]]:
         """Designs with a known value, lowest mean first."""
@@ -128,34 +127,20 @@ def _ms(s: Summary) -> str:
     return f"{fmt_num(s.mean)} ms"
 
 
-def _load(lp: float) -> str:
-    return f"{lp:g}"
-
-
-def _loads(lps: list[float]) -> str:
-    """'load 0.5' or 'loads 0.5 and 0.7'."""
-    return ("load " if len(lps) == 1 else "loads ") + fmt_list([_load(lp) for lp in lps])
-
-
-def _g(x: Any) -> str:
-    """A run parameter as written by whoever chose it (20, 0.5), not padded to a precision."""
-    return f"{float(x):g}"
-
-
 # --- conclusions ----------------------------------------------------------------------------------
 
 def _load_sentence(v: View, lp: float) -> str:
     ranked = v.ranking(lp)
     if not ranked:
-        return (f"At load {_load(lp)} the quiet tenants' p99 relative to solo could not be computed "
+        return (f"At load {fmt_load(lp)} the quiet tenants' p99 relative to solo could not be computed "
                 "(no completed quiet requests in the burst or the solo run).")
     (best, b), (worst, w) = ranked[0], ranked[-1]
     if len(ranked) == 1:
-        return f"At load {_load(lp)} only {best} has a result: quiet p99 at {_x(b)} solo {_ci(b)}."
+        return f"At load {fmt_load(lp)} only {best} has a result: quiet p99 at {_x(b)} solo {_ci(b)}."
     if b.mean <= NEAR_SOLO:
-        return (f"At load {_load(lp)}, {best} kept quiet tenants' p99 at {_x(b)} their solo p99 {_ci(b)} "
+        return (f"At load {fmt_load(lp)}, {best} kept quiet tenants' p99 at {_x(b)} their solo p99 {_ci(b)} "
                 f"while {worst} let it rise to {_x(w)} {_ci(w)}.")
-    return (f"At load {_load(lp)} no design kept quiet tenants within {NEAR_SOLO:g}x of their solo p99: the best, {best}, "
+    return (f"At load {fmt_load(lp)} no design kept quiet tenants within {NEAR_SOLO:g}x of their solo p99: the best, {best}, "
             f"still reached {_x(b)} {_ci(b)} and {worst} reached {_x(w)} {_ci(w)}.")
 
 
@@ -173,17 +158,17 @@ def _winner_sentence(v: View) -> str:
         ratios = [v.get(winner, lp, "quiet_p99_vs_solo").mean for lp in lps]
         span = (f"{fmt_num(min(ratios))}x" if len(ratios) == 1
                 else f"between {fmt_num(min(ratios))}x and {fmt_num(max(ratios))}x")
-        where = f"at every load point tested ({fmt_list([_load(lp) for lp in lps])})"
+        where = f"at every load point tested ({fmt_list([fmt_load(lp) for lp in lps])})"
         if len(lps) < len(v.load_points):
-            where = f"at every load point with a result ({fmt_list([_load(lp) for lp in lps])})"
+            where = f"at every load point with a result ({fmt_list([fmt_load(lp) for lp in lps])})"
         worst = max(((d, lp, v.get(d, lp, "quiet_p99_vs_solo")) for lp in v.load_points for d in v.designs
                      if d != winner and v.get(d, lp, "quiet_p99_vs_solo").known), key=lambda x: x[2].mean,
                     default=None)
-        contrast = (f", against up to {_x(worst[2])} under {worst[0]} (at load {_load(worst[1])})"
+        contrast = (f", against up to {_x(worst[2])} under {worst[0]} (at load {fmt_load(worst[1])})"
                     if worst else "")
         return (f"{winner} kept the quiet tenants closest to their solo latency {where}: their p99 "
                 f"stayed {span} of solo{contrast}.")
-    parts = [f"{d} at {_loads(lps)}" for d, lps in best_at.items()]
+    parts = [f"{d} at {fmt_loads(lps)}" for d, lps in best_at.items()]
     return f"No single design kept quiet tenants closest to solo everywhere: the best was {fmt_list(parts)}."
 
 
@@ -207,10 +192,10 @@ def _separation_sentence(v: View) -> str | None:
     sentences = []
     if clear:
         runner_ups = {d2 for _, _, d2 in clear}
-        sentences.append(f"At {_loads([lp for lp, _, _ in clear])} the best design's lead over "
+        sentences.append(f"At {fmt_loads([lp for lp, _, _ in clear])} the best design's lead over "
                          f"the runner-up ({fmt_list(sorted(runner_ups))}) is larger than the 95% CIs.")
     for lp, d1, s1, d2, s2 in unclear:
-        sentences.append(f"At load {_load(lp)} {d1} ({_x(s1)} ±{fmt_num(s1.ci95)}) and {d2} ({_x(s2)} "
+        sentences.append(f"At load {fmt_load(lp)} {d1} ({_x(s1)} ±{fmt_num(s1.ci95)}) and {d2} ({_x(s2)} "
                          f"±{fmt_num(s2.ci95)}) overlap within their 95% CIs, so this data cannot separate them.")
     return " ".join(sentences) or None
 
@@ -225,7 +210,7 @@ def _cost_sentence(v: View, lp: float) -> str | None:
     qb, qw = v.get(best, lp, "quiet_p99"), v.get(worst, lp, "quiet_p99")
     if not (nb.known and nw.known and qb.known and qw.known):
         return None
-    tail = (f"at load {_load(lp)} the noisy tenant's p99 was {_ms(nb)} under {best} against {_ms(nw)} "
+    tail = (f"at load {fmt_load(lp)} the noisy tenant's p99 was {_ms(nb)} under {best} against {_ms(nw)} "
             f"under {worst}, while the quiet tenants' p99 was {_ms(qb)} against {_ms(qw)}.")
     if nb.mean > nw.mean:
         return f"{best} moves the burst's cost onto the tenant that caused it: {tail}"
@@ -237,8 +222,8 @@ def _goodput_sentence(v: View, lp: float, slo_ms: Any) -> str | None:
     if len(ranked) < 2:
         return None
     (low_d, low), (high_d, high) = ranked[0], ranked[-1]
-    slo = f"within {_g(slo_ms)} ms" if isinstance(slo_ms, int | float) else "within the SLO"
-    return (f"At load {_load(lp)} total goodput (requests completed {slo} per second) was {fmt_num(high.mean)} rps "
+    slo = f"within {fmt_g(slo_ms)} ms" if isinstance(slo_ms, int | float) else "within the SLO"
+    return (f"At load {fmt_load(lp)} total goodput (requests completed {slo} per second) was {fmt_num(high.mean)} rps "
             f"under {high_d} and {fmt_num(low.mean)} rps under {low_d}.")
 
 
@@ -248,7 +233,7 @@ def _jain_sentence(v: View, lp: float) -> str | None:
         return None
     (low_d, low), (high_d, high) = ranked[0], ranked[-1]
     return (f"Jain's fairness index over each tenant's share of requests served within the SLO was "
-            f"{fmt_num(high.mean)} under {high_d} and {fmt_num(low.mean)} under {low_d} at load {_load(lp)}: "
+            f"{fmt_num(high.mean)} under {high_d} and {fmt_num(low.mean)} under {low_d} at load {fmt_load(lp)}: "
             f"{high_d} spread the burst's cost more evenly over all tenants, {low_d} concentrated it on fewer.")
 
 
@@ -303,9 +288,9 @@ def _calibration_sentence(sim_params: dict[str, Any], live: View) -> str | None:
                                                                      "outside_slot_ms"))
     sentences = []
     if assumed is not None:
-        sd = f" (standard deviation {_g(assumed_sd)} ms)" if assumed_sd is not None else ""
-        out = f" and spends {_g(assumed_out)} ms outside it" if assumed_out is not None else ""
-        sentences.append(f"Calibration: the simulation assumes a request holds its slot for {_g(assumed)} ms on "
+        sd = f" (standard deviation {fmt_g(assumed_sd)} ms)" if assumed_sd is not None else ""
+        out = f" and spends {fmt_g(assumed_out)} ms outside it" if assumed_out is not None else ""
+        sentences.append(f"Calibration: the simulation assumes a request holds its slot for {fmt_g(assumed)} ms on "
                          f"average{sd}{out}.")
     else:
         sentences.append("Calibration: the simulation recorded no assumed slot hold.")
@@ -330,10 +315,10 @@ def _calibration_sentence(sim_params: dict[str, Any], live: View) -> str | None:
     extra = _mean(outside) - _mean(solo_outside)
     if assumed_out is not None and extra > max(1.0, 0.25 * float(assumed_out)):
         effects.append(f"slower outside the slot (about {fmt_num(extra)} ms more per request, where the simulation "
-                       f"keeps {_g(assumed_out)} ms)")
+                       f"keeps {fmt_g(assumed_out)} ms)")
     if assumed_sd is not None and hold_sd and max(hold_sd) > 1.5 * float(assumed_sd):
         effects.append(f"more variable inside it (hold standard deviation up to {fmt_num(max(hold_sd))} ms against "
-                       f"the simulation's {_g(assumed_sd)} ms)")
+                       f"the simulation's {fmt_g(assumed_sd)} ms)")
     if effects:
         sentences.append(f"So under the burst the live service is {' and '.join(effects)}: work that shares the "
                          "service's cores (HTTP on both sides, the auth middleware and its Redis round trip, the "
@@ -348,16 +333,16 @@ def _same_seed_sentence(sim: View, live: View) -> str | None:
     if len(seeds) != 1:
         return None
     seed = seeds.pop()
-    simulated = {(r.design, _lp(r.load_point)): r.value
+    simulated = {(r.design, load_key(r.load_point)): r.value
                  for r in sim.run.select(tenant=ALL_TENANTS, metric="quiet_p99_vs_solo") if r.seed == seed}
     by_load: dict[float, list[str]] = defaultdict(list)
     for c in _comparisons(sim, live):
-        value = simulated.get((c.design, _lp(c.load_point)))
+        value = simulated.get((c.design, load_key(c.load_point)))
         if c.metric == "quiet_p99_vs_solo" and c.live.known and value is not None:
             by_load[c.load_point].append(f"{c.design} {fmt_num(value)}x (measured {_x(c.live)})")
     if not by_load:
         return None
-    parts = [f"{fmt_list(items)} at load {_load(lp)}" for lp, items in by_load.items()]
+    parts = [f"{fmt_list(items)} at load {fmt_load(lp)}" for lp, items in by_load.items()]
     return (f"On the live run's own arrival schedule (seed {seed}) the simulation gives quiet p99 / solo of "
             f"{'; '.join(parts)}.")
 
@@ -391,7 +376,7 @@ def _agreement_sentences(sim: View, live: View) -> list[str]:
                        f"all {len(ratio)} (design, load) pairs measured.")
         else:
             out.append(f"Simulation and measurement differ by up to {abs(worst.gap):.0f}% on quiet p99 vs solo "
-                       f"(largest: {worst.design} at load {_load(worst.load_point)}, simulated {_x(worst.sim)}, "
+                       f"(largest: {worst.design} at load {fmt_load(worst.load_point)}, simulated {_x(worst.sim)}, "
                        f"measured {_x(worst.live)}); {within} of {len(ratio)} pairs {'is' if within == 1 else 'are'} "
                        f"within {AGREEMENT_PCT:.0f}%.")
     within_all = sum(abs(c.gap) <= AGREEMENT_PCT for c in comps)
@@ -406,10 +391,10 @@ def _agreement_sentences(sim: View, live: View) -> list[str]:
         (same if live_order == sim_order else differ).append((lp, sim_order, live_order))
     if same:
         out.append(f"The measured run ranks the designs as the simulation does at "
-                   f"{_loads([lp for lp, _, _ in same])} (best first: "
+                   f"{fmt_loads([lp for lp, _, _ in same])} (best first: "
                    f"{'; '.join(', '.join(order) for _, order, _ in same)}).")
     for lp, sim_order, live_order in differ:
-        out.append(f"At load {_load(lp)} the measured run ranks the designs {', '.join(live_order)} (best first) "
+        out.append(f"At load {fmt_load(lp)} the measured run ranks the designs {', '.join(live_order)} (best first) "
                    f"but the simulation ranks them {', '.join(sim_order)}.")
     return out
 
@@ -426,7 +411,7 @@ def _result_tables(v: View) -> list[Table]:
                 continue
             cells = [v.get(d, lp, m).text("x" if m == "quiet_p99_vs_solo" else "") for m, _ in RESULT_METRICS]
             rows.append([d, *cells, str(v.seeds[(d, lp)])])
-        tables.append(Table(f"Load {_load(lp)} of capacity ({source})",
+        tables.append(Table(f"Load {fmt_load(lp)} of capacity ({source})",
                             ["design", *(label for _, label in RESULT_METRICS), "seeds"], rows,
                             caption="Mean ± half-width of the 95% confidence interval over seeds (Student's t)."))
     return tables
@@ -443,7 +428,7 @@ def _ratio_figure(primary: View, live: View | None) -> Figure:
     fig = MplFigure(figsize=(8, 4.2), layout="constrained")
     ax = fig.add_subplot()
     series = {d: [primary.get(d, lp, "quiet_p99_vs_solo") for lp in primary.load_points] for d in primary.designs}
-    x = grouped_bars(ax, [_load(lp) for lp in primary.load_points], series)
+    x = grouped_bars(ax, [fmt_load(lp) for lp in primary.load_points], series)
     values = [s.mean for ss in series.values() for s in ss if s.known]
     if live is not None:
         width = 0.8 / max(1, len(primary.designs))
@@ -470,21 +455,21 @@ def _ratio_figure(primary: View, live: View | None) -> Figure:
 
 
 def _tenant_figure(v: View, lp: float) -> Figure:
-    tenants = sorted({t for (_, load, t) in v.tenant_p99 if load == _lp(lp)}, key=lambda t: (t != NOISY, t))
+    tenants = sorted({t for (_, load, t) in v.tenant_p99 if load == load_key(lp)}, key=lambda t: (t != NOISY, t))
     fig = MplFigure(figsize=(8, 4.2), layout="constrained")
     ax = fig.add_subplot()
-    series = {d: [v.tenant_p99.get((d, _lp(lp), t), MISSING) for t in tenants] for d in v.designs}
+    series = {d: [v.tenant_p99.get((d, load_key(lp), t), MISSING) for t in tenants] for d in v.designs}
     grouped_bars(ax, tenants, series)
     _use_log_scale(ax, [s.mean for ss in series.values() for s in ss if s.known])
     ax.set_ylabel("p99 latency (ms)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    return Figure(f"Per-tenant p99 at load {_load(lp)}", figure_data_uri(fig),
+    return Figure(f"Per-tenant p99 at load {fmt_load(lp)}", figure_data_uri(fig),
                   "Mean over seeds with 95% CI error bars. The noisy tenant bursts; the four quiet ones do not.")
 
 
 def _sim_vs_live_table(sim: View, live: View) -> Table:
-    rows = [[c.design, _load(c.load_point), LABELS[c.metric],
+    rows = [[c.design, fmt_load(c.load_point), LABELS[c.metric],
              c.sim.text("x" if c.metric == "quiet_p99_vs_solo" else ""),
              c.live.text("x" if c.metric == "quiet_p99_vs_solo" else ""), fmt_gap(c.gap)]
             for c in _comparisons(sim, live)]
@@ -524,19 +509,19 @@ def _workload(sim: RunData | None, live: RunData | None) -> list[str]:
         lines.append(_server_line(params, slots, service_ms))
     if params.get("load_points"):
         lines.append("Load points (offered load before the burst, fraction of capacity): "
-                     f"{', '.join(_load(float(lp)) for lp in params['load_points'])}.")
+                     f"{', '.join(fmt_load(float(lp)) for lp in params['load_points'])}.")
     if wl.get("burst_multiplier"):
         span = ""
         if wl.get("burst_start_s") is not None and wl.get("burst_length_s") is not None:
-            span = f" from t={_g(wl['burst_start_s'])} s for {_g(wl['burst_length_s'])} s"
-        of = f" of a {_g(params['duration_s'])} s run" if params.get("duration_s") else ""
+            span = f" from t={fmt_g(wl['burst_start_s'])} s for {fmt_g(wl['burst_length_s'])} s"
+        of = f" of a {fmt_g(params['duration_s'])} s run" if params.get("duration_s") else ""
         solo = _solo_s(params)
-        baseline = (f"the first {_g(solo)} s of the same traffic (same seed) without the burst" if solo
+        baseline = (f"the first {fmt_g(solo)} s of the same traffic (same seed) without the burst" if solo
                     else "the same traffic (same seed) without the burst")
-        lines.append(f"Burst: {NOISY} sends {_g(wl['burst_multiplier'])}x its rate{span}{of}. The solo "
+        lines.append(f"Burst: {NOISY} sends {fmt_g(wl['burst_multiplier'])}x its rate{span}{of}. The solo "
                      f"baseline is {baseline}.")
     if params.get("slo_ms"):
-        lines.append(f"Goodput counts requests completed within {_g(params['slo_ms'])} ms.")
+        lines.append(f"Goodput counts requests completed within {fmt_g(params['slo_ms'])} ms.")
     if params.get("seeds") is not None:
         lines.append(f"Simulation seeds: {len(params['seeds'])}.")
     if not lines:
@@ -550,13 +535,13 @@ def _server_line(params: dict[str, Any], slots: Any, service_ms: Any) -> str:
     nominal = slots * 1000.0 / service_ms
     hold, overhead, outside = (params.get(k) for k in ("slot_hold_ms", "slot_overhead_ms", "outside_slot_ms"))
     if not hold:
-        return (f"Server: {slots} slots, each request holds one for {_g(service_ms)} ms; capacity "
-                f"{_g(nominal)} requests/s.")
-    return (f"Server: {slots} slots; each request holds one for {_g(service_ms)} ms plus an exponential "
-            f"overhead of mean {_g(overhead or 0)} ms ({_g(hold)} ms on average, calibrated from the live "
-            f"service's measured slot hold), and spends a further {_g(outside or 0)} ms outside any slot. Load "
-            f"points are fractions of the nominal capacity {_g(nominal)} requests/s ({slots} slots / "
-            f"{_g(service_ms)} ms); with the {_g(hold)} ms hold the real capacity is "
+        return (f"Server: {slots} slots, each request holds one for {fmt_g(service_ms)} ms; capacity "
+                f"{fmt_g(nominal)} requests/s.")
+    return (f"Server: {slots} slots; each request holds one for {fmt_g(service_ms)} ms plus an exponential "
+            f"overhead of mean {fmt_g(overhead or 0)} ms ({fmt_g(hold)} ms on average, calibrated from the live "
+            f"service's measured slot hold), and spends a further {fmt_g(outside or 0)} ms outside any slot. Load "
+            f"points are fractions of the nominal capacity {fmt_g(nominal)} requests/s ({slots} slots / "
+            f"{fmt_g(service_ms)} ms); with the {fmt_g(hold)} ms hold the real capacity is "
             f"{fmt_num(slots * 1000.0 / hold)} requests/s.")
 
 
@@ -577,13 +562,13 @@ def _burst(params: dict[str, Any]) -> tuple[float, float, float] | None:
 def _live_line(params: dict[str, Any]) -> str:
     parts = []
     if params.get("load_points"):
-        parts.append(f"load points {', '.join(_load(float(lp)) for lp in params['load_points'])}")
+        parts.append(f"load points {', '.join(fmt_load(float(lp)) for lp in params['load_points'])}")
     burst = _burst(params)
     if burst:
-        parts.append(f"burst from t={_g(burst[0])} s for {_g(burst[1])} s of a {_g(burst[2])} s run")
+        parts.append(f"burst from t={fmt_g(burst[0])} s for {fmt_g(burst[1])} s of a {fmt_g(burst[2])} s run")
     solo = _solo_s(params)
     if solo:
-        parts.append(f"solo baseline {_g(solo)} s")
+        parts.append(f"solo baseline {fmt_g(solo)} s")
     if params.get("seed") is not None:
         parts.append(f"seed {params['seed']}")
     fault = params.get("fault") or {}
@@ -593,7 +578,7 @@ def _live_line(params: dict[str, Any]) -> str:
     if params.get("locust_processes"):
         parts.append(f"{params['locust_processes']} Locust process(es)")
     if params.get("wall_s"):
-        parts.append(f"{_g(params['wall_s'])} s of wall time")
+        parts.append(f"{fmt_g(params['wall_s'])} s of wall time")
     return ("Live run: " + "; ".join(parts) + ".") if parts else "Live run: no parameters recorded."
 
 
@@ -603,12 +588,12 @@ def _live_notes(sim: RunData | None, live: RunData) -> list[str]:
     if sim is not None:
         sb, lb = _burst(sim.parameters), _burst(live.parameters)
         if sb and lb and sb != lb:
-            notes.append(f"The live run's burst (t={_g(lb[0])} s for {_g(lb[1])} s of {_g(lb[2])} s) differs from "
-                         f"the simulated one (t={_g(sb[0])} s for {_g(sb[1])} s of {_g(sb[2])} s), so part of any "
+            notes.append(f"The live run's burst (t={fmt_g(lb[0])} s for {fmt_g(lb[1])} s of {fmt_g(lb[2])} s) differs from "
+                         f"the simulated one (t={fmt_g(sb[0])} s for {fmt_g(sb[1])} s of {fmt_g(sb[2])} s), so part of any "
                          "gap comes from the workload, not the model.")
         ss, ls = _solo_s(sim.parameters), _solo_s(live.parameters)
         if ss and ls and ss != ls:
-            notes.append(f"The live solo baseline ({_g(ls)} s) is not the simulated one ({_g(ss)} s), so the "
+            notes.append(f"The live solo baseline ({fmt_g(ls)} s) is not the simulated one ({fmt_g(ss)} s), so the "
                          "quiet tenants' solo p99 is estimated from different traffic.")
     health = summarise(live.select(tenant=ALL_TENANTS), by=("design", "load_point", "metric"))
     for design, lp in sorted({(d, lp) for d, lp, _ in health}):
@@ -625,11 +610,11 @@ def _live_notes(sim: RunData | None, live: RunData) -> list[str]:
             if not math.isnan(n) and n > 0:
                 problems.append(f"{verb} {n:,.0f} {noun}")
         if problems:
-            notes.append(f"Live {design} at load {_load(lp)}: the load generator {fmt_list(problems)}, so the "
+            notes.append(f"Live {design} at load {fmt_load(lp)}: the load generator {fmt_list(problems)}, so the "
                          "measured latencies describe the traffic actually sent.")
         lag = value("send_lag_p99")
         if not math.isnan(lag) and lag > SEND_LAG_NOTE_MS:
-            notes.append(f"Live {design} at load {_load(lp)}: the load generator launched 1% of its requests more "
+            notes.append(f"Live {design} at load {fmt_load(lp)}: the load generator launched 1% of its requests more "
                          f"than {fmt_num(lag)} ms late; latency counts from the intended send time, so that delay is "
                          "in the measured latencies but is not the service's.")
     return notes
