@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -35,3 +37,23 @@ def json_response(body: Any, status_code: int = 200) -> Response:
     """`body` as compact UTF-8 JSON, like `JSONResponse`, rendered by orjson in C at a fraction of
     the json module's cost."""
     return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(model: type[M], raw: bytes) -> M:
+    """A JSON request body validated by `model` in one pydantic call (parsing included), for a
+    `DirectRoute` that takes a body. Failures raise RequestValidationError with the `body` location
+    FastAPI gives them, so they reach the same 422 problem handler as any other route's."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as e:
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]) from None
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a `DirectRoute`'s JSON body (FastAPI documents only the bodies it parses itself)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema(
+        ref_template="#/components/schemas/{model}")}}}}
