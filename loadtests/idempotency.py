@@ -10,7 +10,9 @@ provisions its own tenants and arms its own faults:
 each run lets the completer finish abandoned claims, reads the ledger back and runs the checker
 (saaslab/live/idempotency.py).
 
-The scenario (`DoubleClickPay`; every knob is a field of `Plan`): logical payments arrive
+The scenario (`DoubleClickPay`; every knob is a field of `Plan`, whose workload, client and fault
+defaults are `scenarios.idempotency.LIVE_PLAN`'s, the plan the simulation replays for the report's
+simulated-versus-measured table, so change them there): logical payments arrive
 open-model (Poisson, the seeded schedule of `scenarios.kernel.workload.arrivals`) at `load_point`
 x `capacity_rps` payments per second, split over `TENANTS`. Each payment has its own
 `Idempotency-Key` and the simulation's exact body bytes (`scenarios.idempotency.payment_body`), and
@@ -52,7 +54,8 @@ payment capacity, payments/s; default the simulation's `capacity_rps()`, far abo
 machine's: set it), `SAASLAB_SEED` (default 1), `SAASLAB_LOAD_DESIGN` (the service's design,
 recorded with each attempt; default postgres), `SAASLAB_LOAD_WORKLOAD` (JSON overriding fields of
 `Plan`, e.g. `{"duration_s": 5}`; `{"faults": false}` injects none; `{"p_double_click": 0.02,
-"p_timeout_after_effect": 0.01}` comes closer to the simulation's clients and provider),
+"p_timeout_after_effect": 0.01}` comes closer to the simulation's own clients and provider; an
+override departs from `LIVE_PLAN`, which the simulation's `aslive_*` rows replay),
 `SAASLAB_LOAD_OUT` (where each process writes its counters and history).
 """
 from __future__ import annotations
@@ -83,7 +86,7 @@ from reference_impl.retries.core import (
     parse_retry_after,
 )
 from saaslab.results import LatencyHistogram
-from scenarios.idempotency import DURATION_S, LIVE_PLAN, SETUP, capacity_rps, payment_body
+from scenarios.idempotency import LIVE_PLAN, capacity_rps, payment_body
 from scenarios.kernel.workload import TenantSpec, Workload, arrivals
 
 PAYMENTS = "/v1/payments"
@@ -102,20 +105,20 @@ log = logging.getLogger("saaslab.idempotency")
 @dataclass(frozen=True)
 class Plan:
     """Every knob of the scenario besides rate, seed and design (the module docstring says what each does).
-    The clients' and faults' defaults come from `scenarios.idempotency.LIVE_PLAN`, which the simulation
-    replays for the simulated-versus-measured table."""
+    The workload's, clients' and faults' defaults are `scenarios.idempotency.LIVE_PLAN`'s, which the
+    simulation replays (`as_live`) for the simulated-versus-measured table: change them there."""
 
-    duration_s: float = DURATION_S["full"]
+    duration_s: float = LIVE_PLAN.duration_s
     p_double_click: float = LIVE_PLAN.p_double_click
     """The share of payments sent as a double click; the others have one client (the simulation's own clients: 0.02)."""
-    clicks: tuple[int, ...] = (2, 3)
+    clicks: tuple[int, ...] = LIVE_PLAN.clicks
     """How many clients send a double-clicked payment (drawn uniformly)."""
     double_click_ms: float = LIVE_PLAN.double_click_ms
     """The clicks after the first follow within U(0, this)."""
-    client_timeout_s: float = SETUP.client_timeout_ms / 1000
-    retry_policy: str = SETUP.retry_policy
-    retry_base_ms: float = SETUP.retry_base_ms
-    retry_cap_ms: float = SETUP.retry_cap_ms
+    client_timeout_s: float = LIVE_PLAN.client_timeout_ms / 1000
+    retry_policy: str = LIVE_PLAN.retry_policy
+    retry_base_ms: float = LIVE_PLAN.retry_base_ms
+    retry_cap_ms: float = LIVE_PLAN.retry_cap_ms
     max_attempts: int = LIVE_PLAN.max_attempts
     budget_ratio_pct: int = LIVE_PLAN.retry_budget[0]
     budget_min_per_s: int = LIVE_PLAN.retry_budget[1]
@@ -126,13 +129,13 @@ class Plan:
     slow_ms: int = LIVE_PLAN.slow_ms
     slow_phase: tuple[float, float] = LIVE_PLAN.slow_phase
     """The slow provider's phase, as fractions of the duration; `steady` before it, `storm` after."""
-    crashes: tuple[tuple[float, str], ...] = ((0.15, "idempotency.charged"), (0.5, "idempotency.charge_created"))
+    crashes: tuple[tuple[float, str], ...] = tuple((at, f"idempotency.{point}") for at, point in LIVE_PLAN.crashes)
     """One-shot worker crashes: (fraction of the duration, fault point)."""
     rearm_s: float = 0.5
     spread: int = 3
     drain_s: float = 40.0
     """After the last arrival, how long payments still in their retries may take."""
-    reconcile: bool = True
+    reconcile: bool = LIVE_PLAN.reconcile
     """After the run, retry each payment whose clients all gave up until it gets a final answer (module docstring)."""
     reconcile_after_s: float = 0.0
     """How long after the run those clients come back (`saaslab load`: past the lock timeout and a completer pass,

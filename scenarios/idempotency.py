@@ -66,10 +66,34 @@ Metrics per (design, load point, seed), tenant "*":
   finished, per 10,000 logical payments (per_10k)
 - `exactly_one_effect`, `replays_match_first`, `no_orphan_charges`: 1 if the check held (bool);
   `checks_valid`: 1 if all three held (bool)
-- `aslive_duplicates_per_10k`, `aslive_orphans_per_10k`, `aslive_latency_p99`, `aslive_gave_up_pct`:
-  the same payments once more under the live load test's clients and faults (`LIVE_PLAN`, applied
-  by `as_live`: every payment double-clicked, timeouts after the charge, the slow provider, a
-  shared retry budget). The report sets these beside the live run's, like for like.
+
+The live plan, replayed (`aslive_*`). `LIVE_PLAN` holds the live load test's workload, clients,
+faults and service (loadtests/idempotency.py and saaslab/live/idempotency.py take theirs from it);
+`as_live` turns it into a `Setup` and `simulate_as_live` runs it, so the report can set simulated
+beside measured like for like. It is the model above with: `workers` x `slots` of the live service
+(2 x 8) and its lock timeout (2 s) and completer interval; arrivals at the load point x the
+capacity with nothing armed (`measured_capacity_rps`, as the harness measures it) for the live
+run's duration; every payment double-clicked by 2 or 3 clients within 50 ms; clients with the live
+timeout, backoff and `max_attempts` (8) and the shared `RetryBudget` (`retry_budget`: a retry after
+an unknown outcome spends it, one after a 409 does not; a client it refuses gives up); the
+provider's phases (`slow_phase`: slow only from 40% to 60% of the run, 25% of calls, 1500 ms;
+before and after, and through the reconcile pass, 10% of calls time out after the charge; none
+declines); no random crash but the live run's two one-shot crashes (`crash_at`: at 15% of the
+run a random live worker is armed to die at its next `charged`, at 50% at its next
+`charge_created`; a crash or restart disarms it); and the reconcile pass (`reconcile_after_s`:
+once every client is done, past a lock and a completer pass, one client per payment whose clients
+all gave up retries it, without the budget, until a final answer or `max_attempts`). `run` replays
+it at the live run's load points and duration (`--quick`: `LIVE_PLAN.quick_load_points` for
+`LIVE_PLAN.quick_duration_s`, as `saaslab load --quick`), for the first `AS_LIVE_SEEDS` seeds (all
+with `--quick`). What the model still leaves out: the live service's CPU (the model's service is
+faster than a small machine's, so at the same load point its rate, and the work a fixed-length slow
+phase backs up, are higher) and a crashed worker's real restart time (here `restart_ms`). Rows,
+same units as above:
+
+- `aslive_payments`, `aslive_duplicates_per_10k`, `aslive_orphans_per_10k`, `aslive_latency_p99`,
+  `aslive_gave_up_pct` (before the reconcile pass, as the live counter), `aslive_retries_per_request`,
+  `aslive_crashes`: those metrics of the replay; `aslive_unresolved`: payments still without a
+  final answer after the reconcile pass (requests; the live row `unresolved`).
 
 What the designs do under this model, from reading the code it mirrors (the sweep measures how often):
 
@@ -89,8 +113,8 @@ What the designs do under this model, from reading the code it mirrors (the swee
   was made (the request was accepted, and the completer carries it through).
 
 `run` sweeps DESIGNS x LOAD_POINTS x seeds (`DURATION_S`: 6 s of arrivals per run, 1.5 s with
-`--quick`); 95% confidence intervals come from the seeds. `workload`, `payment_body` and `Setup`'s
-client and fault settings are what a live run should replay (lab mode arms the same probabilities).
+`--quick`), and the live plan as above; 95% confidence intervals come from the seeds.
+`payment_body` is the bytes both faces send.
 """
 
 from __future__ import annotations
@@ -180,10 +204,18 @@ class Setup:
     slow_ms: float = 1200.0
     p_fail: float = 0.01
     p_timeout_after_effect: float = 0.01
+    slow_phase: tuple[float, float] | None = None
+    """(start, end) as fractions of `duration_s`: the provider is slow only inside, and times out after the
+    charge only outside (and after the run); None: both all along."""
     p_crash: float = 0.0005
     crash_points: tuple[str, ...] = CHECKPOINTS
+    crash_at: tuple[tuple[float, str], ...] = ()
+    """One-shot crashes: (fraction of `duration_s`, checkpoint): then one live worker, drawn at random, dies
+    the next time it passes that checkpoint (a crash or restart disarms it)."""
     restart_ms: float = 500.0
     p_double_click: float = 0.02
+    clicks: tuple[int, ...] = (2,)
+    """How many clients a double-clicked payment has (drawn uniformly)."""
     double_click_ms: float = 300.0
     client_timeout_ms: float = 1000.0
     retry_policy: str = "full_jitter"
@@ -192,6 +224,9 @@ class Setup:
     max_attempts: int = 6
     retry_budget: tuple[int, int, int] | None = None
     """(ratio_pct, min_per_s, burst) of a `RetryBudget` all clients share; None: no budget."""
+    reconcile_after_s: float | None = None
+    """Once every client is done, this long later one client retries each payment whose clients all gave up
+    (without the budget); None: no such pass."""
     lock_timeout_s: float = 5.0
     completer_interval_s: float = 1.0
 
@@ -204,44 +239,89 @@ SETUP = Setup()
 
 @dataclass(frozen=True)
 class LivePlan:
-    """The live load test's clients and faults: loadtests/idempotency.py's `Plan` takes its defaults
-    from `LIVE_PLAN`, and `as_live` replays them here, so the simulated-versus-measured table
-    compares the same workload (the `aslive_*` metrics)."""
+    """The live load test's workload, clients and faults, and the service the harness runs it against.
 
+    One source for both faces: loadtests/idempotency.py's `Plan` takes its defaults from `LIVE_PLAN`
+    (its `SAASLAB_LOAD_WORKLOAD` overrides still apply), saaslab/live/idempotency.py its service, load
+    points and durations, and `as_live` replays it in the model (the `aslive_*` metrics)."""
+
+    load_points: tuple[float, ...] = LOAD_POINTS
+    duration_s: float = DURATION_S["full"]
+    quick_load_points: tuple[float, ...] = (0.3,)
+    quick_duration_s: float = 3.0
     p_double_click: float = 1.0
+    clicks: tuple[int, ...] = (2, 3)
+    """How many clients send a double-clicked payment (drawn uniformly)."""
     double_click_ms: float = 50.0
+    client_timeout_ms: float = SETUP.client_timeout_ms
+    retry_policy: str = SETUP.retry_policy
+    retry_base_ms: float = SETUP.retry_base_ms
+    retry_cap_ms: float = SETUP.retry_cap_ms
     max_attempts: int = 8
-    p_timeout_after_effect: float = 0.1
-    p_slow: float = 0.25
-    slow_ms: int = 1500
-    slow_phase: tuple[float, float] = (0.4, 0.6)
-    """The slow provider's phase, as fractions of the run; the timeouts after the charge hold outside it."""
     retry_budget: tuple[int, int, int] = (20, 5, 50)
     """The clients' shared retry budget: retries after an unknown outcome may be `ratio_pct`% of
     successes plus `min_per_s` per second, banking up to `burst`."""
+    p_timeout_after_effect: float = 0.1
+    """Outside the slow phase (`steady` before it, `storm` after it and on through the reconcile pass)."""
+    p_slow: float = 0.25
+    slow_ms: int = 1500
+    slow_phase: tuple[float, float] = (0.4, 0.6)
+    """The slow provider's phase, as fractions of the run."""
+    crashes: tuple[tuple[float, str], ...] = ((0.15, CHARGED), (0.5, RECORDED))
+    """One-shot worker crashes: (fraction of the run, checkpoint; the fault point is `idempotency.<checkpoint>`)."""
+    reconcile: bool = True
+    """After the run, retry each payment whose clients all gave up until it gets a final answer."""
+    workers: int = 2
+    slots: int = 8
+    """Per worker: the service's default `scheduler_slots`."""
+    lock_timeout_s: float = 2.0
+    completer_interval_s: float = 1.0
+
+    @property
+    def reconcile_after_s(self) -> float:
+        """When clients that gave up come back: past a lock and a completer pass, so that `postgres`'s
+        completer gets to finish what they abandoned first."""
+        return self.lock_timeout_s + self.completer_interval_s + 0.5
 
 
 LIVE_PLAN = LivePlan()
-AS_LIVE_METRICS = ("duplicates_per_10k", "orphans_per_10k", "latency_p99", "gave_up_pct")
-"""Metrics the simulation also writes for the live plan, as `aslive_<metric>`."""
+AS_LIVE = "aslive_"
+AS_LIVE_METRICS = ("payments", "duplicates_per_10k", "orphans_per_10k", "latency_p99", "gave_up_pct",
+                   "retries_per_request", "crashes")
+"""Metrics the simulation also writes for the live plan, as `aslive_<metric>` (plus `aslive_unresolved`)."""
+AS_LIVE_SEEDS = 3
+"""Seeds of the live plan's replay in a full sweep (all of them with `--quick`): 6 s of retry storms at each
+load point are the sweep's costliest runs, and three keep the whole sweep within a minute on 2 cores."""
 
 
-def as_live(setup: Setup, plan: LivePlan = LIVE_PLAN) -> Setup:
-    """`setup` with the live plan's clients and provider faults. The model has no phases, so the slow
-    phase and the timeouts after the charge are spread over the run at their time averages. (Live
-    clicks come 2 or 3 at a time, here 2; live crashes are one-shot, here `p_crash` per checkpoint.)"""
-    slow_share = plan.slow_phase[1] - plan.slow_phase[0]
-    return replace(setup, p_double_click=plan.p_double_click, double_click_ms=plan.double_click_ms,
-                   max_attempts=plan.max_attempts, p_timeout_after_effect=plan.p_timeout_after_effect * (1 - slow_share),
-                   p_slow=plan.p_slow * slow_share, slow_ms=float(plan.slow_ms), retry_budget=plan.retry_budget)
+def as_live(setup: Setup = SETUP, plan: LivePlan | None = None, *, quick: bool = False) -> Setup:
+    """`setup`'s service model running the live plan (default `LIVE_PLAN`): its workers and slots, lock and
+    completer, clients, phases of provider faults, one-shot crashes and reconcile pass, for the live run's
+    duration. Nothing declines (the plan arms no `fail`) and nothing crashes at random."""
+    plan = plan if plan is not None else LIVE_PLAN
+    return replace(setup, duration_s=plan.quick_duration_s if quick else plan.duration_s, workers=plan.workers,
+                   slots=plan.slots, p_fail=0.0, p_timeout_after_effect=plan.p_timeout_after_effect,
+                   p_slow=plan.p_slow, slow_ms=float(plan.slow_ms), slow_phase=plan.slow_phase, p_crash=0.0,
+                   crash_at=plan.crashes, p_double_click=plan.p_double_click, clicks=plan.clicks,
+                   double_click_ms=plan.double_click_ms, client_timeout_ms=plan.client_timeout_ms,
+                   retry_policy=plan.retry_policy, retry_base_ms=plan.retry_base_ms, retry_cap_ms=plan.retry_cap_ms,
+                   max_attempts=plan.max_attempts, retry_budget=plan.retry_budget,
+                   reconcile_after_s=plan.reconcile_after_s if plan.reconcile else None,
+                   lock_timeout_s=plan.lock_timeout_s, completer_interval_s=plan.completer_interval_s)
 
 
 def capacity_rps(setup: Setup = SETUP) -> float:
     """Payments per second the app servers can execute: slots over a payment's mean slot time
     (handler, provider with its slow calls, the postgres design's three statements)."""
+    slow_share = 1.0 if setup.slow_phase is None else setup.slow_phase[1] - setup.slow_phase[0]
     mean_ms = (setup.handler_ms + setup.handler_overhead_ms + setup.provider_ms + setup.provider_jitter_ms
-               + setup.p_slow * setup.slow_ms + 3 * setup.pg_rtt_ms)
+               + setup.p_slow * slow_share * setup.slow_ms + 3 * setup.pg_rtt_ms)
     return setup.workers * setup.slots * 1000.0 / mean_ms
+
+
+def measured_capacity_rps(setup: Setup = SETUP) -> float:
+    """The capacity as the live harness measures it: with nothing armed (no slow provider calls)."""
+    return capacity_rps(replace(setup, p_slow=0.0))
 
 
 def workload(load_point: float, setup: Setup = SETUP) -> Workload:
@@ -324,6 +404,8 @@ class Stats:
     replays: int = 0
     timeouts: int = 0
     gave_up: int = 0
+    reconciled: int = 0
+    """Payments the reconcile pass brought to a final answer."""
     crashes: int = 0
     completed_by_completer: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
@@ -364,7 +446,10 @@ class Lab:
         self._answered: set[str] = set()
         self._chains_left: Counter[str] = Counter()
         self._first_send: dict[str, int] = {}
+        self._gave_up: list[Attempt] = []
         self._client_timeout_us = round(setup.client_timeout_ms * US_PER_MS)
+        self._slow_phase_us = (None if setup.slow_phase is None else
+                               tuple(round(f * setup.duration_s * US_PER_S) for f in setup.slow_phase))
 
     # --- clocks and ids
 
@@ -385,11 +470,16 @@ class Lab:
 
     def draw_fault(self) -> FaultMode | None:
         s, u = self.setup, self.fault_rng.random()
-        if u < s.p_slow:
+        p_slow, p_timeout = s.p_slow, s.p_timeout_after_effect
+        if self._slow_phase_us is not None:
+            # The live run's phases: one standing fault at the provider at a time.
+            lo, hi = self._slow_phase_us
+            p_slow, p_timeout = (p_slow, 0.0) if lo <= self.env.now < hi else (0.0, p_timeout)
+        if u < p_slow:
             return "slow"
-        if u < s.p_slow + s.p_fail:
+        if u < p_slow + s.p_fail:
             return "fail"
-        if u < s.p_slow + s.p_fail + s.p_timeout_after_effect:
+        if u < p_slow + s.p_fail + p_timeout:
             return "timeout_after_effect"
         return None
 
@@ -457,14 +547,21 @@ class Lab:
         self.stats.payments += 1
         self._first_send[key] = int(self.env.now)
         clicks = [0]
-        if self.client_rng.random() < self.setup.p_double_click:
-            clicks.append(round(self.client_rng.uniform(0, self.setup.double_click_ms) * US_PER_MS))
+        s = self.setup
+        if self.client_rng.random() < s.p_double_click:
+            n = s.clicks[0] if len(s.clicks) == 1 else self.client_rng.choice(s.clicks)
+            clicks += [round(self.client_rng.uniform(0, s.double_click_ms) * US_PER_MS) for _ in range(n - 1)]
         for delay in clicks:
-            self._chains_left[key] += 1
-            self._open_chains += 1
-            self.env.process(self.client(attempt, delay))
+            self.start_client(attempt, delay)
 
-    def client(self, attempt: Attempt, delay_us: int) -> Generator[simpy.Event, Any, None]:
+    def start_client(self, attempt: Attempt, delay_us: int, *, reconciling: bool = False) -> None:
+        self._chains_left[attempt.key] += 1
+        self._open_chains += 1
+        self.env.process(self.client(attempt, delay_us, reconciling=reconciling))
+
+    def client(self, attempt: Attempt, delay_us: int, *, reconciling: bool = False
+               ) -> Generator[simpy.Event, Any, None]:
+        """One client of a payment. Reconciling (after the run) it spends no retry budget, as the live pass."""
         env, stats, key = self.env, self.stats, attempt.key
         if delay_us:
             yield env.timeout(delay_us)
@@ -492,13 +589,16 @@ class Lab:
                         self.budget_state = self.budget.on_success(self.budget_state, self.now_us())
                     if key not in self._answered:
                         self._answered.add(key)
-                        stats.payment_latency.record_us(int(env.now) - self._first_send[key])
+                        if reconciling:
+                            stats.reconciled += 1
+                        else:  # the live driver times a payment's first pass only
+                            stats.payment_latency.record_us(int(env.now) - self._first_send[key])
                     return
                 wait = honour_retry_after(self.backoff.next_delay_us(tries, previous, self.client_rng), retry_after_us)
                 if wait is None:
                     return
                 asked_back = isinstance(got, Answer) and got.status in (409, 429)
-                if self.budget is not None and not asked_back:
+                if self.budget is not None and not asked_back and not reconciling:
                     # A retry after an unknown outcome spends budget, as the live clients' do.
                     allowed, self.budget_state = self.budget.try_retry(self.budget_state, self.now_us())
                     if not allowed:
@@ -509,8 +609,9 @@ class Lab:
         finally:
             self._open_chains -= 1
             self._chains_left[key] -= 1
-            if self._chains_left[key] == 0 and key not in self._answered:
+            if self._chains_left[key] == 0 and key not in self._answered and not reconciling:
                 stats.gave_up += 1
+                self._gave_up.append(attempt)
 
     def _record(self, op: Op, got: Answer | str, sent_us: int) -> int | None:
         """Complete the attempt's history operation; returns the Retry-After to honour (µs) if any."""
@@ -544,17 +645,33 @@ class Lab:
         self.env.process(self.drive(schedule))
         done = self.env.event()
         self.env.process(self._settle(done))
+        for at, point in self.setup.crash_at:
+            self.env.process(self._arm_crash(at, point))
         self.store.start()
         self.env.run(until=done)
         ledger = self.ledger()
         return RunResult(self.design, self.load_point, self.seed, self.history, ledger,
                          check(self.history.ops, ledger), self.stats, int(self.env.now))
 
+    def _arm_crash(self, at: float, point: str) -> Generator[simpy.Event, Any, None]:
+        """A one-shot crash, armed on one live worker as the live harness arms it (on whichever accepts)."""
+        yield self.env.timeout(round(at * self.setup.duration_s * US_PER_S))
+        alive = [w for w in self.workers if w.up]
+        if alive:
+            self.fault_rng.choice(alive).armed.add(point)
+
     def _settle(self, done: simpy.Event) -> Generator[simpy.Event, Any, None]:
-        """Wait for the last client and the last abandoned attempt, then for the store to settle."""
+        """Wait for the last client and the last abandoned attempt (then, with a reconcile pass, for its
+        clients too), then for the store to settle."""
         tick = round(100 * US_PER_MS)
         while not self.quiet:
             yield self.env.timeout(tick)
+        if self.setup.reconcile_after_s is not None and self._gave_up:
+            yield self.hop(self.setup.reconcile_after_s * 1000)
+            for attempt in self._gave_up:
+                self.start_client(attempt, 0, reconciling=True)
+            while not self.quiet:
+                yield self.env.timeout(tick)
         yield from self.store.settle()
         done.succeed()
 
@@ -579,7 +696,10 @@ class Worker:
         self.up = True
         self.generation = 0
         self.scheduler = make_scheduler("fifo", lab.setup.slots)
-        self._active: set[simpy.Process] = set()
+        self.armed: set[str] = set()
+        """Checkpoints a one-shot crash is armed at (`Setup.crash_at`)."""
+        self._active: dict[simpy.Process, None] = {}
+        """Attempts on this worker, in arrival order (a dict: a crash interrupts them in a reproducible order)."""
 
     @property
     def busy(self) -> bool:
@@ -595,7 +715,7 @@ class Worker:
         self.scheduler.submit(Job(tenant=TENANT, token=ticket, arrival_us=int(env.now)))
         me = env.active_process
         assert me is not None
-        self._active.add(me)
+        self._active[me] = None
         started = False
         got: Answer | str
         try:
@@ -610,7 +730,7 @@ class Worker:
         except (simpy.Interrupt, Crashed):
             got = RESET
         finally:
-            self._active.discard(me)
+            self._active.pop(me, None)
         if not answered.triggered:
             answered.succeed(got)
         if started and generation == self.generation:
@@ -626,6 +746,9 @@ class Worker:
     def checkpoint(self, point: str) -> None:
         """A named point of the payment's flow (ledger.CHECKPOINTS): the worker may die here."""
         setup = self.lab.setup
+        if point in self.armed:
+            self.crash()
+            raise Crashed(point)
         if point in setup.crash_points and self.lab.fault_rng.random() < setup.p_crash:
             self.crash()
             raise Crashed(point)
@@ -634,6 +757,7 @@ class Worker:
         """Kill the process: every attempt on it is dropped, its queue is lost, it restarts later."""
         self.lab.stats.crashes += 1
         self.up = False
+        self.armed.clear()  # faults live in the process: it comes back with none
         self.generation += 1
         self.scheduler = make_scheduler("fifo", self.lab.setup.slots)
         me = self.env.active_process
@@ -1025,35 +1149,66 @@ def simulate_one(design: str, load_point: float, seed: int, *, setup: Setup = SE
     return simulate(design, load_point, seed, setup).rows(run_id or new_run_id(PATTERN, "sim"))
 
 
-def simulate_as_live(design: str, load_point: float, seed: int, *, setup: Setup = SETUP,
+def simulate_as_live(design: str, load_point: float, seed: int, *, setup: Setup | None = None,
                      run_id: str | None = None) -> list[Row]:
-    """The same payments (`setup`'s arrivals) under the live plan's clients and faults: the `aslive_*` rows."""
-    schedule = arrivals(workload(load_point, setup), seed)
-    result = simulate(design, load_point, seed, as_live(setup), schedule=schedule)
-    return [replace(r, metric=f"aslive_{r.metric}") for r in result.rows(run_id or new_run_id(PATTERN, "sim"))
+    """One run of the live plan (`setup`, default `as_live()`): the `aslive_*` rows. The payments arrive at
+    `load_point` x the capacity measured as the live harness does (`measured_capacity_rps`)."""
+    setup = setup if setup is not None else as_live()
+    schedule = arrivals(Workload(tenants=(TenantSpec(TENANT, rate=load_point * measured_capacity_rps(setup)),),
+                                 process="poisson", duration_s=setup.duration_s, params={"load_point": load_point}),
+                        seed)
+    result = simulate(design, load_point, seed, setup, schedule=schedule)
+    rows = [replace(r, metric=AS_LIVE + r.metric) for r in result.rows(run_id or new_run_id(PATTERN, "sim"))
             if r.metric in AS_LIVE_METRICS]
+    unresolved = result.stats.gave_up - result.stats.reconciled
+    return [*rows, replace(rows[0], metric=f"{AS_LIVE}unresolved", value=float(unresolved), unit="requests")]
 
 
 def _simulate(design: str, load_point: float, seed: int, params: Mapping[str, Any]) -> list[Row]:
-    return [*simulate_one(design, load_point, seed, setup=params["setup"], run_id=params["run_id"]),
-            *simulate_as_live(design, load_point, seed, setup=params["setup"], run_id=params["run_id"])]
+    """A sweep cell: the module's own experiment where the sweep has the load point, the live plan's where the
+    live run has it."""
+    rows = []
+    if load_point in params["load_points"]:
+        rows += simulate_one(design, load_point, seed, setup=params["setup"], run_id=params["run_id"])
+    live: _AsLive = params["as_live"]
+    if load_point in live.load_points and seed < live.seeds:
+        rows += simulate_as_live(design, load_point, seed, setup=live.setup, run_id=params["run_id"])
+    return rows
+
+
+@dataclass(frozen=True)
+class _AsLive:
+    """Where a sweep replays the live plan."""
+
+    setup: Setup
+    load_points: tuple[float, ...]
+    seeds: int
 
 
 def run(out: Path, *, quick: bool = False, seeds: int = 5, jobs: int = 2,
         progress: Callable[[int, int], None] | None = None) -> Path:
-    """Sweep DESIGNS x LOAD_POINTS x seeds; write `out/sim/results.csv` and run.json; return the CSV.
+    """Sweep DESIGNS x LOAD_POINTS x seeds, and the live plan (`as_live`) at the live run's load points and
+    duration (quick: `LIVE_PLAN.quick_*`, as `saaslab load --quick`); write `out/sim/results.csv` and run.json;
+    return the CSV.
 
     `quick` shortens each run (DURATION_S["quick"]); designs, load points and seeds are unchanged.
     """
     setup = replace(SETUP, duration_s=DURATION_S["quick" if quick else "full"])
+    live = _AsLive(as_live(quick=quick), LIVE_PLAN.quick_load_points if quick else LIVE_PLAN.load_points,
+                   seeds if quick else min(seeds, AS_LIVE_SEEDS))
     run_id = new_run_id(PATTERN, "sim")
-    rows = sweep(_simulate, designs=DESIGNS, load_points=LOAD_POINTS, seeds=range(seeds),
-                 params={"run_id": run_id, "setup": setup}, jobs=jobs, progress=progress)
+    load_points = tuple(LOAD_POINTS)
+    cells = tuple(sorted({*load_points, *live.load_points}))
+    rows = sweep(_simulate, designs=DESIGNS, load_points=cells, seeds=range(seeds),
+                 params={"run_id": run_id, "setup": setup, "load_points": load_points, "as_live": live}, jobs=jobs,
+                 progress=progress)
     parameters = {
         "setup": setup.parameters(),
-        "as_live": {**asdict(LIVE_PLAN), "setup": as_live(setup).parameters()},
+        "as_live": {"setup": {**live.setup.parameters(), "measured_capacity_rps": measured_capacity_rps(live.setup)},
+                    "load_points": list(live.load_points), "seeds": list(range(live.seeds)),
+                    "plan": asdict(LIVE_PLAN)},
         "designs": list(DESIGNS),
-        "load_points": list(LOAD_POINTS),
+        "load_points": list(load_points),
         "seeds": list(range(seeds)),
         "quick": quick,
         "jobs": jobs,

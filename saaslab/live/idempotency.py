@@ -2,8 +2,9 @@
 retry storm, live, per design, every effect checked against the ledger.
 
 Each design (`none`, `redis`, `postgres`) gets a service of its own: a uvicorn subprocess with
-`WORKERS` workers, lab mode on and a lock timeout of `LOCK_TIMEOUT_S` (not 90 s: recoveries, and the
-completer's pass after the run, then happen within seconds). uvicorn's supervisor (0.30 and later)
+`WORKERS` workers of `SLOTS` scheduler slots, lab mode on and a lock timeout of `LOCK_TIMEOUT_S` (not
+90 s: recoveries, and the completer's pass after the run, then happen within seconds). These, the load
+points and the durations are `scenarios.idempotency.LIVE_PLAN`'s, which the simulation replays. uvicorn's supervisor (0.30 and later)
 restarts a worker that a crash fault killed: it checks its workers twice a second, and the other
 worker serves meanwhile. Against each service Locust runs `loadtests/idempotency.py`'s
 `DoubleClickPay`, whose docstring describes the payments, the clients' retries and the fault
@@ -80,13 +81,16 @@ PATTERN = scenario.PATTERN
 LOCUSTFILE = "idempotency"
 USER_CLASS = "DoubleClickPay"
 LIVE_SEED = 1
-WORKERS = 2
-LOCK_TIMEOUT_S = 2.0
+# The service, load points and durations are the live plan's, which the simulation replays (`aslive_*`).
+WORKERS = scenario.LIVE_PLAN.workers
+LOCK_TIMEOUT_S = scenario.LIVE_PLAN.lock_timeout_s
+SLOTS = scenario.LIVE_PLAN.slots
+"""Scheduler slots per worker of the services started here."""
 UNSAFE = "none"
 RUN_ORDER = ("postgres", "redis", "none")
 """The capacity is measured on the first design's service: `postgres` does the most per payment."""
-QUICK_LOAD_POINTS = (0.3,)
-QUICK_DURATION_S = 3.0
+QUICK_LOAD_POINTS = scenario.LIVE_PLAN.quick_load_points
+QUICK_DURATION_S = scenario.LIVE_PLAN.quick_duration_s
 CALIBRATION_CLIENTS = 16
 """As many as the service has scheduler slots (2 workers x 8), and as the simulation (4 x 4)."""
 CALIBRATION_S = {"quick": 1.5, "full": 3.0}
@@ -96,9 +100,9 @@ DRAIN_S = 40.0
 pass (the locustfile's `drain_s`)."""
 COMPLETER_PASSES = 20
 """Batches at most per completer pass (each takes up to `completer.BATCH` claims)."""
-COMPLETER_INTERVAL_S = 1.0
+COMPLETER_INTERVAL_S = scenario.LIVE_PLAN.completer_interval_s
 """Between the passes of the completer that runs beside each service (the simulation's `completer_interval_s`)."""
-RECONCILE_AFTER_S = LOCK_TIMEOUT_S + COMPLETER_INTERVAL_S + 0.5
+RECONCILE_AFTER_S = scenario.LIVE_PLAN.reconcile_after_s
 """When clients that gave up come back: the completer has had its chance at what they abandoned."""
 CRASH_LINE = re.compile(r"lab-mode crash fault at '([^']+)'")
 PER_10K = scenario.PER_10K
@@ -133,8 +137,8 @@ def idempotency_plan(settings: Settings, *, quick: bool, host: str | None, rate:
     if rate is not None:
         load_points: tuple[float, ...] | None = None
     else:
-        load_points = QUICK_LOAD_POINTS if quick else scenario.LOAD_POINTS
-    default_s = QUICK_DURATION_S if quick else scenario.DURATION_S["full"]
+        load_points = QUICK_LOAD_POINTS if quick else scenario.LIVE_PLAN.load_points
+    default_s = QUICK_DURATION_S if quick else scenario.LIVE_PLAN.duration_s
     return IdempotencyPlan(designs, load_points, duration if duration is not None else default_s, rate, quick=quick)
 
 
@@ -365,7 +369,9 @@ def _measure(settings: Settings, plan: IdempotencyPlan, *, token: str, logs: Pat
     # A service at --host keeps its own lock timeout: the settings must say what it is.
     lock_timeout_s = LOCK_TIMEOUT_S if host is None else settings.idempotency_lock_timeout_s
     for design in plan.designs:
-        overrides = {"idempotency": design, "idempotency_lock_timeout_s": lock_timeout_s}
+        overrides: dict[str, Any] = {"idempotency": design, "idempotency_lock_timeout_s": lock_timeout_s}
+        if host is None:
+            overrides["scheduler_slots"] = SLOTS
         log_path = logs / f"service-{design}.log"
         mine: list[Cell] = []
         with service(settings, token=token, env=overrides, workers=WORKERS, log_path=log_path, host=host,
@@ -636,6 +642,7 @@ def _write(live: Path, cells: list[Cell], m: Measured, plan: IdempotencyPlan, *,
         "seed": plan.seed,
         "quick": plan.quick,
         "workers": WORKERS,
+        "slots": SLOTS if host is None else None,
         "lock_timeout_s": LOCK_TIMEOUT_S,
         "tenants": first.get("tenants"),
         "plan": first.get("plan"),

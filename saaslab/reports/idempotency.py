@@ -5,7 +5,10 @@ protection costs.
 The tables, plots and most conclusions come from `scenarios/idempotency.py` (its docstring names
 every metric and the model): only a simulation has the seeds for confidence intervals across load
 levels. The simulated-versus-measured table sets duplicates per 10,000 payments (and orphans, and
-the p99) beside a live run's.
+the p99) beside a live run's, like for like: its simulated side is the simulation's replay of the
+live load test's plan (`scenarios.idempotency.LIVE_PLAN`, the `aslive_*` rows), the same clients,
+double clicks, fault phases, crashes and reconcile pass, not the simulation's own milder workload
+(used, and marked, only where a sweep has no replay at that load point).
 
 The live schema (what `saaslab load idempotency` writes; loadtests/idempotency.py records it):
 
@@ -74,6 +77,11 @@ MIN_SEEDS = 5
 AGREEMENT_PCT = 25.0
 """A measured rate within this many percent of the simulated mean (or inside its 95% CI) agrees."""
 NO_LIVE = "no live run yet"
+AS_LIVE = "aslive_"
+"""Prefix of the simulation's rows replaying the live plan (scenarios.idempotency.as_live, `LIVE_PLAN`)."""
+OWN_WORKLOAD = " *"
+"""Marks a simulated cell of the table taken from the simulation's own workload: it has no replay of the live
+plan at that load point."""
 MISSING = Summary(mean=float("nan"), ci95=float("nan"), n=0)
 _BRACKETED = re.compile(r"^(?P<check>[^\[\]]+)\[(?P<design>[^\[\]]+)\]$")
 
@@ -98,11 +106,15 @@ class View:
     load_points: list[float]
 
     @classmethod
-    def of(cls, run: RunData) -> View:
+    def of(cls, run: RunData, prefix: str = "") -> View:
+        """The rows whose metric starts with `prefix`, under the rest of the name; without a prefix, the rows
+        of the simulation's own experiment (not its replay of the live plan, `aslive_*`)."""
         values: dict[tuple[str, float, str], dict[int, float]] = defaultdict(dict)
         for r in run.rows:
-            if r.tenant == ALL_TENANTS:
-                values[(r.design, load_key(r.load_point), r.metric)][r.seed] = r.value
+            if r.tenant != ALL_TENANTS or (r.metric.startswith(AS_LIVE) if not prefix else
+                                           not r.metric.startswith(prefix)):
+                continue
+            values[(r.design, load_key(r.load_point), r.metric.removeprefix(prefix))][r.seed] = r.value
         return cls(run=run, values=dict(values), designs=_order(k[0] for k in values),
                    load_points=sorted({k[1] for k in values}))
 
@@ -299,8 +311,6 @@ def _replay_sentence(v: View) -> str | None:
 
 # --- simulated versus measured ---------------------------------------------------------------------
 
-AS_LIVE = "aslive_"
-"""Prefix of the simulation's metrics for the live plan's clients and faults (scenarios.idempotency.as_live)."""
 COMPARED = (("duplicates_per_10k", "duplicates per 10k"), ("orphans_per_10k", "orphans per 10k"),
             ("latency_p99", "p99 (ms)"))
 
@@ -328,20 +338,24 @@ class Comparison:
         return not math.isnan(gap) and abs(gap) <= AGREEMENT_PCT
 
 
-def _comparisons(sim: View | None, live: View | None) -> list[Comparison]:
+def _comparisons(sim: View | None, aslive: View | None, live: View | None) -> list[Comparison]:
+    """One comparison per cell the live run measured (without one, per simulated cell). The simulated side is
+    the replay of the live plan (`aslive`) where the simulation has it at that cell, else its own workload."""
     if live is not None:
         cells = [(d, lp) for d in live.designs for lp in live.load_points if live.has(d, lp)]
     else:
-        assert sim is not None
-        cells = [(d, lp) for d in sim.designs for lp in sim.load_points]
+        views = [v for v in (aslive, sim) if v is not None]
+        cells = list(dict.fromkeys((d, lp) for d in _order(d for v in views for d in v.designs)
+                                   for lp in sorted({lp for v in views for lp in v.load_points})
+                                   if any(v.has(d, lp) for v in views)))
     out = []
-    # The simulation's replay of the live plan (`aslive_*`), when it has one: the same clients and faults.
-    prefix = AS_LIVE if sim is not None and sim.has_metric(f"{AS_LIVE}{COMPARED[0][0]}") else ""
     for d, lp in cells:
-        simulated = sim is not None and sim.has(d, lp)
+        replayed = aslive is not None and aslive.has(d, lp)
+        source = aslive if replayed else sim
+        simulated = source is not None and source.has(d, lp)
         out.append(Comparison(d, lp, simulated, live is not None,
-                              {m: sim.get(d, lp, prefix + m) for m, _ in COMPARED} if simulated and sim else {},
-                              {m: live.get(d, lp, m) for m, _ in COMPARED} if live else {}, bool(prefix)))
+                              {m: source.get(d, lp, m) for m, _ in COMPARED} if simulated and source else {},
+                              {m: live.get(d, lp, m) for m, _ in COMPARED} if live else {}, replayed))
     return out
 
 
@@ -356,11 +370,13 @@ def _gap(c: Comparison, metric: str) -> str:
 
 def _sim_vs_live_table(comps: list[Comparison], sim_present: bool) -> Table:
     rows = []
+    replayed = any(c.as_live for c in comps)
+    own = [c for c in comps if c.simulated and not c.as_live]
     for c in comps:
         row = [c.design, fmt_load(c.load_point)]
         for metric, _ in COMPARED:
             if c.simulated:
-                sim_cell = c.sim[metric].text()
+                sim_cell = c.sim[metric].text() + (OWN_WORKLOAD if replayed and not c.as_live else "")
             else:
                 sim_cell = "not simulated" if sim_present else "no simulation"
             row += [sim_cell, c.live[metric].text() if c.measured else NO_LIVE,
@@ -369,14 +385,21 @@ def _sim_vs_live_table(comps: list[Comparison], sim_present: bool) -> Table:
     columns = ["design", "load"]
     for _, label in COMPARED:
         columns += [f"{label} simulated", f"{label} measured", "gap"]
+    if replayed:
+        simulated = ("The simulated column replays the live load test's plan in the model "
+                     "(`scenarios.idempotency.LIVE_PLAN`: every payment double-clicked by 2 or 3 clients, the same "
+                     "timeout, backoff, attempts and retry budget, the steady, slow-provider and storm phases, the two "
+                     "one-shot crashes and the reconcile pass, on a service of the live run's workers, slots and lock "
+                     "timeout), mean ± 95% CI over seeds"
+                     + (f"; cells marked{OWN_WORKLOAD} come from the simulation's own, milder workload (it did not "
+                        "replay the live plan at that load)" if own else "") + ". ")
+    else:
+        simulated = ("Simulated: the simulation's own workload (it has no replay of the live plan: re-run "
+                     f"`saaslab sim {PATTERN}`), mean ± 95% CI over seeds. ")
     return Table("Simulated versus measured: duplicates per 10,000 payments by design", columns, rows,
                  caption=("Duplicates: extra charges or payment rows per 10,000 logical payments; orphans: charges "
                           "without their payment row after the completer, per 10,000; p99: per answered attempt. "
-                          + ("Simulated: the model replaying the live plan's clients and faults (every payment "
-                             "double-clicked, timeouts after the charge, a slow provider, a shared retry budget; "
-                             "`scenarios.idempotency.as_live`), " if any(c.as_live for c in comps) else "Simulated: ")
-                          + "mean ± 95% CI over seeds; a live run has one value per cell. "
-                          "gap = (measured − simulated) / simulated."))
+                          + simulated + "A live run has one value per cell. gap = (measured − simulated) / simulated."))
 
 
 def _agreement_sentences(comps: list[Comparison]) -> list[str]:
@@ -386,7 +409,8 @@ def _agreement_sentences(comps: list[Comparison]) -> list[str]:
         return ["The live run shares no (design, load point) with a simulated duplicate rate, so the two cannot be "
                 "compared."]
     agree = [c for c in dup if c.agrees("duplicates_per_10k")]
-    out.append(f"{len(agree)} of {len(dup)} measured duplicate rates agree with the simulation (inside its 95% CI, "
+    whom = "the simulation's replay of the live plan" if all(c.as_live for c in dup) else "the simulation"
+    out.append(f"{len(agree)} of {len(dup)} measured duplicate rates agree with {whom} (inside its 95% CI, "
                f"within {AGREEMENT_PCT:g}%, or both zero).")
     surprising = [c for c in dup if c.sim["duplicates_per_10k"].mean == 0 < c.live["duplicates_per_10k"].mean]
     if surprising:
@@ -595,6 +619,28 @@ def _setup_lines(params: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _as_live_line(params: dict[str, Any]) -> str:
+    """The simulation's replay of the live plan, from run.json's `as_live` (KeyError if a field is missing)."""
+    a = params["as_live"]
+    p, loads = a["setup"], ", ".join(fmt_g(x) for x in a["load_points"])
+    lo, hi = (fmt_g(100 * x) for x in p["slow_phase"])
+    crashes = fmt_list([f"{point} ({fmt_g(100 * at)}%)" for at, point in p["crash_at"]])
+    budget = p["retry_budget"]
+    clicks = " or ".join(str(n) for n in p["clicks"])
+    text = (f"The live plan, replayed in the model (`aslive_*` rows): loads {loads} x "
+            f"{fmt_g(p['measured_capacity_rps'])} payments/s (the capacity with nothing armed) for "
+            f"{fmt_g(p['duration_s'])} s, {len(a.get('seeds') or [])} seeds, on {p['workers']} workers x {p['slots']} "
+            f"slots with a {fmt_g(p['lock_timeout_s'])} s lock; {fmt_g(100 * p['p_double_click'])}% of payments "
+            f"clicked by {clicks} clients within {fmt_g(p['double_click_ms'])} ms; at most {p['max_attempts']} attempts "
+            f"and a shared retry budget ({budget[0]}% of successes + {budget[1]}/s, burst {budget[2]}); the provider "
+            f"slow ({fmt_g(100 * p['p_slow'])}%, +{fmt_g(p['slow_ms'])} ms) from {lo}% to {hi}% of the run, else "
+            f"{fmt_g(100 * p['p_timeout_after_effect'])}% timing out after the charge; one-shot crashes at {crashes}")
+    if p.get("reconcile_after_s") is not None:
+        text += (f"; {fmt_g(p['reconcile_after_s'])} s after the last client, one more client for each payment whose "
+                 "clients all gave up")
+    return text + "."
+
+
 def _workload(sim: RunData | None, live: RunData | None) -> list[str]:
     lines = []
     if sim is not None and sim.parameters.get("setup"):
@@ -603,6 +649,12 @@ def _workload(sim: RunData | None, live: RunData | None) -> list[str]:
         except (KeyError, TypeError, ValueError):
             lines.append(f"The simulated run's setup in run.json is incomplete (an older version?): re-run "
                          f"`saaslab sim {PATTERN}`.")
+    if sim is not None and sim.parameters.get("as_live"):
+        try:
+            lines.append(_as_live_line(sim.parameters))
+        except (KeyError, TypeError, ValueError):
+            lines.append(f"The simulated run's replay of the live plan in run.json is incomplete (an older version?): "
+                         f"re-run `saaslab sim {PATTERN}`.")
     if live is not None:
         lp = live.parameters
         parts = [f"{k.replace('_', ' ')} {lp[k]}" for k in ("load_points", "duration_s", "rate", "workers", "seed",
@@ -613,12 +665,13 @@ def _workload(sim: RunData | None, live: RunData | None) -> list[str]:
     return lines
 
 
-def _live_notes(sim: View | None, live: View) -> list[str]:
+def _live_notes(sim: View | None, aslive: View | None, live: View) -> list[str]:
     notes = []
-    if sim is not None:
-        unsimulated = [lp for lp in live.load_points if lp not in sim.load_points]
+    ran = sorted({lp for v in (sim, aslive) if v is not None for lp in v.load_points})
+    if ran:
+        unsimulated = [lp for lp in live.load_points if lp not in ran]
         if unsimulated:
-            notes.append(f"The simulation has no {fmt_loads(unsimulated)} (it ran {fmt_loads(sim.load_points)}), so those "
+            notes.append(f"The simulation has no {fmt_loads(unsimulated)} (it ran {fmt_loads(ran)}), so those "
                          "rows have no simulated values.")
     for d in live.designs:
         for lp in live.load_points:
@@ -634,6 +687,9 @@ def _live_notes(sim: View | None, live: View) -> list[str]:
 
 def build(data: PatternData) -> Report:
     sim = View.of(data.sim) if data.sim and data.sim.rows else None
+    sim = sim if sim is not None and sim.values else None
+    aslive = View.of(data.sim, AS_LIVE) if data.sim and data.sim.rows else None
+    aslive = aslive if aslive is not None and aslive.values else None
     live = View.of(data.live) if data.live and data.live.rows else None
     notes: list[str] = []
     conclusions: list[str] = []
@@ -656,14 +712,14 @@ def build(data: PatternData) -> Report:
         tables = [_effects_table(sim), _cost_table(sim)]
         figures = [_effects_figure(sim), _cost_figure(sim)]
 
-    comps = _comparisons(sim, live) if (sim or live) else []
-    sim_vs_live = _sim_vs_live_table(comps, sim is not None) if comps else None
+    comps = _comparisons(sim, aslive, live) if (sim or aslive or live) else []
+    sim_vs_live = _sim_vs_live_table(comps, sim is not None or aslive is not None) if comps else None
     if live is None:
         sim_vs_live_note = (f"No live run yet: run `saaslab load {PATTERN}`, then `saaslab report {PATTERN}`; the "
                             "measured columns fill in from its rows.")
         conclusions.append(sim_vs_live_note)
     else:
-        notes += _live_notes(sim, live)
+        notes += _live_notes(sim, aslive, live)
         sim_vs_live_note = ("One row per design and load point the live run measured. A live run has one value per "
                             "cell, so its values carry no interval.")
         if sim is not None:

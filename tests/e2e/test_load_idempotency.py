@@ -46,6 +46,20 @@ def test_quick_live_run_keeps_one_effect_through_crashes_and_catches_none(settin
     value = {(r.design, r.metric): r.value for r in rows}
     params = json.loads((live / "run.json").read_text())["parameters"]
     assert params["workers"] == WORKERS == 2 and params["lock_timeout_s"] == LOCK_TIMEOUT_S
+    # The live run ran the plan the simulation replays (`scenario.LIVE_PLAN`, one source for both faces).
+    plan, live_plan = params["plan"], scenario.LIVE_PLAN
+    assert (params["slots"], params["duration_s"], plan["duration_s"]) == (live_plan.slots, live_plan.quick_duration_s,
+                                                                          live_plan.quick_duration_s)
+    assert {k: plan[k] for k in ("p_double_click", "double_click_ms", "max_attempts", "p_timeout_after_effect",
+                                 "p_slow", "slow_ms", "reconcile", "retry_policy", "retry_base_ms", "retry_cap_ms")} \
+        == {k: getattr(live_plan, k) for k in ("p_double_click", "double_click_ms", "max_attempts",
+                                              "p_timeout_after_effect", "p_slow", "slow_ms", "reconcile",
+                                              "retry_policy", "retry_base_ms", "retry_cap_ms")}
+    assert (tuple(plan["clicks"]), tuple(plan["slow_phase"]), plan["client_timeout_s"] * 1000) == (
+        live_plan.clicks, live_plan.slow_phase, live_plan.client_timeout_ms)
+    assert (plan["budget_ratio_pct"], plan["budget_min_per_s"], plan["budget_burst"]) == live_plan.retry_budget
+    assert [tuple(c) for c in plan["crashes"]] == [(at, f"idempotency.{p}") for at, p in live_plan.crashes]
+    assert plan["reconcile_after_s"] == live_plan.reconcile_after_s
     assert params["capacity_rps"] > 0 and params["rate"] == [pytest.approx(load_point * params["capacity_rps"],
                                                                             rel=1e-3)]
 
@@ -113,6 +127,9 @@ def test_quick_live_run_keeps_one_effect_through_crashes_and_catches_none(settin
     assert report.sim_vs_live is not None
     measured = {row[0]: row for row in report.sim_vs_live.rows}
     assert set(measured) == set(scenario.DESIGNS)
+    # Like for like: the simulated column is the simulation's replay of the same plan at the same load point.
+    assert "The simulated column replays the live load test's plan" in report.sim_vs_live.caption
+    assert float(measured[UNSAFE][2].replace(",", "")) > 10_000 and "*" not in measured[UNSAFE][2]
     assert all(row[1] == f"{load_point:g}" for row in measured.values())
     for design in SAFE:
         assert measured[design][3] == "0.00" and measured[design][6] == "0.00"

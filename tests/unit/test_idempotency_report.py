@@ -10,7 +10,7 @@ import pytest
 
 from saaslab.history import CheckResult
 from saaslab.report import Report, load_pattern, write_pattern_report
-from saaslab.reports.idempotency import NO_LIVE, QUESTION, build
+from saaslab.reports.idempotency import NO_LIVE, OWN_WORKLOAD, QUESTION, build
 from saaslab.results import ALL_TENANTS, Row, write_run
 from scenarios import idempotency as scenario
 
@@ -69,6 +69,18 @@ def sim_rows(profile: dict = PROFILE, seeds: int = SEEDS) -> list[Row]:
                     row("no_orphan_charges", float(orphan == 0 and design != "none"), "bool"),
                     row("checks_valid", float(dup == 0 and orphan == 0 and design != "none"), "bool"),
                 ]
+    return rows
+
+
+def as_live_rows(cells: dict[tuple[str, float], tuple[float, float, float]], seeds: int = 3) -> list[Row]:
+    """The simulation's replay of the live plan: (design, load) -> (duplicates per 10k, orphans per 10k, p99 ms)."""
+    rows = []
+    for (design, lp), values in cells.items():
+        for seed in range(seeds):
+            for metric, value, unit in zip(("duplicates_per_10k", "orphans_per_10k", "latency_p99", "crashes"),
+                                           (*values, 2.0), ("per_10k", "per_10k", "ms", "count"), strict=True):
+                rows.append(Row("idem-sim-test", "sim", "idempotency", design, seed, lp, ALL_TENANTS, f"aslive_{metric}",
+                                value * (1 + 0.01 * (seed - 1)), unit))
     return rows
 
 
@@ -191,6 +203,46 @@ def test_live_rows_fill_the_table_and_the_invariants(tmp_path: Path) -> None:
     assert len(report.figures) == 3
 
 
+def test_the_table_sets_the_replay_of_the_live_plan_beside_the_live_run(tmp_path: Path) -> None:
+    """Like for like: where the simulation replayed the live plan (aslive_*), the table's simulated side is that
+    replay, not the sweep's own workload; elsewhere it falls back to the sweep, marked."""
+    replay = as_live_rows({("none", 0.9): (15_000.0, 2_500.0, 900.0), ("redis", 0.9): (0.0, 0.0, 950.0),
+                           ("postgres", 0.9): (0.0, 0.0, 960.0), ("none", 0.5): (14_000.0, 2_400.0, 800.0)})
+    write(tmp_path, "sim", sim_rows() + replay, SIM_PARAMETERS)
+    write(tmp_path, "live", live_rows({("none", 0.9): (12_000.0, 2_300.0, 700.0), ("redis", 0.9): (0.0, 0.0, 920.0),
+                                       ("postgres", 0.9): (0.0, 0.0, 260.0), ("none", 0.3): (11_000.0, 2_000.0, 500.0)}),
+          {"load_points": [0.3, 0.9]})
+    report = report_for(tmp_path)
+    rows = sim_vs_live(report)
+    assert set(rows) == {("none", "0.3"), ("none", "0.9"), ("redis", "0.9"), ("postgres", "0.9")}
+    # The replay at 0.9 (mean over its 3 seeds), against the measured 12,000: -20%.
+    assert rows[("none", "0.9")][:3] == ["15,000 ± 373", "12,000", "-20%"]
+    assert rows[("none", "0.9")][3:6] == ["2,500 ± 62", "2,300", "-8%"]
+    assert rows[("redis", "0.9")][:3] == ["0.00 ± 0.00", "0.00", "±0% (both 0)"]
+    assert rows[("postgres", "0.9")][6:8] == ["960 ± 24", "260"]
+    # No replay at 0.3: the sweep's own workload, marked as such.
+    assert rows[("none", "0.3")][:2] == ["400 ± 8" + OWN_WORKLOAD, "11,000"]
+    assert report.sim_vs_live is not None
+    caption = report.sim_vs_live.caption
+    assert "The simulated column replays the live load test's plan in the model" in caption
+    assert f"cells marked{OWN_WORKLOAD} come from the simulation's own, milder workload" in caption
+    text = "\n".join(report.conclusions)
+    assert "3 of 4 measured duplicate rates agree with the simulation (inside its 95% CI" in text
+    # The replay's cells (0.5 among them) stay out of the sweep's own tables, and its load point out of the notes.
+    assert {r[1] for r in report.tables[0].rows} == {"0.3", "0.9", "1.1"}
+    assert not any("has no" in n for n in report.notes)
+
+
+def test_a_replay_alone_is_named_in_the_agreement(tmp_path: Path) -> None:
+    write(tmp_path, "sim", sim_rows() + as_live_rows({("none", 0.3): (11_000.0, 2_000.0, 500.0)}), SIM_PARAMETERS)
+    write(tmp_path, "live", live_rows({("none", 0.3): (11_500.0, 2_100.0, 450.0)}))
+    report = report_for(tmp_path)
+    assert sim_vs_live(report)[("none", "0.3")][:3] == ["11,000 ± 273", "11,500", "+5%"]
+    assert ("1 of 1 measured duplicate rates agree with the simulation's replay of the live plan"
+            in "\n".join(report.conclusions))
+    assert report.sim_vs_live is not None and OWN_WORKLOAD not in str(report.sim_vs_live.rows)
+
+
 def test_a_live_run_alone_still_reports_what_it_measured(tmp_path: Path) -> None:
     write(tmp_path, "live", live_rows({("none", 1.0): (500.0, 80.0, 40.0)}))
     report = report_for(tmp_path)
@@ -226,6 +278,13 @@ def test_a_real_simulation_renders_a_self_contained_report(real_run: Path) -> No
     assert report.headline.startswith("Under client timeouts, retries, provider faults and crashes, none made ")
     assert "redis and postgres made no duplicate in any of their 8 runs" in report.headline
     assert "It catches the unsafe none design in every run." in "\n".join(report.conclusions)
+    # The sweep ran 0.5 and 0.9; the live plan's replay ran the quick live load point, 0.3, on its own.
+    (replay,) = [line for line in report.workload if line.startswith("The live plan, replayed in the model")]
+    assert "loads 0.3 x 444.444 payments/s (the capacity with nothing armed) for 3 s, 2 seeds, on 2 workers" in replay
+    rows = sim_vs_live(report)
+    assert {lp for _, lp in rows} == {"0.3", "0.5", "0.9"}
+    assert not rows[("none", "0.3")][0].endswith(OWN_WORKLOAD) and rows[("none", "0.5")][0].endswith(OWN_WORKLOAD)
+    assert {r[1] for r in report.tables[0].rows} == {"0.5", "0.9"}
     md = (real_run / "idempotency" / "summary.md").read_text()
     assert "### Simulated versus measured: duplicates per 10,000 payments by design" in md
     assert "no live run yet" in md

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from reference_impl.idempotency.ledger import CHARGED
+from reference_impl.idempotency.ledger import CHARGED, RECORDED
 from saaslab.results import ALL_TENANTS, read_rows
 from scenarios import idempotency
-from scenarios.idempotency import DESIGNS, SETUP, RunResult, Setup, simulate, simulate_one
+from scenarios.idempotency import DESIGNS, LIVE_PLAN, SETUP, Lab, RunResult, Setup, simulate, simulate_one
 from scenarios.kernel import US_PER_S
 
 CALM = replace(SETUP, duration_s=2.0, p_slow=0.0, p_fail=0.0, p_timeout_after_effect=0.0, p_crash=0.0,
@@ -136,33 +136,121 @@ def test_setup_parameters_carry_the_capacity() -> None:
     assert p["crash_points"] == ("charged", "charge_created")
 
 
+AS_LIVE_UNITS = {**{f"aslive_{m}": UNITS[m] for m in idempotency.AS_LIVE_METRICS}, "aslive_unresolved": "requests"}
+
+
 def test_run_writes_every_design_and_load_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(idempotency.DURATION_S, "quick", 0.5)
     monkeypatch.setattr(idempotency, "LOAD_POINTS", (0.3, 0.9))
+    monkeypatch.setattr(idempotency, "LIVE_PLAN", replace(LIVE_PLAN, quick_load_points=(0.3, 0.5),
+                                                          quick_duration_s=1.0))
     calls: list[tuple[int, int]] = []
     path = idempotency.run(tmp_path / "idempotency", quick=True, seeds=2, jobs=2,
                            progress=lambda done, total: calls.append((done, total)))
     rows = read_rows(path)
-    # Each run's metrics, plus the same payments under the live plan's clients and faults (aslive_*).
-    assert len(rows) == len(DESIGNS) * 2 * 2 * (len(UNITS) + len(idempotency.AS_LIVE_METRICS))
-    assert {r.metric for r in rows} == set(UNITS) | {f"aslive_{m}" for m in idempotency.AS_LIVE_METRICS}
-    assert {(r.design, r.load_point, r.seed) for r in rows} == {(d, lp, s) for d in DESIGNS for lp in (0.3, 0.9)
-                                                                 for s in (0, 1)}
-    assert calls[-1] == (12, 12) and len(calls) == 12
+    # The sweep's own metrics at its load points; the live plan's replay (aslive_*) at the live run's.
+    units = {(r.design, r.load_point, r.metric): r.unit for r in rows}
+    assert len(rows) == len(units) * 2
+    assert units == {**{(d, lp, m): u for d in DESIGNS for lp in (0.3, 0.9) for m, u in UNITS.items()},
+                     **{(d, lp, m): u for d in DESIGNS for lp in (0.3, 0.5) for m, u in AS_LIVE_UNITS.items()}}
+    assert {r.seed for r in rows} == {0, 1}
+    assert calls[-1] == (18, 18) and len(calls) == 18
     meta = json.loads((path.parent / "run.json").read_text())
     assert meta["pattern"] == "idempotency" and meta["source"] == "sim"
     p = meta["parameters"]
     assert (p["designs"], p["load_points"], p["seeds"], p["quick"]) == (list(DESIGNS), [0.3, 0.9], [0, 1], True)
     assert p["setup"]["duration_s"] == 0.5 and p["setup"]["capacity_rps"] == pytest.approx(idempotency.capacity_rps())
+    live = p["as_live"]
+    assert (live["load_points"], live["seeds"], live["setup"]["duration_s"]) == ([0.3, 0.5], [0, 1], 1.0)
+    assert live["setup"]["measured_capacity_rps"] == pytest.approx(16 * 1000 / 36)
+    assert live["plan"]["clicks"] == [2, 3] and live["setup"]["crash_at"] == [[0.15, "charged"],
+                                                                              [0.5, "charge_created"]]
+
+
+def test_a_full_sweep_replays_the_live_plan_on_fewer_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, float, int]] = []
+    monkeypatch.setattr(idempotency, "simulate_one", lambda d, lp, seed, **_: [])
+    monkeypatch.setattr(idempotency, "simulate_as_live", lambda d, lp, seed, **_: seen.append((d, lp, seed)) or [])
+    monkeypatch.setattr(idempotency, "write_run", lambda *a, **k: Path("x"))
+    idempotency.run(Path("unused"), seeds=5, jobs=1)
+    assert seen == [(d, lp, s) for d in DESIGNS for lp in LIVE_PLAN.load_points
+                    for s in range(idempotency.AS_LIVE_SEEDS)]
+
+
+def test_as_live_is_the_live_plan() -> None:
+    live = idempotency.as_live(quick=True)
+    plan = LIVE_PLAN
+    assert (live.duration_s, live.workers, live.slots, live.lock_timeout_s) == (
+        plan.quick_duration_s, plan.workers, plan.slots, plan.lock_timeout_s)
+    assert (live.p_double_click, live.clicks, live.double_click_ms, live.client_timeout_ms, live.max_attempts,
+            live.retry_budget) == (1.0, (2, 3), 50.0, 1000.0, 8, (20, 5, 50))
+    assert (live.p_slow, live.slow_ms, live.slow_phase, live.p_timeout_after_effect, live.p_fail, live.p_crash) == (
+        0.25, 1500.0, (0.4, 0.6), 0.1, 0.0, 0.0)
+    assert live.crash_at == ((0.15, CHARGED), (0.5, RECORDED))
+    assert live.reconcile_after_s == plan.lock_timeout_s + plan.completer_interval_s + 0.5 == 3.5
+    assert idempotency.as_live().duration_s == plan.duration_s == idempotency.DURATION_S["full"]
+    assert idempotency.as_live(plan=replace(plan, reconcile=False)).reconcile_after_s is None
+    # The live service: the settings' default scheduler slots per worker.
+    from saaslab.settings import Settings
+
+    assert Settings.model_fields["scheduler_slots"].default == plan.slots
+
+
+def test_the_provider_keeps_one_standing_fault_per_phase() -> None:
+    setup = replace(idempotency.as_live(quick=True), duration_s=10.0)
+    lab = Lab("none", setup, 0.3, 0)
+    drawn = {}
+    for phase, at_s in (("steady", 1.0), ("slow", 5.0), ("storm", 9.0), ("after", 30.0)):
+        lab.env.run(until=round(at_s * US_PER_S))
+        drawn[phase] = Counter(lab.draw_fault() for _ in range(4000))
+    for phase in ("steady", "storm", "after"):
+        assert set(drawn[phase]) == {None, "timeout_after_effect"}, phase
+        assert drawn[phase]["timeout_after_effect"] == pytest.approx(400, abs=80), phase
+    assert set(drawn["slow"]) == {None, "slow"} and drawn["slow"]["slow"] == pytest.approx(1000, abs=120)
+
+
+def test_one_shot_crashes_fire_once_each_at_their_checkpoint() -> None:
+    setup = replace(CALM, crash_at=((0.25, CHARGED), (0.5, RECORDED)))
+    runs = {d: simulate(d, 0.3, 0, setup) for d in DESIGNS}
+    assert {d: r.stats.crashes for d, r in runs.items()} == dict.fromkeys(DESIGNS, 2)
+    assert verdicts(runs["redis"])["exactly_one_effect"] and runs["postgres"].valid
+    # No live worker when it is armed: the crash is lost, as a live arm that finds no worker fails.
+    lab = Lab("redis", replace(CALM, duration_s=1.0, crash_at=((0.5, CHARGED),)), 0.3, 0)
+    for w in lab.workers:
+        w.up = False
+    lab.env.process(lab._arm_crash(0.5, CHARGED))
+    lab.env.run(until=US_PER_S)
+    assert not any(w.armed for w in lab.workers)
+
+
+def test_the_reconcile_pass_retries_payments_whose_clients_gave_up() -> None:
+    # One payment; its worker dies right after the charge; its client meets the lock (409) until it gives up.
+    setup = replace(CALM, duration_s=1.0, workers=1, crash_at=((0.0, CHARGED),))
+    schedule = [(0, "acme")]
+    stranded = simulate("redis", 0.3, 0, setup, schedule=schedule)
+    assert (stranded.stats.crashes, stranded.stats.gave_up, stranded.stats.reconciled) == (1, 1, 0)
+    assert succeeded(stranded) == 1 and not stranded.ledger.payments
+    assert stranded.check("no_orphan_charges").violations == 1
+    # With the live run's reconcile pass a client comes back after the run, past the lock: it recovers the claim,
+    # gets the same charge back from the provider and records it.
+    healed = simulate("redis", 0.3, 0, replace(setup, reconcile_after_s=3.5), schedule=schedule)
+    assert (healed.stats.crashes, healed.stats.gave_up, healed.stats.reconciled) == (1, 1, 1)
+    assert succeeded(healed) == len(healed.ledger.payments) == 1 and healed.valid
+    assert healed.stats.chains == stranded.stats.chains + 1
 
 
 def test_as_live_replays_the_live_plan_and_only_none_duplicates() -> None:
-    """The simulation's replay of the live load test's plan: the unsafe design duplicates, the others never."""
-    setup = replace(idempotency.SETUP, duration_s=2.0)
-    got = {d: {r.metric: r.value for r in idempotency.simulate_as_live(d, 0.3, 0, setup=setup)} for d in DESIGNS}
-    assert got["none"]["aslive_duplicates_per_10k"] > 0
+    """The simulation's replay of the live load test's plan: every payment double-clicked, so the unsafe design
+    duplicates most payments; the others never, and the reconcile pass leaves nothing unresolved."""
+    got = {d: {r.metric: r.value for r in idempotency.simulate_as_live(d, 0.3, 0, setup=idempotency.as_live(quick=True))}
+           for d in DESIGNS}
+    assert all(set(v) == set(AS_LIVE_UNITS) for v in got.values())
+    assert all(f"`{m}`" in (idempotency.__doc__ or "") for m in AS_LIVE_UNITS)
+    assert got["none"]["aslive_duplicates_per_10k"] > 10_000
     assert got["redis"]["aslive_duplicates_per_10k"] == got["postgres"]["aslive_duplicates_per_10k"] == 0
-    assert got["postgres"]["aslive_orphans_per_10k"] == 0
-    live = idempotency.as_live(setup)
-    assert (live.p_double_click, live.retry_budget) == (idempotency.LIVE_PLAN.p_double_click,
-                                                        idempotency.LIVE_PLAN.retry_budget)
+    assert got["redis"]["aslive_orphans_per_10k"] == got["postgres"]["aslive_orphans_per_10k"] == 0
+    assert {v["aslive_crashes"] for v in got.values()} == {2}
+    assert {v["aslive_unresolved"] for v in got.values()} == {0}
+    # Arrivals at the load point of the capacity with nothing armed, for the live run's quick duration.
+    expected = 0.3 * idempotency.measured_capacity_rps(idempotency.as_live()) * LIVE_PLAN.quick_duration_s
+    assert got["none"]["aslive_payments"] == pytest.approx(expected, rel=0.15)
