@@ -26,6 +26,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from saaslab import LIVE_PATTERNS, PATTERNS
+from saaslab.history import CheckResult
 from saaslab.services import EmbeddedServices, ServiceError, port_is_free, services_for
 from saaslab.settings import Settings
 
@@ -267,7 +268,8 @@ def load(
 def _checker(pattern: str) -> ModuleType:
     """The module with the pattern's `check_run(out, settings)`: its live face's if it has one (a checker that
     needs what the load run read back), else its invariants'. It may also say which verdicts the lab
-    expects (`expected(result) -> bool`: a run with the deliberately unsafe design expects it to fail)."""
+    expects (`expected(result, results) -> bool`: a run that mixes safe designs with the deliberately unsafe
+    one expects the unsafe one to fail)."""
     live = importlib.import_module(f"saaslab.live.{pattern}")
     return live if hasattr(live, "check_run") else importlib.import_module(f"reference_impl.{pattern}.invariants")
 
@@ -278,7 +280,11 @@ def _check(pattern: str, out: Path) -> bool:
         raise UserError(f"no history in {out / 'live'}; run `saaslab load {pattern}` first")
     with services_for(Settings()) as s:
         results = module.check_run(out, s)
-    expected = getattr(module, "expected", lambda r: r.valid)
+    judge = getattr(module, "expected", lambda r, _: r.valid)
+
+    def expected(r: CheckResult) -> bool:
+        return judge(r, results)
+
     ok = all(expected(r) for r in results)
     for r in results:
         mark = "[green]valid[/]" if r.valid else "[red]VIOLATED[/]"

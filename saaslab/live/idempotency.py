@@ -36,7 +36,7 @@ completer, so `saaslab check idempotency` needs no connection) and `check.json` 
 design, named `<check>[<design>]`). `none`, the deliberately unsafe design, runs in the same harness
 and must fail `exactly_one_effect`: `expected` tells `saaslab check` so, which then exits 1 only if a
 safe design failed a check or `none` was not caught. With `unsafe`, `none`'s part is also written
-alone to `<out>/unsafe/live/`.
+alone to `<out>/unsafe/live/`, where `saaslab check` exits 1 on the violations, as for every pattern.
 """
 from __future__ import annotations
 
@@ -523,9 +523,13 @@ def check_designs(history: Sequence[Op], states: dict[str, LedgerState]) -> list
     return results
 
 
-def expected(result: CheckResult) -> bool:
-    """Whether a verdict is what the lab expects: every check holds on a safe design, and the unsafe design is
-    caught by `exactly_one_effect` (its other checks may go either way). `saaslab check` exits 1 otherwise."""
+def expected(result: CheckResult, results: Sequence[CheckResult]) -> bool:
+    """Whether a verdict is what the lab expects of a run that mixes safe designs with the unsafe one: every
+    check holds on a safe design, and the unsafe design is caught by `exactly_one_effect` (its other checks may
+    go either way); `saaslab check` exits 1 otherwise. A run of the unsafe design alone (`<out>/unsafe`) is
+    judged as every pattern's is: caught means violated, and `saaslab check` exits 1."""
+    if all(r.name.endswith(f"[{UNSAFE}]") for r in results):
+        return result.valid
     if result.name.endswith(f"[{UNSAFE}]"):
         return not result.valid if result.name.startswith("exactly_one_effect[") else True
     return result.valid

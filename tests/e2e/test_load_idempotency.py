@@ -120,6 +120,12 @@ def test_quick_live_run_keeps_one_effect_through_crashes_and_catches_none(settin
     assert {c["name"] for c in unsafe} == {f"{c}[{UNSAFE}]" for c in CHECKS}
     assert not next(c for c in unsafe if c["name"] == f"exactly_one_effect[{UNSAFE}]")["valid"]
     assert {r.design for r in read_rows(out / "unsafe" / "live" / "results.csv")} == {UNSAFE}
+    # Alone, it is judged as every pattern's unsafe run is: caught means violated, and the check exits 1.
+    cli = subprocess.run([sys.executable, "-m", "saaslab.cli", "check", "idempotency", "--out", str(out / "unsafe")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert cli.returncode == 1, cli.stdout + cli.stderr
+    said = cli.stdout + cli.stderr
+    assert "exactly_one_effect[none]: VIOLATED" in said and "expected of" not in said
 
     # The report builds on the run, beside a simulation: one measured row per design at the live load point.
     scenario.run(out, quick=True, seeds=1, jobs=1)
