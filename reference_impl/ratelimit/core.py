@@ -102,7 +102,7 @@ def _ceil_div(a: int, b: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class FixedWindowState:
-    """Redis HASH {w: window start µs, n: count in that window}."""
+    """Redis STRING: the two fields packed as little-endian int64s (`redis_store.PACKED_STATES`)."""
 
     window_start_us: int
     count: int
@@ -160,7 +160,7 @@ def sliding_log(state: SlidingLogState | None, now_us: int, policy: Policy, cost
 
 @dataclass(frozen=True, slots=True)
 class SlidingCounterState:
-    """Redis HASH {w: current window start µs, c: its count, p: the previous window's count}."""
+    """Redis STRING: the three fields packed as little-endian int64s (`redis_store.PACKED_STATES`)."""
 
     window_start_us: int
     current: int
@@ -220,7 +220,10 @@ def _sliding_counter_wait(start: int, current: int, previous: int, now_us: int, 
 
 @dataclass(frozen=True, slots=True)
 class TokenBucketState:
-    """Redis HASH {l: level in token-µs (one token = window_us units), t: time of that level}."""
+    """Redis STRING: the two fields packed as little-endian int64s (`redis_store.PACKED_STATES`).
+
+    `level` is in token-µs (one token = window_us units); `updated_us` is the time of that level.
+    """
 
     level: int
     updated_us: int

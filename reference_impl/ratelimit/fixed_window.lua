@@ -1,5 +1,5 @@
 -- Fixed window: the twin of core.fixed_window.
--- KEYS: limiter HASH {w: window start µs, n: count}, usage counter.
+-- KEYS: limiter STRING pack('<i8i8', window start µs, count), usage counter.
 -- ARGV: now_us (-1 = TIME), requests, window_us, cost, ttl_slack_ms, usage_ttl_s.
 -- Returns {allowed, remaining, reset_us, retry_after_us, usage, decided_us}.
 local now = clock(ARGV[1])
@@ -7,23 +7,22 @@ local requests, window, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(AR
 
 local start = idiv(now, window) * window
 local count = 0
-local s = redis.call('HMGET', KEYS[1], 'w', 'n')
-if s[1] then
-    local stored = tonumber(s[1])
+local s = redis.call('GET', KEYS[1])
+if s then
+    local stored, n = struct.unpack('<i8i8', s)
     -- Same window, or the clock stepped back into an older one: keep counting the newest.
     if stored >= start then
-        start, count = stored, tonumber(s[2])
+        start, count = stored, n
     end
 end
 
 local allowed = count + cost <= requests
-if allowed then
-    count = count + cost
-    redis.call('HSET', KEYS[1], 'w', int(start), 'n', int(count))
-end
 local reset = start + window - now
 local retry = 0
-if not allowed then
+if allowed then
+    count = count + cost
+    redis.call('SET', KEYS[1], struct.pack('<i8i8', start, count), 'PX', ttl_ms(reset))
+else
     retry = reset
 end
 -- A stored window newer than the clock's is the one this request counted in.

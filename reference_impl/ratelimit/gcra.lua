@@ -1,5 +1,5 @@
 -- GCRA: the twin of core.gcra.
--- KEYS: limiter STRING (theoretical arrival time, µs), usage counter.
+-- KEYS: limiter STRING (theoretical arrival time, µs, decimal), usage counter.
 -- ARGV: now_us (-1 = TIME), requests, window_us, cost, ttl_slack_ms, usage_ttl_s.
 -- Returns {allowed, remaining, reset_us, retry_after_us, usage, decided_us}.
 local now = clock(ARGV[1])
@@ -9,8 +9,11 @@ local interval = idiv(window, requests)
 local burst = requests * interval
 local tat = now
 local stored = redis.call('GET', KEYS[1])
-if stored and tonumber(stored) > tat then
-    tat = tonumber(stored)
+if stored then
+    stored = tonumber(stored)
+    if stored > tat then
+        tat = stored
+    end
 end
 
 local new_tat = tat + cost * interval
@@ -18,7 +21,7 @@ local allowed = new_tat - now <= burst
 local retry = 0
 if allowed then
     tat = new_tat
-    redis.call('SET', KEYS[1], int(tat))
+    redis.call('SET', KEYS[1], int(tat), 'PX', ttl_ms(tat - now))
 else
     retry = new_tat - burst - now
 end

@@ -1,7 +1,11 @@
 -- Prepended to every rate-limit script by redis_store.py (SCRIPT LOAD sees one script).
 -- Redis Lua numbers are doubles. Every value here is an integer below 2^53 (core.Policy bounds
--- requests * window_us), divisions go through idiv, and numbers are written back with int():
--- tostring() keeps only 14 significant digits, which would corrupt microsecond timestamps.
+-- requests * window_us), divisions go through idiv, and numbers are written back with int() or
+-- packed as int64s: tostring() keeps only 14 significant digits, which would corrupt microsecond
+-- timestamps.
+-- A state of several integers is one STRING of little-endian int64s (struct.pack('<i8...')):
+-- a GET and a `SET ... PX` cost Redis about two thirds of an HMGET, an HSET and a PEXPIRE, and
+-- packing skips formatting and parsing decimals (redis_store.PACKED_STATES unpacks the same way).
 
 -- floor(a / b) for integers, exact: the double quotient can round up across an integer.
 local function idiv(a, b)
@@ -32,16 +36,24 @@ local function clock(arg)
     return now
 end
 
--- Common tail of the limiter scripts. KEYS[1] is the limiter key, KEYS[2] the usage counter;
--- ARGV[5] is the TTL slack in ms, ARGV[6] the usage counter's TTL in s.
--- The limiter key lives while its state still matters (reset_us) plus slack for app clocks
--- ahead of Redis's; after that an absent key decides exactly as the expired state would.
+-- The limiter key (KEYS[1]) lives while its state still matters (reset_us) plus slack for app
+-- clocks ahead of Redis's (ARGV[5], ms); after that an absent key decides exactly as the expired
+-- state would. Each write of the state carries its expiry (`SET ... PX ttl_ms(reset_us)`, or a
+-- PEXPIRE after RPUSH). A decision that writes nothing (a refusal that did not move the state
+-- on) leaves the expiry too: what is stored stops mattering at the same time as when it was
+-- written (a refused log only drops entries that no longer count), so a refresh would set the
+-- same deadline again (to the ms on Redis's clock; with callers' clocks, to within how far they
+-- disagree, which is what the slack is for).
+local function ttl_ms(reset_us)
+    return int(ceil_div(reset_us, 1000) + tonumber(ARGV[5]))
+end
+
+-- Common tail of the limiter scripts. KEYS[2] is the usage counter, ARGV[6] its TTL in s.
 -- Usage counts every request, allowed or not, in the same round trip.
 -- decided_us is the time the decision counts at (invariants.decision_time): the clock, or the newer
 -- time the state already holds when the clock stepped back. It costs the reply one integer; the
 -- service shows it only in lab mode, where the checker judges windows and refill on it.
 local function finish(allowed, remaining, reset_us, retry_after_us, decided_us)
-    redis.call('PEXPIRE', KEYS[1], int(ceil_div(reset_us, 1000) + tonumber(ARGV[5])))
     local used = redis.call('INCR', KEYS[2])
     if used == 1 then
         redis.call('EXPIRE', KEYS[2], ARGV[6])

@@ -1,5 +1,6 @@
 -- Sliding window counter (Cloudflare's estimate): the twin of core.sliding_counter.
--- KEYS: limiter HASH {w: current window start µs, c: its count, p: previous window's count}, usage.
+-- KEYS: limiter STRING pack('<i8i8i8', current window start µs, its count, previous window's count),
+-- usage counter.
 -- ARGV: now_us (-1 = TIME), requests, window_us, cost, ttl_slack_ms, usage_ttl_s.
 -- Returns {allowed, remaining, reset_us, retry_after_us, usage, decided_us}.
 local now = clock(ARGV[1])
@@ -7,16 +8,18 @@ local requests, window, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(AR
 
 local start = idiv(now, window) * window
 local current, previous = 0, 0
-local s = redis.call('HMGET', KEYS[1], 'w', 'c', 'p')
-if s[1] then
-    local stored = tonumber(s[1])
+local moved = true -- the state differs from the stored one even if the request is refused
+local s = redis.call('GET', KEYS[1])
+if s then
+    local stored, c, p = struct.unpack('<i8i8i8', s)
     if start > stored then
         -- Rolled over: the old current becomes previous only if it is the window just before.
         if start - stored == window then
-            previous = tonumber(s[2])
+            previous = c
         end
     else
-        start, current, previous = stored, tonumber(s[2]), tonumber(s[3])
+        start, current, previous = stored, c, p
+        moved = false
     end
 end
 
@@ -65,5 +68,8 @@ local remaining = idiv(requests * window - used, window)
 if remaining < 0 then
     remaining = 0
 end
-redis.call('HSET', KEYS[1], 'w', int(start), 'c', int(current), 'p', int(previous))
+-- A rollover moves the state on even when the request is refused (core.sliding_counter returns it).
+if allowed or moved then
+    redis.call('SET', KEYS[1], struct.pack('<i8i8i8', start, current, previous), 'PX', ttl_ms(reset))
+end
 return finish(allowed, remaining, reset, retry, math.max(now, start))

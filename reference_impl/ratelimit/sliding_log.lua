@@ -25,21 +25,19 @@ end
 
 local n = redis.call('LLEN', key)
 local allowed = n + cost <= requests
+local retry, reset = 0, 0
 if allowed then
     local stamp = int(t)
     for _ = 1, cost do
         redis.call('RPUSH', key, stamp)
     end
     n = n + cost
-end
-
-local retry = 0
-if not allowed then
+    reset = t + window - now
+    redis.call('PEXPIRE', key, ttl_ms(reset))
+else
     -- The oldest entries must age out until `cost` more fit; the last of them sets the wait.
     retry = tonumber(redis.call('LINDEX', key, n + cost - requests - 1)) + window - now
-end
-local reset = 0
-if n > 0 then
-    reset = tonumber(redis.call('LINDEX', key, -1)) + window - now
+    -- The newest entry is still the one read above (a refusal leaves n > 0 entries).
+    reset = tonumber(newest) + window - now
 end
 return finish(allowed, requests - n, reset, retry, t)

@@ -1,5 +1,6 @@
 -- Token bucket: the twin of core.token_bucket.
--- KEYS: limiter HASH {l: level in token-µs (one token = window_us units), t: time of it}, usage.
+-- KEYS: limiter STRING pack('<i8i8', level in token-µs (one token = window_us units), time of that
+-- level), usage counter.
 -- ARGV: now_us (-1 = TIME), requests, window_us, cost, ttl_slack_ms, usage_ttl_s.
 -- Returns {allowed, remaining, reset_us, retry_after_us, usage, decided_us}.
 local now = clock(ARGV[1])
@@ -7,9 +8,9 @@ local requests, window, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(AR
 
 local capacity = requests * window
 local level, updated = capacity, now
-local s = redis.call('HMGET', KEYS[1], 'l', 't')
-if s[1] then
-    level, updated = tonumber(s[1]), tonumber(s[2])
+local s = redis.call('GET', KEYS[1])
+if s then
+    level, updated = struct.unpack('<i8i8', s)
     -- After a policy change the old level is clamped to the new capacity.
     if level > capacity then
         level = capacity
@@ -39,5 +40,6 @@ if not allowed then
     retry = ahead + ceil_div(need - level, requests)
 end
 local reset = ahead + ceil_div(capacity - level, requests)
-redis.call('HSET', KEYS[1], 'l', int(level), 't', int(updated))
+-- Refused or not, the refill moved the state on: it is written (as core.token_bucket returns it).
+redis.call('SET', KEYS[1], struct.pack('<i8i8', level, updated), 'PX', ttl_ms(reset))
 return finish(allowed, idiv(level, window), reset, retry, updated)

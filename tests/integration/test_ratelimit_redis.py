@@ -30,6 +30,7 @@ from reference_impl.ratelimit.core import (
 )
 from reference_impl.ratelimit.invariants import F_DECIDE, decision_value, no_over_admission
 from reference_impl.ratelimit.redis_store import (
+    TTL_SLACK_MS,
     USAGE_TTL_S,
     LimitCall,
     LimitResult,
@@ -176,11 +177,23 @@ async def test_keys_are_hash_tagged_and_expire_with_their_state(redis: Redis, pr
     for _ in range(3):
         await store.decide("acme", policy, now_us=now, route_class="write")
     key = limiter_key(prefix, "acme", "fixed_window", "write")
-    assert key == f"{prefix}:{{acme}}:rl:fixed_window:write"
+    assert key == f"{prefix}:{{acme}}:rl:v2:fixed_window:write"
     assert 7_000 < await redis.pttl(key) <= 7_000 + 1_000  # the rest of the window plus slack
     ukey = usage_key(prefix, "acme", usage_period(now / 1e6))
     assert int(await redis.get(ukey)) == 3  # refused requests count as usage too
     assert USAGE_TTL_S - 5 <= await redis.ttl(ukey) <= USAGE_TTL_S
+
+
+@pytest.mark.parametrize("algorithm", STRICT_ALGORITHMS)
+async def test_the_expiry_travels_with_the_state(algorithm: str, redis: Redis, prefix: str) -> None:
+    """Each write of the state sets the key's TTL to its reset plus slack; a refusal that writes
+    nothing leaves the TTL the last write set, which runs to the same time."""
+    store = RedisRateLimiter(redis, prefix, algorithm)
+    policy = Policy(2, 10 * S)
+    results = [await store.decide("acme", policy, now_us=EPOCH + 3 * S) for _ in range(3)]
+    assert [r.allowed for r in results] == [True, True, False]
+    ttl_ms = -(-results[-1].reset_us // 1000) + TTL_SLACK_MS
+    assert ttl_ms - 500 < await redis.pttl(limiter_key(prefix, "acme", algorithm)) <= ttl_ms
 
 
 async def test_a_flushed_script_is_loaded_again(redis: Redis, prefix: str) -> None:

@@ -86,10 +86,11 @@ def test_accuracy_memory_and_neighbours_order_as_expected() -> None:
     for d in ("fixed_window", "token_bucket", "gcra"):
         assert tallies[d].false_admits > 0 and tallies[d].false_rejects == 0 and tallies[d].admitted > exact
     assert tallies["sliding_counter"].false_rejects > 0
-    # One timestamp per admitted request against a few integers.
+    # One timestamp per admitted request against a few integers (two or three packed int64s take
+    # Redis the same allocation).
     mean_bytes = {d: t.bytes_sum / t.offered for d, t in tallies.items()}
     assert mean_bytes["gcra"] < mean_bytes["fixed_window"] <= mean_bytes["sliding_counter"]
-    assert mean_bytes["sliding_counter"] < mean_bytes["token_bucket"] < mean_bytes["sliding_log"] / 5
+    assert mean_bytes["sliding_counter"] <= mean_bytes["token_bucket"] < mean_bytes["sliding_log"] / 5
     # Limits are per tenant: a noisy neighbour at 10x never costs the quiet tenants a request.
     nn = replay("gcra", arrivals(noisy_neighbour(10.0, duration_s=5.0), seed=0))
     assert all(nn[q].admitted == nn[q].offered for q in QUIET)
