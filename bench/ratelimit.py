@@ -9,6 +9,8 @@ Three ratios, each measured in one run on one machine:
 2. Service: throughput of `GET /v1/projects/{id}` with the limiter on (`token_bucket`, under a
    limit the benchmark never reaches) against off (where the request's one Redis round trip only
    meters usage). Two servers, one per setting. Target: at least 0.75x.
+   Beside it, when `redis-benchmark` is on PATH, the same two commands through that C client, whose
+   rates are Redis's own (one request per round trip, and pipelined).
 3. Tail: an open-model load (constant arrival rate, each request timed from its intended send
    time) at half of the limiter-off service's saturation throughput, against both servers; the
    p99 the limiter adds. Target: at most 1 ms.
@@ -24,15 +26,20 @@ and when it is shared its CPU figures include other clients' work.
 from __future__ import annotations
 
 import asyncio
+import csv
+import hashlib
 import json
 import os
 import re
+import shutil
 import statistics
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import hiredis
 import httpx
@@ -171,6 +178,49 @@ def bench_redis(settings: Settings, prefix: str, seconds: float) -> dict:
             "tenants": TENANTS, "concurrency": CONCURRENCY, "pairs": pairs}
 
 
+REDIS_BENCHMARK_MODES = {"one request per round trip": ("-P", "1", "-c", "32"),
+                         "pipelined 16 deep": ("-P", "16", "-c", "16")}
+"""redis-benchmark's figures, when it is on PATH (Debian's redis-tools; the project's wheels do not ship it).
+A C client overlaps its work with Redis's, so its rates are Redis's own: one request per round trip is how
+redis-benchmark is usually quoted (and where a socket read and write per call dominate a SET); pipelined, Redis's
+command and script execution is all that counts."""
+REDIS_BENCHMARK_REQUESTS = 100_000
+
+
+def _redis_benchmark_rps(binary: str, url: str, mode: tuple[str, ...], command: Sequence[str]) -> float:
+    u = urlparse(url)
+    args = [binary, "-h", u.hostname or "127.0.0.1", "-p", str(u.port or 6379), "--dbnum", u.path.strip("/") or "0",
+            *(("-a", u.password) if u.password else ()), "--csv", *mode, "-n", str(REDIS_BENCHMARK_REQUESTS),
+            "-r", str(TENANTS), *command]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True).stdout
+    rows = list(csv.reader(out.splitlines()))
+    return float(rows[-1][1])
+
+
+def bench_redis_benchmark(settings: Settings, prefix: str) -> dict | None:
+    """EVALSHA against SET through redis-benchmark (`REDIS_BENCHMARK_MODES`), ABBA pairs; None without it."""
+    binary = shutil.which("redis-benchmark")
+    if binary is None or not settings.redis_url:
+        return None
+    policy = Policy.from_limits(UNREACHABLE_LIMIT["requests"], UNREACHABLE_LIMIT["window_s"])
+    sha = hashlib.sha1(script_source(ALGORITHM).encode()).hexdigest()
+    tenant = "__rand_int__"  # redis-benchmark's placeholder: TENANTS distinct tenants, keyed as the service keys them
+    commands = {
+        "set": ("SET", f"{prefix}:{{{tenant}}}:set", "1"),
+        "evalsha": ("EVALSHA", sha, "2", limiter_key(prefix, tenant, ALGORITHM),
+                    usage_key(prefix, tenant, usage_period(time.time())),
+                    str(USE_REDIS_TIME), str(policy.requests), str(policy.window_us), "1", str(TTL_SLACK_MS),
+                    str(USAGE_TTL_S)),
+    }
+    rows = {}
+    for mode, flags in REDIS_BENCHMARK_MODES.items():
+        pairs = [{n: _redis_benchmark_rps(binary, settings.redis_url, flags, commands[n]) for n in order}
+                 for order in (("set", "evalsha"), ("evalsha", "set"), ("set", "evalsha"), ("evalsha", "set"))]
+        rows[mode] = {"ratio": statistics.median(p["evalsha"] / p["set"] for p in pairs),
+                      "ops": {n: statistics.median(p[n] for p in pairs) for n in ("set", "evalsha")}, "pairs": pairs}
+    return {"binary": binary, "requests": REDIS_BENCHMARK_REQUESTS, "modes": rows}
+
+
 def _open_round(server: psutil.Process, port: int, request: bytes, rate: float, seconds: float) -> dict:
     server_cpu = _cpu_s(server)
     o = httpload.run(httpload.open_loop("127.0.0.1", port, request, rate=rate, seconds=seconds))
@@ -289,7 +339,8 @@ def run(out: Path, *, seconds: float = 4.0) -> dict:
     prefix = f"bench-rl-{uuid.uuid4().hex[:8]}"  # this run's keys only, dropped at the end
     with services_for(Settings()) as settings:
         try:
-            redis_row = bench_redis(settings, prefix, seconds)
+            redis_row = bench_redis(settings, prefix, seconds)  # loads the script, so its SHA is known
+            redis_row["redis_benchmark"] = bench_redis_benchmark(settings, prefix)
             service = bench_service(settings, prefix, seconds)
         finally:
             httpload.run(_drop_keys(settings, prefix))
@@ -319,6 +370,14 @@ def run(out: Path, *, seconds: float = 4.0) -> dict:
           f"Open model: latency from each request's intended send time, p50 {tail['p50_ms']['off']:.2f} ms (off) "
           f"and {tail['p50_ms']['on']:.2f} ms (on), the generator's own send lag p99 at most "
           f"{tail['send_lag_p99_ms_max']:.3f} ms."]
+    rb = redis_row["redis_benchmark"]
+    if rb is None:
+        md += ["", "redis-benchmark is not on PATH, so the Redis ratio has no C-client figure beside it."]
+    else:
+        md += ["", f"The same EVALSHA against SET through `redis-benchmark` ({rb['requests']} requests a round, "
+                   f"{TENANTS} tenants, 2 ABBA pairs; a C client, so the rates are Redis's own): " + "; ".join(
+                       f"{mode}: {r['ops']['evalsha']:.0f} EVALSHA/s against {r['ops']['set']:.0f} SET/s, "
+                       f"{r['ratio']:.2f}x" for mode, r in rb["modes"].items()) + "."]
     if any(tail["dropped"].values()):
         md += ["", f"Open model: {tail['dropped']['off']} (off) and {tail['dropped']['on']} (on) requests dropped "
                    f"because {httpload.MAX_IN_FLIGHT} were already outstanding (a stall); the p99s leave them out."]
