@@ -34,7 +34,7 @@ from reference_impl.common.auth import Tenant
 from reference_impl.common.per_request import USAGE_TTL_S, Admission
 from reference_impl.common.problem import Problem
 from reference_impl.common.redis_client import ScriptRunner
-from reference_impl.ratelimit.breaker import CircuitBreaker, FailurePolicy
+from reference_impl.ratelimit.breaker import FailurePolicy, redis_breaker
 from reference_impl.ratelimit.core import US_PER_S, Policy, ratelimit_headers
 from reference_impl.ratelimit.invariants import DECIDED_AT_HEADER
 from reference_impl.ratelimit.policies import policy_for
@@ -83,9 +83,8 @@ class RateLimitService:
         self.lab_mode = settings.lab_mode
         self.failure = FailurePolicy(settings.ratelimit_failure)
         self.timeout_s = settings.ratelimit_timeout_ms / 1000
-        self.breaker = CircuitBreaker(fail_max=settings.ratelimit_breaker_fail_max,
-                                      reset_timeout_us=round(settings.ratelimit_breaker_reset_s * US_PER_S),
-                                      now_us=_now_us())
+        self.breaker = redis_breaker(fail_max=settings.ratelimit_breaker_fail_max,
+                                     reset_timeout_us=round(settings.ratelimit_breaker_reset_s * US_PER_S))
         self._prefix = settings.redis_prefix
         self._runner: ScriptRunner | None = None
         self._naive: NaiveRedisRateLimiter | None = None

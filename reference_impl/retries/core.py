@@ -32,13 +32,14 @@ Beside them:
   nothing is deposited, so retries fall to the floor instead of multiplying the load.
 * A circuit breaker after pybreaker: one class per state (`Closed`, `Open`, `HalfOpen`), each
   deciding `allow`, `success` and `failure` from the clock passed in; `CircuitBreaker` holds the
-  current state and tells listeners about transitions.
+  current state and tells listeners (`BreakerListener`) about outcomes and transitions. The same
+  breaker guards the rate limiter's Redis calls in the service (reference_impl/ratelimit/breaker.py).
 """
 
 from __future__ import annotations
 
 import email.utils
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -267,8 +268,12 @@ class BreakerConfig:
     half_open_trials: int = 1
 
     def __post_init__(self) -> None:
-        if self.fail_max < 1 or self.reset_timeout_us < 0 or self.half_open_trials < 1:
-            raise ValueError("need fail_max >= 1, reset_timeout_us >= 0 and half_open_trials >= 1")
+        if self.fail_max < 1:
+            raise ValueError(f"fail_max must be >= 1, got {self.fail_max}")
+        if self.reset_timeout_us < 1:
+            raise ValueError(f"reset_timeout_us must be >= 1, got {self.reset_timeout_us}")
+        if self.half_open_trials < 1:
+            raise ValueError(f"half_open_trials must be >= 1, got {self.half_open_trials}")
 
 
 class BreakerState(Protocol):
@@ -279,6 +284,8 @@ class BreakerState(Protocol):
     def success(self, config: BreakerConfig, now_us: int) -> BreakerState: ...
 
     def failure(self, config: BreakerConfig, now_us: int) -> BreakerState: ...
+
+    def retry_after_us(self, config: BreakerConfig, now_us: int) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,30 +305,39 @@ class Closed:
         failures = self.failures + 1
         return Open(now_us) if failures >= config.fail_max else Closed(failures)
 
+    def retry_after_us(self, config: BreakerConfig, now_us: int) -> int:
+        return 0
+
 
 @dataclass(frozen=True, slots=True)
 class Open:
-    """Calls fail fast until `reset_timeout_us` after `opened_us`; then the next call is a trial."""
+    """Calls fail fast until `reset_timeout_us` after `since_us`; then the next call is a trial."""
 
-    opened_us: int
+    since_us: int
     name: ClassVar[str] = "open"
 
     def allow(self, config: BreakerConfig, now_us: int) -> tuple[bool, BreakerState]:
-        if now_us - self.opened_us >= config.reset_timeout_us:
+        if now_us - self.since_us >= config.reset_timeout_us:
             return True, HalfOpen(1, now_us)
         return False, self
 
     def success(self, config: BreakerConfig, now_us: int) -> BreakerState:
-        # A late answer to a call sent before the breaker opened proves nothing about now.
+        # A late answer to a call sent before the breaker opened proves nothing about now, and
+        # letting it (or a late failure) cut the window short or extend it would break the
+        # one-trial-per-window promise.
         return self
 
     def failure(self, config: BreakerConfig, now_us: int) -> BreakerState:
         return self
 
+    def retry_after_us(self, config: BreakerConfig, now_us: int) -> int:
+        return max(0, self.since_us + config.reset_timeout_us - now_us)
+
 
 @dataclass(frozen=True, slots=True)
 class HalfOpen:
-    """`trials` calls, the first sent at `since_us`, are testing the service; a success closes, a failure reopens.
+    """`trials` calls, the first sent at `since_us`, are testing the service; a success closes, a failure reopens
+    (any outcome settles it: a reply or a timeout is news about the service now, whichever call carried it).
 
     A trial whose outcome never comes back (its caller was cancelled) would wedge the breaker here,
     so after another `reset_timeout_us` the trials count as lost and a new round begins.
@@ -344,33 +360,68 @@ class HalfOpen:
     def failure(self, config: BreakerConfig, now_us: int) -> BreakerState:
         return Open(now_us)
 
+    def retry_after_us(self, config: BreakerConfig, now_us: int) -> int:
+        if self.trials < config.half_open_trials:
+            return 0
+        return max(0, self.since_us + config.reset_timeout_us - now_us)
 
-Listener = Callable[[BreakerState, BreakerState, int], None]
-"""Called with (old state, new state, now_us) when the breaker changes state class."""
+
+class BreakerListener:
+    """Hooks, as in pybreaker: subclass and override what you need (metrics, logs)."""
+
+    def state_change(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState, now_us: int) -> None:
+        """The breaker moved from `old` to `new` (another state class) at `now_us`."""
+
+    def success(self, breaker: CircuitBreaker, now_us: int) -> None:
+        """A call succeeded (reported in any state)."""
+
+    def failure(self, breaker: CircuitBreaker, now_us: int) -> None:
+        """A call failed (reported in any state)."""
 
 
 class CircuitBreaker:
-    """One client's breaker: the current state, moved by the state classes, with listener hooks."""
+    """One caller's breaker (a client's, or a service worker's in front of Redis): the current state, moved by
+    the state classes, with listener hooks.
+
+    Methods never await, so under asyncio each runs whole and concurrent requests are interleavings of
+    whole calls. Not thread-safe: keep one breaker per event loop.
+    """
 
     def __init__(self, config: BreakerConfig | None = None, *, state: BreakerState | None = None,
-                 listeners: Iterable[Listener] = ()) -> None:
+                 listeners: Iterable[BreakerListener] = ()) -> None:
         self.config = config or BreakerConfig()
         self.state: BreakerState = state or Closed()
         self.listeners = list(listeners)
 
+    def add_listener(self, listener: BreakerListener) -> None:
+        self.listeners.append(listener)
+
     def allow(self, now_us: int) -> bool:
+        """May this caller make its call now? When not, it fails fast."""
         allowed, new = self.state.allow(self.config, now_us)
         self._move(new, now_us)
         return allowed
 
     def record_success(self, now_us: int) -> None:
+        for listener in self.listeners:
+            listener.success(self, now_us)
         self._move(self.state.success(self.config, now_us), now_us)
 
     def record_failure(self, now_us: int) -> None:
+        for listener in self.listeners:
+            listener.failure(self, now_us)
         self._move(self.state.failure(self.config, now_us), now_us)
+
+    def retry_after_us(self, now_us: int) -> int:
+        """Until the breaker may let a caller through again (0 if it would now): a fail-fast answer's
+        `Retry-After`."""
+        return self.state.retry_after_us(self.config, now_us)
 
     def _move(self, new: BreakerState, now_us: int) -> None:
         old, self.state = self.state, new
         if type(old) is not type(new):
             for listener in self.listeners:
-                listener(old, new, now_us)
+                listener.state_change(self, old, new, now_us)
+
+    def __repr__(self) -> str:
+        return f"CircuitBreaker({self.config}, state={self.state})"

@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 
 from reference_impl.ratelimit.breaker import (
     UNAVAILABLE_STATUS,
+    BreakerConfig,
     BreakerListener,
     BreakerState,
     CircuitBreaker,
     FailurePolicy,
+    redis_breaker,
 )
 
 S = 1_000_000
@@ -44,7 +46,9 @@ class Recorder(BreakerListener):
 
 def breaker(fail_max: int = 3, reset_timeout_us: int = S) -> tuple[CircuitBreaker, Recorder]:
     recorder = Recorder()
-    return CircuitBreaker(fail_max=fail_max, reset_timeout_us=reset_timeout_us, listeners=[recorder]), recorder
+    b = redis_breaker(fail_max=fail_max, reset_timeout_us=reset_timeout_us)
+    b.add_listener(recorder)
+    return b, recorder
 
 
 # --- transitions ----------------------------------------------------------------------------------
@@ -119,13 +123,15 @@ def test_a_probe_that_never_reports_is_replaced_after_a_whole_window() -> None:
 
 def test_invalid_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="fail_max"):
-        CircuitBreaker(fail_max=0)
+        redis_breaker(fail_max=0)
     with pytest.raises(ValueError, match="reset_timeout_us"):
-        CircuitBreaker(reset_timeout_us=0)
+        redis_breaker(reset_timeout_us=0)
+    with pytest.raises(ValueError, match="half_open_trials"):
+        BreakerConfig(half_open_trials=0)
 
 
 def test_listeners_added_later_hear_the_next_transition() -> None:
-    b = CircuitBreaker(fail_max=1, reset_timeout_us=10)
+    b = CircuitBreaker(BreakerConfig(fail_max=1, reset_timeout_us=10))
     rec = Recorder()
     b.add_listener(rec)
     b.record_failure(3)
