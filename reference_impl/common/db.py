@@ -1,4 +1,4 @@
-"""PostgreSQL through asyncpg: a lean connection pool and start-up migrations.
+"""PostgreSQL through asyncpg: a lean connection pool, auto-pipelined reads and start-up migrations.
 
 Why not asyncpg's own `Pool`: its acquire/release (a queue, a proxy object, an inactivity timer
 re-armed per release, and a reset query, i.e. a round trip, per release) cost about as much CPU as
@@ -7,15 +7,21 @@ one guarantee that matters: a connection goes back to the pool only in a clean s
 transaction, no operation in flight), otherwise it is terminated and replaced on demand. It does
 not reset sessions: callers change session state only transaction-locally (`SET LOCAL`), which
 ends with the transaction.
+
+`PipelinedReads` does for the hot path's reads what the Redis script runner does for its calls:
+reads that concurrent requests make during one turn of the event loop share one connection and one
+round trip instead of taking one each (its docstring says how rows find their way back).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import asyncpg
 
@@ -192,6 +198,150 @@ def _leaves_connection_idle(exc: BaseException) -> bool:
     """
     return isinstance(exc, Exception) and not isinstance(
         exc, OSError | asyncpg.InterfaceError | asyncpg.PostgresConnectionError)
+
+
+class Transaction:
+    """Opens a transaction with `begin` (BEGIN plus any SET LOCAL, one round trip) and ends it.
+
+    COMMIT on success. After an exception, a best-effort ROLLBACK; if the connection is mid-operation
+    (cancelled) that fails, the transaction stays open, and the pool terminates the connection.
+    """
+
+    __slots__ = ("_conn", "_begin")
+
+    def __init__(self, conn: asyncpg.Connection, begin: str) -> None:
+        self._conn = conn
+        self._begin = begin
+
+    async def __aenter__(self) -> None:
+        await self._conn.execute(self._begin)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if exc is None:
+            await self._conn.execute("COMMIT")
+        elif isinstance(exc, Exception) and not self._conn.is_closed():
+            with contextlib.suppress(Exception):
+                await self._conn.execute("ROLLBACK")
+
+
+# Reads in one pipeline at most: bounds the reply a batch waits for.
+MAX_PIPELINED_READS = 64
+# A read's tag, as the first parameter and the first column of a pipelined statement.
+READ_TAG = "$1::int4"
+
+_Read = tuple["asyncio.Future[Any]", Sequence[Any], bool]
+
+
+class PipelinedReads:
+    """Reads of concurrent requests, pipelined: one connection and one round trip per batch.
+
+    A read is one execution of a *tagged* statement, whose first parameter and first output column
+    are the read's place in its batch (`SELECT $1::int4, ...`; see READ_TAG), so every row goes back
+    to the read that asked for it, however many rows each read finds (a point read may find none,
+    and reads of different tenants can share a batch without seeing each other's rows). Reads
+    submitted during one turn of the event loop with the same statement and the same `begin` leave
+    together: asyncpg's `fetchmany` sends a Bind and Execute per read and one Sync, in one write,
+    and the replies come back together. Like the script runner, a read adds no waiting: its batch
+    leaves as soon as the loop has run the callbacks already ready. Under load that turns, say,
+    eight reads on eight connections (eight writes, eight wake-ups of eight backends, eight replies
+    to parse and dispatch) into one of each, which is most of what a point read costs the service.
+
+    What a read sees is what it would see alone: each execution takes its own snapshot (READ
+    COMMITTED), in the implicit transaction of the pipeline or, with `begin` (BEGIN plus SET LOCALs,
+    as row-level security needs), in an explicit one that COMMITs after it, so nothing set for the
+    batch outlives it on the connection. An error PostgreSQL reports stops a pipeline at the read that
+    caused it, so a failed batch of several reads is run again read by read, and one read's error is
+    never another's; a failure of the connection or the pool fails every read of the batch.
+    """
+
+    def __init__(self, pool: Pool, *, max_batch: int = MAX_PIPELINED_READS) -> None:
+        self._pool = pool
+        self._max_batch = max_batch
+        self._queued: dict[tuple[str, str | None], list[_Read]] = {}
+        self._flush_scheduled = False
+        self._batches: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+        self.batches = 0
+        """Pipelines sent (a batch retried read by read counts once)."""
+        self.reads = 0
+        """Reads they carried."""
+
+    def fetch(self, sql: str, args: Sequence[Any], *, begin: str | None = None,
+              one: bool = False) -> asyncio.Future[Any]:
+        """Run tagged statement `sql` with `args` (the tag excluded) in the next pipeline: the rows
+        without their tag, as tuples; with `one`, the first of them or None."""
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[Any] = loop.create_future()
+        key = (sql, begin)
+        reads = self._queued.get(key)
+        if reads is None:
+            reads = self._queued[key] = []
+        reads.append((result, args, one))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return result
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        queued, self._queued = self._queued, {}
+        for (sql, begin), reads in queued.items():
+            for start in range(0, len(reads), self._max_batch):
+                batch = asyncio.ensure_future(self._run(sql, begin, reads[start:start + self._max_batch]))
+                self._batches.add(batch)
+                batch.add_done_callback(self._batches.discard)
+
+    async def _run(self, sql: str, begin: str | None, reads: list[_Read]) -> None:
+        self.batches += 1
+        self.reads += len(reads)
+        try:
+            rows = await self._pipeline(sql, begin, [(i, *args) for i, (_, args, _) in enumerate(reads)])
+        except asyncpg.PostgresError as exc:
+            if len(reads) > 1 and not isinstance(exc, asyncpg.PostgresConnectionError):
+                for read in reads:  # find the read that failed; the others get their answers
+                    await self._run_alone(sql, begin, read)
+                return
+            _fail(reads, exc)
+            return
+        except BaseException as exc:
+            _fail(reads, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        found: list[list[Any]] = [[] for _ in reads]
+        for row in rows:
+            found[row[0]].append(row[1:])
+        for (result, _, one), read_rows in zip(reads, found, strict=True):
+            if not result.done():
+                result.set_result((read_rows[0] if read_rows else None) if one else read_rows)
+
+    async def _run_alone(self, sql: str, begin: str | None, read: _Read) -> None:
+        result, args, one = read
+        if result.done():  # its request is gone
+            return
+        try:
+            rows = await self._pipeline(sql, begin, [(0, *args)])
+        except Exception as exc:
+            _fail([read], exc)
+            return
+        if not result.done():
+            result.set_result((rows[0][1:] if rows else None) if one else [row[1:] for row in rows])
+
+    async def _pipeline(self, sql: str, begin: str | None, args: list[tuple[Any, ...]]) -> list[Any]:
+        async with self._pool.connection() as conn:
+            if begin is None:
+                return await conn.fetchmany(sql, args)
+            async with Transaction(conn, begin):
+                return await conn.fetchmany(sql, args)
+
+
+def _fail(reads: list[_Read], exc: BaseException) -> None:
+    for result, _, _ in reads:
+        if not result.done():
+            if isinstance(exc, asyncio.CancelledError):
+                result.cancel()
+            else:
+                result.set_exception(exc)
 
 
 def make_pool(settings: Settings) -> Pool:

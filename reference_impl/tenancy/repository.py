@@ -5,7 +5,8 @@ ownership themselves. The designs differ only in *where* isolation is enforced:
 
 * `filtered` (FilteredStore): shared tables; every query carries `tenant_id = %(tenant)s`.
 * `rls` (RlsStore): shared tables; queries carry no tenant filter at all, and PostgreSQL row-level
-  security (schema.sql) hides other tenants' rows from the `saaslab_app` role each transaction runs as.
+  security (schema.sql) hides other tenants' rows from the `saaslab_app` role every statement runs as
+  (writes switch to it with SET LOCAL ROLE; reads call functions that run as it).
 * `schema` (SchemaStore): one PostgreSQL schema per tenant with its own tables; names are quoted
   identifiers (`quote_ident`) made from the tenant's UUID, never from anything a client sent.
 * `leaky` (LeakyStore): DELIBERATELY UNSAFE. Like `filtered`, but get and delete by id forget the
@@ -15,26 +16,30 @@ ownership themselves. The designs differ only in *where* isolation is enforced:
 
 Tenants themselves live in the shared `tenants` table (TenantDirectory), whatever the design.
 Statements are written with `%(name)s` placeholders and numbered (`$1`, `$2`) once, at start-up;
-asyncpg prepares each on first use per connection and reuses it after.
+asyncpg prepares each on first use per connection and reuses it after. Reads (get and page) go
+through `PipelinedReads` (common/db.py): the reads concurrent requests make with the same statement
+share one connection and one round trip, which is why their statements are tagged (`$1`, echoed as
+the first column), and why the rls design reads through one-statement functions rather than in a
+transaction of its own per read. Isolation is unchanged: every read is its own execution with its
+own tenant, and its rows go back to it alone.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID, uuid4
 
 import asyncpg
 
 from reference_impl.common.auth import Tenant
-from reference_impl.common.db import Pool
+from reference_impl.common.db import READ_TAG, PipelinedReads, Pool, Transaction
 from reference_impl.common.faults import Faults
 from reference_impl.tenancy.core import hash_api_key, new_api_key
 
@@ -45,7 +50,8 @@ FAULT_POINTS = {
     COMMIT_POINT: "inside a write's transaction, just before COMMIT (timeout_after_effect: after it)",
 }
 
-Row = asyncpg.Record
+Row = Sequence[Any]
+"""A row's columns in its table's `columns` order (an asyncpg Record, or a tuple from a pipelined read)."""
 T = TypeVar("T")
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
@@ -83,14 +89,15 @@ class Statement:
     """Parameter names in `$n` order."""
 
     @classmethod
-    def parse(cls, template: str) -> Statement:
-        """`%(name)s` placeholders become `$1`, `$2`, ... in order of first use."""
+    def parse(cls, template: str, *, first: int = 1) -> Statement:
+        """`%(name)s` placeholders become `$1`, `$2`, ... in order of first use (from `$first`: the
+        parameters before it are the template's own, like a pipelined read's tag)."""
         names: list[str] = []
 
         def number(match: re.Match[str]) -> str:
             if match[1] not in names:
                 names.append(match[1])
-            return f"${names.index(match[1]) + 1}"
+            return f"${names.index(match[1]) + first}"
 
         return cls(_PLACEHOLDER.sub(number, template), tuple(names))
 
@@ -123,9 +130,12 @@ def _queries(table: Table, relation: str, *, tenant_value: str | None, filter_li
         values.insert(0, tenant_value)
 
     def render(template: str, scoped: bool) -> Statement:
-        return Statement.parse(template.format(relation=relation, columns=columns,
+        # Reads are pipelined (PipelinedReads): their first parameter and first column are the read's tag.
+        read = template.startswith("SELECT")
+        return Statement.parse(template.format(relation=relation, columns=f"{READ_TAG}, {columns}" if read else columns,
                                                scope="tenant_id = %(tenant)s AND " if scoped else "",
-                                               writable=", ".join(writable), values=", ".join(values)))
+                                               writable=", ".join(writable), values=", ".join(values)),
+                               first=2 if read else 1)
 
     return Queries(
         insert=render("INSERT INTO {relation} ({writable}) VALUES ({values}) RETURNING {columns}", False),
@@ -140,36 +150,12 @@ def _queries(table: Table, relation: str, *, tenant_value: str | None, filter_li
     )
 
 
-class _Transaction:
-    """Opens a transaction with `begin` (BEGIN plus any SET LOCAL, one round trip) and ends it.
-
-    COMMIT on success. After an exception, a best-effort ROLLBACK; if the connection is mid-operation
-    (cancelled) that fails, the transaction stays open, and the pool terminates the connection.
-    """
-
-    __slots__ = ("_conn", "_begin")
-
-    def __init__(self, conn: asyncpg.Connection, begin: str) -> None:
-        self._conn = conn
-        self._begin = begin
-
-    async def __aenter__(self) -> None:
-        await self._conn.execute(self._begin)
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        if exc is None:
-            await self._conn.execute("COMMIT")
-        elif isinstance(exc, Exception) and not self._conn.is_closed():
-            with contextlib.suppress(Exception):
-                await self._conn.execute("ROLLBACK")
-
-
 class Store:
     """Tenant-scoped storage. Subclasses choose the design; the interface is the same for all.
 
     Writes run in a transaction with the `tenancy.commit` fault point just before COMMIT; reads
-    are single autocommit statements (one round trip) unless the design needs a transaction.
+    are pipelined with the concurrent reads of the same statement (one round trip per batch), in
+    a transaction per batch if the design needs one.
     """
 
     design: ClassVar[str]
@@ -178,6 +164,7 @@ class Store:
     def __init__(self, pool: Pool, faults: Faults) -> None:
         self._pool = pool
         self._faults = faults
+        self.reads = PipelinedReads(pool)
 
     async def provision(self, tenant: Tenant) -> None:
         """Prepare storage for a new tenant (nothing to do for shared tables)."""
@@ -186,25 +173,20 @@ class Store:
         raise NotImplementedError
 
     def _read_begin(self, tenant: Tenant) -> str | None:
-        """What opens a read's transaction; None: a read is one autocommit statement."""
+        """What opens the transaction of a batch of reads (of this tenant only); None: none is needed."""
         return None
 
     def _write_begin(self, tenant: Tenant) -> str:
         return self.WRITE_BEGIN
 
-    async def _read(self, tenant: Tenant, statement: Statement, values: Mapping[str, Any], *, one: bool) -> Any:
-        args = statement.args(values)
-        begin = self._read_begin(tenant)
-        async with self._pool.connection() as conn:
-            if begin is None:
-                return await (conn.fetchrow if one else conn.fetch)(statement.sql, *args)
-            async with _Transaction(conn, begin):
-                return await (conn.fetchrow if one else conn.fetch)(statement.sql, *args)
+    def _read(self, tenant: Tenant, statement: Statement, values: Mapping[str, Any], *, one: bool) -> Awaitable[Any]:
+        # A future of the pipeline, not a coroutine: no frame of ours sits on the hot path's stack.
+        return self.reads.fetch(statement.sql, statement.args(values), begin=self._read_begin(tenant), one=one)
 
     async def _write(self, tenant: Tenant, statement: Statement, values: Mapping[str, Any],
                      execute: Callable[[asyncpg.Connection, str, list[Any]], Awaitable[T]]) -> T:
         args = statement.args(values)
-        async with self._pool.connection() as conn, _Transaction(conn, self._write_begin(tenant)):
+        async with self._pool.connection() as conn, Transaction(conn, self._write_begin(tenant)):
             result = await execute(conn, statement.sql, args)
             await self._faults.before(COMMIT_POINT)
         return result
@@ -232,7 +214,6 @@ class Store:
         self._faults.after(COMMIT_POINT)
 
     def get(self, tenant: Tenant, table: Table, object_id: UUID) -> Awaitable[Row | None]:
-        # A plain function handing back `_read`'s coroutine: one coroutine frame less on the hot path.
         return self._read(tenant, self._sql(tenant, table).get, {"tenant": tenant.id, "id": object_id}, one=True)
 
     async def delete(self, tenant: Tenant, table: Table, object_id: UUID) -> bool:
@@ -278,15 +259,38 @@ class LeakyStore(FilteredStore):
                         filter_by_id=False)
 
 
+def _rls_reads(table: Table) -> dict[str, Statement]:
+    """The rls design's reads: calls of the functions schema.sql defines, one statement each."""
+    columns = ", ".join(map(quote_ident, table.columns))
+
+    def call(kind: str, args: str, order: str = "") -> Statement:
+        function = f"{RLS_READS_SCHEMA}.{quote_ident(f'{table.name}_{kind}')}"
+        return Statement.parse(f"SELECT {READ_TAG}, {columns} FROM {function}(%(tenant)s, {args}){order}", first=2)
+
+    # The functions return rows in page order; ORDER BY again because SQL promises no order otherwise.
+    return {"get": call("get", "%(id)s"),
+            "first_page": call("first_page", "%(limit)s", " ORDER BY created_at, id"),
+            "next_page": call("next_page", "%(after_ts)s, %(after_id)s, %(limit)s", " ORDER BY created_at, id")}
+
+
+RLS_READS_SCHEMA = "saaslab_rls"
+
+
 class RlsStore(Store):
     """Isolation by row-level security alone.
 
     The queries deliberately carry NO tenant filter (and take the inserted tenant_id from the
     setting, not from a parameter): if the policies were missing, this design would leak, which
-    is exactly what makes it a test of RLS. Every statement, reads included, runs in a transaction
-    that first switches to the `saaslab_app` role (subject to the policies) and sets
-    `saaslab.tenant_id`, both with SET LOCAL, so nothing survives on the pooled connection. BEGIN
-    and both SETs travel as one simple-protocol message: one round trip, not three.
+    is exactly what makes it a test of RLS. Every statement runs as the `saaslab_app` role (subject
+    to the policies, never bypassing them) with `saaslab.tenant_id` set transaction-locally, so
+    nothing survives on the pooled connection:
+
+    * Writes run in a transaction that first switches role and sets the tenant, both with SET
+      LOCAL; BEGIN and both SETs travel as one simple-protocol message: one round trip, not three.
+    * Reads call SECURITY DEFINER functions owned by `saaslab_app` (schema.sql, `saaslab_rls.*`),
+      which set the tenant and run the unfiltered query as that role, in one statement. So reads
+      pipeline like the other designs' (one round trip for a batch, whatever its tenants) rather
+      than costing BEGIN, the query and COMMIT each.
     """
 
     design = "rls"
@@ -296,14 +300,15 @@ class RlsStore(Store):
     def __init__(self, pool: Pool, faults: Faults) -> None:
         super().__init__(pool, faults)
         tenant_from_setting = "current_setting('saaslab.tenant_id')::uuid"
-        self._queries = {t.name: _queries(t, quote_ident(t.name), tenant_value=tenant_from_setting,
-                                          filter_lists=False, filter_by_id=False) for t in TABLES}
+        self._queries = {t.name: dataclasses.replace(
+            _queries(t, quote_ident(t.name), tenant_value=tenant_from_setting, filter_lists=False,
+                     filter_by_id=False), **_rls_reads(t)) for t in TABLES}
         self._begin: dict[str, str] = {}
 
     def _sql(self, tenant: Tenant, table: Table) -> Queries:
         return self._queries[table.name]
 
-    def _read_begin(self, tenant: Tenant) -> str:
+    def _write_begin(self, tenant: Tenant) -> str:
         begin = self._begin.get(tenant.id)
         if begin is None:
             if len(self._begin) >= self.MAX_CACHED_TENANTS:
@@ -313,8 +318,6 @@ class RlsStore(Store):
             begin = self._begin[tenant.id] = (f"BEGIN; SET LOCAL ROLE {self.ROLE}; "
                                               f"SET LOCAL saaslab.tenant_id = '{UUID(tenant.id)}'")
         return begin
-
-    _write_begin = _read_begin
 
 
 class SchemaStore(Store):

@@ -136,15 +136,16 @@ class UsageOut(BaseModel):
     requests: int
 
 
+# `created_at` stays a datetime: orjson writes it as `isoformat()` would (aware, UTC: "+00:00"), in C.
 def project_json(row: Row) -> dict[str, Any]:
     object_id, name, created_at = row
-    return {"id": str(object_id), "name": name, "created_at": created_at.isoformat()}
+    return {"id": str(object_id), "name": name, "created_at": created_at}
 
 
 def payment_json(row: Row) -> dict[str, Any]:
     object_id, amount, currency, status, created_at = row
     return {"id": str(object_id), "amount": amount, "currency": currency, "status": status,
-            "created_at": created_at.isoformat()}
+            "created_at": created_at}
 
 
 # --- ids and cursors --------------------------------------------------------------------------------
@@ -223,9 +224,11 @@ def tenant_router(store: Store, gate: Gate, faults: Faults, idempotency: Idempot
         return register
 
     async def scoped(tenant: Tenant, work: Callable[[], Awaitable[T]]) -> T:
-        """Storage work of one request: inside a scheduler slot, behind the `tenancy.query` point."""
+        """Storage work of one request: inside a scheduler slot, behind the `tenancy.query` point.
+        (`get_project`, the hottest route, spells the same steps out inline.)"""
         async with gate.slot(tenant.id, tenant.plan):
-            await faults.before(QUERY_POINT)
+            if faults.armed:
+                await faults.before(QUERY_POINT)
             result = await work()
         faults.after(QUERY_POINT)
         return result
@@ -250,7 +253,15 @@ def tenant_router(store: Store, gate: Gate, faults: Faults, idempotency: Idempot
     async def get_project(request: Request) -> Response:
         tenant = tenant_of(request)
         object_id = parse_id(request.path_params["project_id"], "project")
-        row = await scoped(tenant, lambda: store.get(tenant, PROJECTS, object_id))
+        # `scoped(...)` spelled out: two coroutines and a closure less per request on the hottest route.
+        granted_at = await gate.acquire(tenant.id, tenant.plan)
+        try:
+            if faults.armed:
+                await faults.before(QUERY_POINT)
+            row = await store.get(tenant, PROJECTS, object_id)
+        finally:
+            gate.release(tenant.id, granted_at)
+        faults.after(QUERY_POINT)
         if row is None:
             raise not_found("project")
         return json_response(project_json(row))

@@ -81,3 +81,41 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- The rls design's reads, each one statement, so that concurrent reads pipeline in one round trip
+-- (repository.py, PipelinedReads) instead of costing BEGIN + SET LOCAL, the query and COMMIT each.
+-- SECURITY DEFINER and owned by saaslab_app: the query inside runs as that role, under the
+-- policies above, after the function has set `saaslab.tenant_id` (transaction-locally: it ends
+-- with the caller's transaction, never outliving it on a pooled connection). The queries carry no
+-- tenant filter: the policies alone decide, exactly as for the design's other statements.
+-- A fixed search_path, as any SECURITY DEFINER function needs; EXECUTE only for the service's login.
+CREATE SCHEMA IF NOT EXISTS saaslab_rls AUTHORIZATION saaslab_app;
+
+DO $$
+DECLARE
+    t text;
+    reads text[][] := ARRAY[
+        -- name suffix, arguments after the tenant, the query's clauses after FROM <table>
+        ARRAY['get', 'object_id uuid', 'WHERE id = object_id'],
+        ARRAY['first_page', 'lim integer', 'ORDER BY created_at, id LIMIT lim'],
+        ARRAY['next_page', 'after_ts timestamptz, after_id uuid, lim integer',
+              'WHERE (created_at, id) > (after_ts, after_id) ORDER BY created_at, id LIMIT lim']];
+    r text[];
+    fn text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['projects', 'payments'] LOOP
+        FOREACH r SLICE 1 IN ARRAY reads LOOP
+            fn := format('saaslab_rls.%I(tenant uuid, %s)', t || '_' || r[1], r[2]);
+            EXECUTE format(
+                'CREATE OR REPLACE FUNCTION %s RETURNS SETOF public.%I'
+                ' LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L',
+                fn, t,
+                format('BEGIN PERFORM set_config(''saaslab.tenant_id'', tenant::text, true);'
+                       ' RETURN QUERY SELECT * FROM public.%I %s; END', t, r[3]));
+            EXECUTE format('ALTER FUNCTION %s OWNER TO saaslab_app', fn);
+            EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, current_user);
+        END LOOP;
+    END LOOP;
+END
+$$;
