@@ -398,6 +398,8 @@ class CircuitBreaker:
 
     def allow(self, now_us: int) -> bool:
         """May this caller make its call now? When not, it fails fast."""
+        if type(self.state) is Closed:  # the common case, kept cheap: it passes and nothing moves
+            return True
         allowed, new = self.state.allow(self.config, now_us)
         self._move(new, now_us)
         return allowed
@@ -405,7 +407,10 @@ class CircuitBreaker:
     def record_success(self, now_us: int) -> None:
         for listener in self.listeners:
             listener.success(self, now_us)
-        self._move(self.state.success(self.config, now_us), now_us)
+        state = self.state
+        if type(state) is Closed and not state.failures:  # the common case: nothing moves
+            return
+        self._move(state.success(self.config, now_us), now_us)
 
     def record_failure(self, now_us: int) -> None:
         for listener in self.listeners:
