@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from saaslab.results import LatencyHistogram
@@ -101,6 +102,8 @@ async def closed_loop(host: str, port: int, request: bytes, *, connections: int,
 
 WARM_CONNECTIONS = 16
 MAX_IN_FLIGHT = 256
+DRAIN_TIMEOUT_S = 60.0
+"""After the last send, how long the open model waits for the answers still outstanding."""
 
 
 @dataclass
@@ -112,6 +115,53 @@ class OpenLoopResult:
     """Requests due while `max_in_flight` were outstanding (a stall), dropped rather than queued."""
 
 
+class _OpenConn(asyncio.Protocol):
+    """One keep-alive connection of the open-model generator, as a bare protocol.
+
+    No stream reader and no task per request: a request is one `transport.write`, and its response is
+    parsed in `data_received` and handed to `done` with the request's intended send time, so the
+    generator's own CPU per request (which shows as its send lag) stays small at thousands of requests
+    a second.
+    """
+
+    def __init__(self, done: Callable[[_OpenConn, int | None], None]) -> None:
+        self._done = done
+        self._buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.intended = 0.0
+        self.busy = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, request: bytes, intended: float) -> None:
+        assert self.transport is not None
+        self.intended, self.busy = intended, True
+        self.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        while (end := buf.find(b"\r\n\r\n")) >= 0:
+            head = bytes(buf[:end])
+            length = 0
+            at = head.lower().find(b"content-length:")
+            if at >= 0:
+                eol = head.find(b"\r\n", at)
+                length = int(head[at + 15:eol if eol >= 0 else len(head)])
+            if len(buf) < end + 4 + length:
+                return
+            del buf[:end + 4 + length]
+            self.busy = False
+            self._done(self, int(head[9:12]))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.busy:
+            self.busy = False
+            self._done(self, None)
+
+
 async def open_loop(host: str, port: int, request: bytes, *, rate: float, seconds: float,
                     max_in_flight: int = MAX_IN_FLIGHT, warm_connections: int = WARM_CONNECTIONS) -> OpenLoopResult:
     """A fixed arrival rate; latency from each request's intended send time (no coordinated omission).
@@ -120,35 +170,50 @@ async def open_loop(host: str, port: int, request: bytes, *, rate: float, second
     after its intended time; latency counts that lag, alike for every server measured, and the lag's
     own histogram says how much of a p99 is the generator's. (Spinning to the exact time instead
     takes a whole core from the servers and makes them, not the generator, late.) Connections are
-    opened before the clock starts. A request due while `max_in_flight` are outstanding is dropped
+    opened before the clock starts (`_OpenConn`: a write per request, responses parsed in the
+    protocol, no task per request). A request due while `max_in_flight` are outstanding is dropped
     and counted apart, not queued: waiting would hide the stall.
     """
+    loop = asyncio.get_running_loop()
     res = LoadResult(0, 0, seconds)
     lag = LatencyHistogram()
-    idle: list[_Conn] = []
-    for _ in range(warm_connections):
-        conn = _Conn(host, port)
-        conn.reader, conn.writer = await asyncio.open_connection(host, port)
-        idle.append(conn)
+    idle: list[_OpenConn] = []
+    every: list[_OpenConn] = []
     in_flight = dropped = 0
+    all_sent = False
+    finished = loop.create_future()
 
-    async def one(intended: float) -> None:
+    def done(conn: _OpenConn, status: int | None) -> None:
         nonlocal in_flight
-        conn = idle.pop() if idle else _Conn(host, port)
-        in_flight += 1
-        try:
-            status = await conn.send(request)
-            res.latency.record_s(time.perf_counter() - intended)
+        in_flight -= 1
+        if status is None:  # the connection died under the request
+            res.errors += 1
+        else:
+            res.latency.record_s(time.perf_counter() - conn.intended)
             res.requests += 1
             _count(res, status)
             idle.append(conn)
-        except OSError:
-            res.errors += 1
-            conn.close()
-        finally:
-            in_flight -= 1
+        if all_sent and in_flight == 0 and not finished.done():
+            finished.set_result(None)
 
-    tasks = []
+    async def connect() -> _OpenConn:
+        _, conn = await loop.create_connection(lambda: _OpenConn(done), host, port)
+        every.append(conn)
+        return conn
+
+    async def send_on_new(intended: float) -> None:
+        nonlocal in_flight
+        try:
+            conn = await connect()
+        except OSError:
+            in_flight -= 1
+            res.errors += 1
+            return
+        conn.send(request, intended)
+
+    for _ in range(warm_connections):
+        idle.append(await connect())
+    pending: set[asyncio.Task[None]] = set()
     interval = 1.0 / rate
     t0 = time.perf_counter() + 0.01
     for i in range(int(rate * seconds)):
@@ -160,10 +225,24 @@ async def open_loop(host: str, port: int, request: bytes, *, rate: float, second
         if in_flight >= max_in_flight:
             dropped += 1
             continue
-        tasks.append(asyncio.ensure_future(one(intended)))
-    await asyncio.gather(*tasks)
-    for c in idle:
-        c.close()
+        in_flight += 1
+        while idle and idle[-1].transport is None:  # closed while idle
+            idle.pop()
+        if idle:
+            idle.pop().send(request, intended)
+        else:
+            task = asyncio.ensure_future(send_on_new(intended))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+    all_sent = True
+    if in_flight:
+        try:
+            await asyncio.wait_for(finished, DRAIN_TIMEOUT_S)
+        except TimeoutError:  # answers that never came are errors, not waits without end
+            res.errors += in_flight
+    for conn in every:
+        if conn.transport is not None:
+            conn.transport.close()
     res.seconds = time.perf_counter() - t0
     return OpenLoopResult(res, lag, dropped)
 
