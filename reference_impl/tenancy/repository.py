@@ -26,6 +26,7 @@ own tenant, and its rows go back to it alone.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import re
@@ -395,6 +396,11 @@ class TenantDirectory:
     A tenant's `limits` can change at runtime (`set_limits`, from any worker), so a cached entry
     lives `cache_ttl_s` (one PostgreSQL query per tenant per second per worker at most); the cache
     is bounded (oldest entry evicted) and unknown keys are not cached.
+
+    Lookups are single-flight: when an entry expires under load, the requests that find it missing
+    share one query (a task they all await, shielded, so a request that goes away does not cancel
+    the others' lookup) instead of each sending its own, a stampede on the tenants table every
+    `cache_ttl_s` for a busy tenant. `lookups` counts the queries sent.
     """
 
     def __init__(self, pool: Pool, cache_size: int = 10_000, cache_ttl_s: float = 1.0) -> None:
@@ -402,6 +408,9 @@ class TenantDirectory:
         self._cache: dict[str, tuple[Tenant, float]] = {}
         self._cache_size = cache_size
         self._cache_ttl_s = cache_ttl_s
+        self._loading: dict[str, asyncio.Task[Tenant | None]] = {}
+        self.lookups = 0
+        """Queries sent to the tenants table by `by_api_key`."""
 
     async def create(self, name: str, plan: str, limits: dict[str, Any] | None) -> tuple[Tenant, str]:
         """A new tenant and its API key; the key is returned once and only its hash is stored."""
@@ -427,6 +436,15 @@ class TenantDirectory:
         if cached is not None and cached[1] > now:
             return cached[0]
         self._cache.pop(key_hash, None)
+        loading = self._loading.get(key_hash)
+        if loading is None:
+            loading = self._loading[key_hash] = asyncio.ensure_future(self._load(key_hash))
+            loading.add_done_callback(lambda done: self._loading.pop(key_hash, None)
+                                      if self._loading.get(key_hash) is done else None)
+        return await asyncio.shield(loading)
+
+    async def _load(self, key_hash: str) -> Tenant | None:
+        self.lookups += 1
         async with self._pool.connection() as conn:
             row = await conn.fetchrow("SELECT id::text, name, plan, limits::text FROM tenants WHERE api_key_hash = $1",
                                       key_hash)
@@ -436,5 +454,5 @@ class TenantDirectory:
             del self._cache[next(iter(self._cache))]
         tenant_id, name, plan, limits = row
         tenant = Tenant(tenant_id, name, plan, json.loads(limits) if limits else None)
-        self._cache[key_hash] = (tenant, now + self._cache_ttl_s)
+        self._cache[key_hash] = (tenant, time.monotonic() + self._cache_ttl_s)
         return tenant
