@@ -82,8 +82,10 @@ class _TenantLimit:
     limit_header: tuple[bytes, bytes]
     policy_header_encoded: tuple[bytes, bytes]
     period: str = ""
-    usage_key: str = ""
-    """The usage counter of `period`."""
+    keys: tuple[str, str] = ("", "")
+    """The limiter key and the usage counter of `period`."""
+    packed: bytes = b""
+    """The EVALSHA command for `keys` and `args`, packed once a period."""
 
 
 class RateLimitService:
@@ -132,8 +134,9 @@ class RateLimitService:
             return await self._naive.decide(limit.tenant.id, limit.policy)
         assert self._runner is not None
         if limit.period != period:  # the usage key changes once a month
-            limit.period, limit.usage_key = period, usage_key(self._prefix, limit.tenant.id, period)
-        call = self._runner((limit.key, limit.usage_key), limit.args)
+            limit.period, limit.keys = period, (limit.key, usage_key(self._prefix, limit.tenant.id, period))
+            limit.packed = self._runner.pack(limit.keys, limit.args)
+        call = self._runner.call_packed(limit.packed, limit.keys, limit.args)
         # A per-call deadline on the runner's own future (cheaper than asyncio.timeout, which reschedules
         # the task): the reply arriving later finds the future done and is dropped.
         deadline = asyncio.get_running_loop().call_later(self.timeout_s, _time_out, call)
