@@ -14,7 +14,9 @@ Two figures, measured in one run on one machine:
    most 2 ms. Beside each such round, the same server's bare `GET /bench/bare` gets the same
    arrival rate from the same generator: its p99 is the floor this harness and machine put under
    any p99 (the generator's timer ticks, loopback, scheduling on a shared machine), so a p99 above
-   the target can be told apart from one the harness could not have measured below it.
+   the target can be told apart from one the harness could not have measured below it. One more
+   replay round and floor round at lighter loads (`LIGHTER_LOADS`) show how much of the p99 is
+   queueing.
 
 As in `bench/tenancy.py`: each server is one uvicorn worker pinned to one core and the load
 generator is pinned to the other; a tenant with a limit the benchmark never reaches keeps the rate
@@ -60,6 +62,8 @@ OPEN_PAIRS = 3
 """Open-model replay rounds per design (alternating designs); the p99 is the median of them."""
 OPEN_LOAD = 0.5
 """The open-model arrival rate, as a share of the design's replay saturation."""
+LIGHTER_LOADS = (0.1, 0.25)
+"""Shares of saturation at which one more replay round (and its floor) shows how the tail grows with load."""
 TARGET_REPLAY_P99_MS = 2.0
 WARM_S = 1.0
 LIMITER_TIMEOUT_MS = 2000
@@ -265,6 +269,14 @@ def bench_replay(servers: list[Server], seconds: float) -> dict[str, dict]:
                    "dropped": sum(r["dropped"] for r in rounds), "caveat": _caveat(rounds),
                    "target_ms": TARGET_REPLAY_P99_MS, "meets_target": p99 <= TARGET_REPLAY_P99_MS,
                    "closed_rounds": closed[d], "open_rounds": rounds}
+    # How the tail grows with load: one replay round and one floor round per lighter share.
+    for share in LIGHTER_LOADS:
+        for s in servers:
+            replayed = s.open_round(share * saturation[s.design], seconds)
+            bare = s.open_round(share * saturation[s.design], seconds, bare=True)
+            rows[s.design].setdefault("by_load", {})[share] = {
+                "p50_ms": replayed["p50_ms"], "p99_ms": replayed["p99_ms"], "floor_p99_ms": bare["p99_ms"],
+                "send_lag_p99_ms": max(replayed["send_lag_p99_ms"], bare["send_lag_p99_ms"])}
     return rows
 
 
@@ -320,6 +332,14 @@ def _markdown(throughput: list[dict], replay: dict[str, dict], seconds: float, l
                   f"{r['floor_p50_ms']:.2f} / {r['floor_p99_ms']:.2f} ms | {r['p99_over_floor_ms']:+.2f} ms | "
                   f"<= {TARGET_REPLAY_P99_MS:g} ms | "
                   f"{_yes(r['meets_target'])}{caveat} |")
+    md += ["", "The replay p99 at lighter loads (one round each, with its floor), against the half-saturation "
+               "figures above:", "",
+           "| design | " + " | ".join(f"{share:g} x saturation: p50 / p99 / floor p99" for share in LIGHTER_LOADS) + " |",
+           "| --- |" + " --- |" * len(LIGHTER_LOADS)]
+    for d, r in replay.items():
+        md.append(f"| {d} | " + " | ".join(
+            f"{b['p50_ms']:.2f} / {b['p99_ms']:.2f} / {b['floor_p99_ms']:.2f} ms"
+            for b in (r["by_load"][share] for share in LIGHTER_LOADS)) + " |")
     md += ["", f"The machine is shared: load average {load['before']:.2f} before and {load['after']:.2f} after the "
                f"run on {os.cpu_count()} cores, so figures are noisy. The generator's own send lag p99 was at most "
                f"{max(r['send_lag_p99_ms_max'] for r in replay.values()):.3f} ms. Floor: the same server's bare "
