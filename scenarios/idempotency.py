@@ -324,9 +324,10 @@ def measured_capacity_rps(setup: Setup = SETUP) -> float:
     return capacity_rps(replace(setup, p_slow=0.0))
 
 
-def workload(load_point: float, setup: Setup = SETUP) -> Workload:
-    """The logical payments: Poisson at `load_point` x capacity (shared with the load test)."""
-    return Workload(tenants=(TenantSpec(TENANT, rate=load_point * capacity_rps(setup)),), process="poisson",
+def workload(load_point: float, setup: Setup = SETUP, *,
+             capacity: Callable[[Setup], float] = capacity_rps) -> Workload:
+    """The logical payments: Poisson at `load_point` x `capacity(setup)` (shared with the load test)."""
+    return Workload(tenants=(TenantSpec(TENANT, rate=load_point * capacity(setup)),), process="poisson",
                     duration_s=setup.duration_s, params={"load_point": load_point})
 
 
@@ -1154,9 +1155,7 @@ def simulate_as_live(design: str, load_point: float, seed: int, *, setup: Setup 
     """One run of the live plan (`setup`, default `as_live()`): the `aslive_*` rows. The payments arrive at
     `load_point` x the capacity measured as the live harness does (`measured_capacity_rps`)."""
     setup = setup if setup is not None else as_live()
-    schedule = arrivals(Workload(tenants=(TenantSpec(TENANT, rate=load_point * measured_capacity_rps(setup)),),
-                                 process="poisson", duration_s=setup.duration_s, params={"load_point": load_point}),
-                        seed)
+    schedule = arrivals(workload(load_point, setup, capacity=measured_capacity_rps), seed)
     result = simulate(design, load_point, seed, setup, schedule=schedule)
     rows = [replace(r, metric=AS_LIVE + r.metric) for r in result.rows(run_id or new_run_id(PATTERN, "sim"))
             if r.metric in AS_LIVE_METRICS]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -240,7 +240,7 @@ class PipelinedReads:
     are the read's place in its batch (`SELECT $1::int4, ...`; see READ_TAG), so every row goes back
     to the read that asked for it, however many rows each read finds (a point read may find none,
     and reads of different tenants can share a batch without seeing each other's rows). Reads
-    submitted during one turn of the event loop with the same statement and the same `begin` leave
+    submitted during one turn of the event loop with the same statement leave
     together: asyncpg's `fetchmany` sends a Bind and Execute per read and one Sync, in one write,
     and the replies come back together. Like the script runner, a read adds no waiting: its batch
     leaves as soon as the loop has run the callbacks already ready. Under load that turns, say,
@@ -248,9 +248,8 @@ class PipelinedReads:
     to parse and dispatch) into one of each, which is most of what a point read costs the service.
 
     What a read sees is what it would see alone: each execution takes its own snapshot (READ
-    COMMITTED), in the implicit transaction of the pipeline or, with `begin` (BEGIN plus SET LOCALs,
-    as row-level security needs), in an explicit one that COMMITs after it, so nothing set for the
-    batch outlives it on the connection. An error PostgreSQL reports stops a pipeline at the read that
+    COMMITTED), in the implicit transaction of the pipeline, so nothing a read sets transaction-locally
+    (the rls design's read functions set the tenant so) outlives the batch on the connection. An error PostgreSQL reports stops a pipeline at the read that
     caused it, so a failed batch of several reads is run again read by read, and one read's error is
     never another's; a failure of the connection or the pool fails every read of the batch.
     """
@@ -258,7 +257,7 @@ class PipelinedReads:
     def __init__(self, pool: Pool, *, max_batch: int = MAX_PIPELINED_READS) -> None:
         self._pool = pool
         self._max_batch = max_batch
-        self._queued: dict[tuple[str, str | None], list[_Read]] = {}
+        self._queued: dict[str, list[_Read]] = {}
         self._flush_scheduled = False
         self._batches: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
         self.batches = 0
@@ -266,16 +265,14 @@ class PipelinedReads:
         self.reads = 0
         """Reads they carried."""
 
-    def fetch(self, sql: str, args: Sequence[Any], *, begin: str | None = None,
-              one: bool = False) -> asyncio.Future[Any]:
+    def fetch(self, sql: str, args: Sequence[Any], *, one: bool = False) -> asyncio.Future[Any]:
         """Run tagged statement `sql` with `args` (the tag excluded) in the next pipeline: the rows
         without their tag, as tuples; with `one`, the first of them or None."""
         loop = asyncio.get_running_loop()
         result: asyncio.Future[Any] = loop.create_future()
-        key = (sql, begin)
-        reads = self._queued.get(key)
+        reads = self._queued.get(sql)
         if reads is None:
-            reads = self._queued[key] = []
+            reads = self._queued[sql] = []
         reads.append((result, args, one))
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -285,21 +282,21 @@ class PipelinedReads:
     def _flush(self) -> None:
         self._flush_scheduled = False
         queued, self._queued = self._queued, {}
-        for (sql, begin), reads in queued.items():
+        for sql, reads in queued.items():
             for start in range(0, len(reads), self._max_batch):
-                batch = asyncio.ensure_future(self._run(sql, begin, reads[start:start + self._max_batch]))
+                batch = asyncio.ensure_future(self._run(sql, reads[start:start + self._max_batch]))
                 self._batches.add(batch)
                 batch.add_done_callback(self._batches.discard)
 
-    async def _run(self, sql: str, begin: str | None, reads: list[_Read]) -> None:
+    async def _run(self, sql: str, reads: list[_Read]) -> None:
         self.batches += 1
         self.reads += len(reads)
         try:
-            rows = await self._pipeline(sql, begin, [(i, *args) for i, (_, args, _) in enumerate(reads)])
+            rows = await self._pipeline(sql, [(i, *args) for i, (_, args, _) in enumerate(reads)])
         except asyncpg.PostgresError as exc:
             if len(reads) > 1 and not isinstance(exc, asyncpg.PostgresConnectionError):
                 for read in reads:  # find the read that failed; the others get their answers
-                    await self._run_alone(sql, begin, read)
+                    await self._run_alone(sql, read)
                 return
             _fail(reads, exc)
             return
@@ -315,24 +312,21 @@ class PipelinedReads:
             if not result.done():
                 result.set_result((read_rows[0] if read_rows else None) if one else read_rows)
 
-    async def _run_alone(self, sql: str, begin: str | None, read: _Read) -> None:
+    async def _run_alone(self, sql: str, read: _Read) -> None:
         result, args, one = read
         if result.done():  # its request is gone
             return
         try:
-            rows = await self._pipeline(sql, begin, [(0, *args)])
+            rows = await self._pipeline(sql, [(0, *args)])
         except Exception as exc:
             _fail([read], exc)
             return
         if not result.done():
             result.set_result((rows[0][1:] if rows else None) if one else [row[1:] for row in rows])
 
-    async def _pipeline(self, sql: str, begin: str | None, args: list[tuple[Any, ...]]) -> list[Any]:
+    async def _pipeline(self, sql: str, args: list[tuple[Any, ...]]) -> list[Any]:
         async with self._pool.connection() as conn:
-            if begin is None:
-                return await conn.fetchmany(sql, args)
-            async with Transaction(conn, begin):
-                return await conn.fetchmany(sql, args)
+            return await conn.fetchmany(sql, args)
 
 
 def _fail(reads: list[_Read], exc: BaseException) -> None:
@@ -359,6 +353,19 @@ async def migrate(pool: Pool, scripts: Iterable[Path]) -> None:
         for script in scripts:
             # No arguments: asyncpg sends it with the simple protocol, so one script may hold many statements.
             await conn.execute(script.read_text())
+
+
+@contextlib.asynccontextmanager
+async def migrated_pool(database_url: str, scripts: Iterable[Path], *, max_size: int = 2) -> AsyncIterator[Pool]:
+    """An open pool on a database the `scripts` have migrated, closed on exit: for what runs beside the
+    service (the completer, the reaper, tests) and must not depend on the service having started first."""
+    pool = Pool(database_url, min_size=1, max_size=max_size)
+    await pool.open()
+    try:
+        await migrate(pool, scripts)
+        yield pool
+    finally:
+        await pool.close()
 
 
 async def ping(pool: Pool, timeout_s: float) -> None:

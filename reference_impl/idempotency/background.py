@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, suppress
 
 from reference_impl.app import MIGRATIONS
-from reference_impl.common.db import Pool, migrate
+from reference_impl.common.db import Pool, migrated_pool
 from reference_impl.common.faults import Faults
 from reference_impl.common.metrics import Metrics
 from reference_impl.idempotency import completer, reaper
@@ -25,17 +25,10 @@ from reference_impl.tenancy.repository import make_store
 from saaslab.settings import Settings
 
 
-@asynccontextmanager
-async def _pool(settings: Settings) -> AsyncIterator[Pool]:
+def _pool(settings: Settings) -> AbstractAsyncContextManager[Pool]:
     if not settings.database_url:
         raise ValueError("settings.database_url is not set")
-    pool = Pool(settings.database_url, min_size=1, max_size=2)
-    await pool.open()
-    try:
-        await migrate(pool, MIGRATIONS)
-        yield pool
-    finally:
-        await pool.close()
+    return migrated_pool(settings.database_url, MIGRATIONS)
 
 
 async def _until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:

@@ -315,14 +315,24 @@ def decide(algorithm: str, state: Any, now_us: int, policy: Policy, cost: int = 
 # HTTP headers (CONTRACT.md, "Rate limiting")
 
 
+def remaining_header(remaining: int) -> str:
+    """`RateLimit-Remaining`: never negative."""
+    return str(max(0, remaining))
+
+
+def reset_header(reset_us: int) -> str:
+    """`RateLimit-Reset`: whole seconds, rounded up."""
+    return str(_ceil_div(max(0, reset_us), US_PER_S))
+
+
 def ratelimit_headers(policy: Policy, *, allowed: bool, remaining: int, reset_us: int,
                       retry_after_us: int) -> dict[str, str]:
     """`RateLimit-*` headers, plus `Retry-After` (whole seconds, at least 1) when refused."""
     window = policy.window_s
     headers = {
         "RateLimit-Limit": str(policy.requests),
-        "RateLimit-Remaining": str(max(0, remaining)),
-        "RateLimit-Reset": str(_ceil_div(max(0, reset_us), US_PER_S)),
+        "RateLimit-Remaining": remaining_header(remaining),
+        "RateLimit-Reset": reset_header(reset_us),
         "RateLimit-Policy": f"{policy.requests};w={int(window) if window == int(window) else window}",
     }
     if not allowed:

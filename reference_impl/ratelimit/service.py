@@ -35,7 +35,7 @@ from reference_impl.common.per_request import USAGE_TTL_S, Admission
 from reference_impl.common.problem import Problem
 from reference_impl.common.redis_client import ScriptRunner
 from reference_impl.ratelimit.breaker import FailurePolicy, redis_breaker
-from reference_impl.ratelimit.core import US_PER_S, Policy, ratelimit_headers
+from reference_impl.ratelimit.core import US_PER_S, Policy, ratelimit_headers, remaining_header, reset_header
 from reference_impl.ratelimit.invariants import DECIDED_AT_HEADER
 from reference_impl.ratelimit.policies import policy_for
 from reference_impl.ratelimit.redis_store import (
@@ -130,8 +130,10 @@ class RateLimitService:
         return entry
 
     async def _decide(self, limit: _TenantLimit, period: str) -> LimitResult:
+        """One decision from Redis, within `timeout_s` (else TimeoutError)."""
         if self._naive is not None:
-            return await self._naive.decide(limit.tenant.id, limit.policy)
+            async with asyncio.timeout(self.timeout_s):
+                return await self._naive.decide(limit.tenant.id, limit.policy)
         assert self._runner is not None
         if limit.period != period:  # the usage key changes once a month
             limit.period, limit.keys = period, (limit.key, usage_key(self._prefix, limit.tenant.id, period))
@@ -153,11 +155,7 @@ class RateLimitService:
             return self._unavailable(limit, period)
         self.redis_calls += 1
         try:
-            if self._naive is not None:
-                async with asyncio.timeout(self.timeout_s):
-                    result = await self._decide(limit, period)
-            else:
-                result = await self._decide(limit, period)
+            result = await self._decide(limit, period)
         except LIMITER_ERRORS:
             self.breaker.record_failure(_now_us())
             return self._unavailable(limit, period)
@@ -167,8 +165,8 @@ class RateLimitService:
             self.outcomes["allowed"] += 1
             return Admission(period, result.usage, headers=(
                 limit.limit_header,
-                (b"ratelimit-remaining", str(max(0, result.remaining)).encode()),
-                (b"ratelimit-reset", str(-(-max(0, result.reset_us) // US_PER_S)).encode()),
+                (b"ratelimit-remaining", remaining_header(result.remaining).encode()),
+                (b"ratelimit-reset", reset_header(result.reset_us).encode()),
                 limit.policy_header_encoded))
         refused = not result.allowed and not self.shadow
         headers = ratelimit_headers(limit.policy, allowed=not refused, remaining=result.remaining,
@@ -190,7 +188,7 @@ class RateLimitService:
     def _unavailable(self, limit: _TenantLimit, period: str) -> Admission:
         self.outcomes["limiter_unavailable"] += 1
         if self.failure.admits:
-            return Admission(period, None, headers=_encode(limit.policy_header))
+            return Admission(period, None, headers=(limit.policy_header_encoded,))
         retry_after_s = max(1, -(-self.breaker.retry_after_us(_now_us()) // US_PER_S))
         return Admission(period, None, refusal=Problem(
             503, "ratelimit-unavailable", "The rate limiter cannot decide right now; retry later.",

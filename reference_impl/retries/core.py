@@ -299,7 +299,7 @@ class Closed:
         return True, self
 
     def success(self, config: BreakerConfig, now_us: int) -> BreakerState:
-        return Closed()
+        return Closed() if self.failures else self
 
     def failure(self, config: BreakerConfig, now_us: int) -> BreakerState:
         failures = self.failures + 1
@@ -398,8 +398,6 @@ class CircuitBreaker:
 
     def allow(self, now_us: int) -> bool:
         """May this caller make its call now? When not, it fails fast."""
-        if type(self.state) is Closed:  # the common case, kept cheap: it passes and nothing moves
-            return True
         allowed, new = self.state.allow(self.config, now_us)
         self._move(new, now_us)
         return allowed
@@ -407,10 +405,7 @@ class CircuitBreaker:
     def record_success(self, now_us: int) -> None:
         for listener in self.listeners:
             listener.success(self, now_us)
-        state = self.state
-        if type(state) is Closed and not state.failures:  # the common case: nothing moves
-            return
-        self._move(state.success(self.config, now_us), now_us)
+        self._move(self.state.success(self.config, now_us), now_us)
 
     def record_failure(self, now_us: int) -> None:
         for listener in self.listeners:

@@ -155,8 +155,7 @@ class Store:
     """Tenant-scoped storage. Subclasses choose the design; the interface is the same for all.
 
     Writes run in a transaction with the `tenancy.commit` fault point just before COMMIT; reads
-    are pipelined with the concurrent reads of the same statement (one round trip per batch), in
-    a transaction per batch if the design needs one.
+    are pipelined with the concurrent reads of the same statement (one round trip per batch).
     """
 
     design: ClassVar[str]
@@ -173,16 +172,12 @@ class Store:
     def _sql(self, tenant: Tenant, table: Table) -> Queries:
         raise NotImplementedError
 
-    def _read_begin(self, tenant: Tenant) -> str | None:
-        """What opens the transaction of a batch of reads (of this tenant only); None: none is needed."""
-        return None
-
     def _write_begin(self, tenant: Tenant) -> str:
         return self.WRITE_BEGIN
 
     def _read(self, tenant: Tenant, statement: Statement, values: Mapping[str, Any], *, one: bool) -> Awaitable[Any]:
         # A future of the pipeline, not a coroutine: no frame of ours sits on the hot path's stack.
-        return self.reads.fetch(statement.sql, statement.args(values), begin=self._read_begin(tenant), one=one)
+        return self.reads.fetch(statement.sql, statement.args(values), one=one)
 
     async def _write(self, tenant: Tenant, statement: Statement, values: Mapping[str, Any],
                      execute: Callable[[asyncpg.Connection, str, list[Any]], Awaitable[T]]) -> T:

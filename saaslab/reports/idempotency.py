@@ -387,10 +387,8 @@ def _sim_vs_live_table(comps: list[Comparison], sim_present: bool) -> Table:
         columns += [f"{label} simulated", f"{label} measured", "gap"]
     if replayed:
         simulated = ("The simulated column replays the live load test's plan in the model "
-                     "(`scenarios.idempotency.LIVE_PLAN`: every payment double-clicked by 2 or 3 clients, the same "
-                     "timeout, backoff, attempts and retry budget, the steady, slow-provider and storm phases, the two "
-                     "one-shot crashes and the reconcile pass, on a service of the live run's workers, slots and lock "
-                     "timeout), mean ± 95% CI over seeds"
+                     "(`scenarios.idempotency.LIVE_PLAN`, as the workload section spells it out: the same clients, "
+                     "fault phases, crashes, reconcile pass and service), mean ± 95% CI over seeds"
                      + (f"; cells marked{OWN_WORKLOAD} come from the simulation's own, milder workload (it did not "
                         "replay the live plan at that load)" if own else "") + ". ")
     else:

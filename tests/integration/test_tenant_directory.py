@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from reference_impl.app import MIGRATIONS
-from reference_impl.common.db import Pool, migrate
+from reference_impl.common.db import Pool, migrated_pool
 from reference_impl.tenancy.repository import TenantDirectory
 from saaslab.settings import Settings
 
@@ -23,13 +23,8 @@ CONCURRENT = 50
 
 @pytest.fixture
 async def pool(settings: Settings) -> AsyncIterator[Pool]:
-    pool = Pool(settings.database_url or "", min_size=1, max_size=8)
-    await pool.open()
-    try:
-        await migrate(pool, MIGRATIONS)
+    async with migrated_pool(settings.database_url or "", MIGRATIONS, max_size=8) as pool:
         yield pool
-    finally:
-        await pool.close()
 
 
 async def test_concurrent_misses_share_one_lookup_each_time_the_entry_expires(pool: Pool) -> None:
