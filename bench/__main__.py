@@ -7,6 +7,8 @@ import importlib
 import json
 from pathlib import Path
 
+from saaslab.services import exit_on_sigterm
+
 BENCHES = ("tenancy", "ratelimit", "idempotency")
 
 
@@ -16,6 +18,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/bench"), help="output folder")
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per round")
     args = parser.parse_args()
+    exit_on_sigterm()  # a killed benchmark stops its servers rather than leaving them pinned to its core
     unknown = sorted(set(args.patterns) - set(BENCHES))
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHES)}")

@@ -11,6 +11,11 @@ Two modes: `closed` (N connections as fast as they can: saturation throughput) a
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
+import os
+import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -162,14 +167,82 @@ class _OpenConn(asyncio.Protocol):
             self._done(self, None)
 
 
+PRECISE_TIMER = sys.platform == "linux" and time.get_clock_info("perf_counter").implementation.endswith(
+    "(CLOCK_MONOTONIC)")
+"""Whether `_Ticker` can use a timerfd on the clock `time.perf_counter()` reads."""
+MAX_SEND_LAG_P99_MS = 0.5 if PRECISE_TIMER else 2.0
+"""A generator send lag p99 beyond which a round's tail says more about the generator's core than the server:
+the timerfd ticker sends within about 0.2 ms at p99 on a quiet core (the loop's millisecond timers, where
+there is no timerfd, within about two ticks)."""
+
+
+class _Ticker:
+    """Waits until a `time.perf_counter()` instant, to within tens of microseconds where it can.
+
+    The event loop's own timers (asyncio's and uvloop's alike) sleep in whole milliseconds, so a
+    send scheduled with them leaves up to a millisecond late, and that lag lands in every latency
+    the open model reports. On Linux a timerfd armed at the absolute instant (perf_counter is
+    CLOCK_MONOTONIC there) wakes the loop's poll when it fires, whatever the poll's timeout; the
+    generator's own timer slack is cut to 1 µs so the kernel does not batch the wakeup. Elsewhere
+    it falls back to `asyncio.sleep`.
+    """
+
+    _CLOCK_MONOTONIC, _TFD_NONBLOCK, _TFD_CLOEXEC, _TFD_TIMER_ABSTIME, _PR_SET_TIMERSLACK = 1, 0o4000, 0o2000000, 1, 29
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._fd = -1
+        self._waiter: asyncio.Future[None] | None = None
+        if PRECISE_TIMER:
+            self._libc = ctypes.CDLL(None, use_errno=True)
+            self._fd = self._libc.timerfd_create(self._CLOCK_MONOTONIC, self._TFD_NONBLOCK | self._TFD_CLOEXEC)
+        if self._fd >= 0:
+            self._libc.prctl(self._PR_SET_TIMERSLACK, 1, 0, 0, 0)
+            loop.add_reader(self._fd, self._fired)
+
+    @property
+    def precise(self) -> bool:
+        return self._fd >= 0
+
+    def _fired(self) -> None:
+        try:
+            os.read(self._fd, 8)
+        except BlockingIOError:
+            return
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def until(self, instant: float) -> None:
+        delay = instant - time.perf_counter()
+        if delay <= 0:
+            return
+        if self._fd < 0:
+            await asyncio.sleep(delay)
+            return
+        sec, frac = divmod(instant, 1.0)
+        # struct itimerspec {it_interval, it_value}: one shot at `instant`.
+        spec = struct.pack("qqqq", 0, 0, int(sec), int(frac * 1e9))
+        self._waiter = self._loop.create_future()
+        if self._libc.timerfd_settime(self._fd, self._TFD_TIMER_ABSTIME, spec, None) != 0:
+            raise OSError(ctypes.get_errno(), "timerfd_settime failed")
+        await self._waiter
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+
 async def open_loop(host: str, port: int, request: bytes, *, rate: float, seconds: float,
                     max_in_flight: int = MAX_IN_FLIGHT, warm_connections: int = WARM_CONNECTIONS) -> OpenLoopResult:
     """A fixed arrival rate; latency from each request's intended send time (no coordinated omission).
 
-    The event loop's timers tick in milliseconds, so a send can leave up to about a millisecond
-    after its intended time; latency counts that lag, alike for every server measured, and the lag's
-    own histogram says how much of a p99 is the generator's. (Spinning to the exact time instead
-    takes a whole core from the servers and makes them, not the generator, late.) Connections are
+    Sends are timed by `_Ticker` (a timerfd on Linux: the event loop's own timers tick in whole
+    milliseconds, which would put up to a millisecond of the generator's lag into every latency).
+    Any lag left is counted in the latency, alike for every server measured, and the lag's own
+    histogram says how much of a p99 is the generator's. (Spinning to the exact time instead takes a
+    whole core from the servers and makes them, not the generator, late.) Connections are
     opened before the clock starts (`_OpenConn`: a write per request, responses parsed in the
     protocol, no task per request). A request due while `max_in_flight` are outstanding is dropped
     and counted apart, not queued: waiting would hide the stall.
@@ -215,35 +288,42 @@ async def open_loop(host: str, port: int, request: bytes, *, rate: float, second
         idle.append(await connect())
     pending: set[asyncio.Task[None]] = set()
     interval = 1.0 / rate
-    t0 = time.perf_counter() + 0.01
-    for i in range(int(rate * seconds)):
-        intended = t0 + i * interval
-        delay = intended - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        lag.record_s(time.perf_counter() - intended)
-        if in_flight >= max_in_flight:
-            dropped += 1
-            continue
-        in_flight += 1
-        while idle and idle[-1].transport is None:  # closed while idle
-            idle.pop()
-        if idle:
-            idle.pop().send(request, intended)
-        else:
-            task = asyncio.ensure_future(send_on_new(intended))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-    all_sent = True
-    if in_flight:
-        try:
-            await asyncio.wait_for(finished, DRAIN_TIMEOUT_S)
-        except TimeoutError:  # answers that never came are errors, not waits without end
-            res.errors += in_flight
-    for conn in every:
-        if conn.transport is not None:
-            conn.transport.close()
-    res.seconds = time.perf_counter() - t0
+    ticker = _Ticker(loop)
+    # What the generator has accumulated so far (earlier rounds' results) is frozen out of the
+    # collector's scans, so a full collection cannot pause the sends of this round.
+    gc.collect()
+    gc.freeze()
+    try:
+        t0 = time.perf_counter() + 0.01
+        for i in range(int(rate * seconds)):
+            intended = t0 + i * interval
+            await ticker.until(intended)
+            lag.record_s(time.perf_counter() - intended)
+            if in_flight >= max_in_flight:
+                dropped += 1
+                continue
+            in_flight += 1
+            while idle and idle[-1].transport is None:  # closed while idle
+                idle.pop()
+            if idle:
+                idle.pop().send(request, intended)
+            else:
+                task = asyncio.ensure_future(send_on_new(intended))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+        all_sent = True
+        ticker.close()
+        if in_flight:
+            try:
+                await asyncio.wait_for(finished, DRAIN_TIMEOUT_S)
+            except TimeoutError:  # answers that never came are errors, not waits without end
+                res.errors += in_flight
+        for conn in every:
+            if conn.transport is not None:
+                conn.transport.close()
+        res.seconds = time.perf_counter() - t0
+    finally:
+        gc.unfreeze()
     return OpenLoopResult(res, lag, dropped)
 
 

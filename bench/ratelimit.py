@@ -46,7 +46,14 @@ import httpx
 import psutil
 
 from bench import httpload
-from bench.tenancy import CONNECTIONS, UNREACHABLE_LIMIT, _pin, _round, start_server, stop_server
+from bench.tenancy import (
+    CONNECTIONS,
+    UNREACHABLE_LIMIT,
+    _round,
+    bench_services,
+    start_server,
+    stop_server,
+)
 from reference_impl.common.redis_client import Arg, ScriptRunner, make_redis
 from reference_impl.ratelimit.core import Policy
 from reference_impl.ratelimit.redis_store import (
@@ -57,7 +64,7 @@ from reference_impl.ratelimit.redis_store import (
     script_source,
 )
 from reference_impl.tenancy.core import usage_key, usage_period
-from saaslab.services import ServiceError, free_port, services_for
+from saaslab.services import ServiceError, free_port
 from saaslab.settings import Settings
 
 ALGORITHM = "token_bucket"
@@ -69,8 +76,6 @@ CONCURRENCY = CONNECTIONS
 OPEN_LOAD = 0.5
 """The open-model arrival rate, as a share of the limiter-off service's saturation throughput."""
 LIMITER_TIMEOUT_MS = 2000
-MAX_SEND_LAG_P99_MS = 2.0
-"""Beyond about two of the event loop's timer ticks, the generator's core is busy with other work."""
 TARGET_REDIS = 0.6
 TARGET_SERVICE = 0.75
 TARGET_ADDED_P99_MS = 1.0
@@ -260,7 +265,7 @@ def _caveat(opened: list[dict]) -> str:
     rounds = [r for pair in opened for r in pair.values()]
     if any(r["dropped"] for r in rounds):  # a stall filled httpload.MAX_IN_FLIGHT: the tail went unmeasured
         return "stalled: requests dropped"
-    if max(r["send_lag_p99_ms"] for r in rounds) > MAX_SEND_LAG_P99_MS:
+    if max(r["send_lag_p99_ms"] for r in rounds) > httpload.MAX_SEND_LAG_P99_MS:
         return "unreliable: the load generator itself was late"
     return ""
 
@@ -335,9 +340,8 @@ def _yes(met: bool) -> str:
 
 
 def run(out: Path, *, seconds: float = 4.0) -> dict:
-    _pin(1)
     prefix = f"bench-rl-{uuid.uuid4().hex[:8]}"  # this run's keys only, dropped at the end
-    with services_for(Settings()) as settings:
+    with bench_services() as settings:
         try:
             redis_row = bench_redis(settings, prefix, seconds)  # loads the script, so its SHA is known
             redis_row["redis_benchmark"] = bench_redis_benchmark(settings, prefix)

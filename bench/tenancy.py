@@ -1,9 +1,13 @@
 """Tenancy benchmark: what auth plus tenant isolation cost on the hot path.
 
-Throughput of `GET /v1/projects/{id}` (API-key auth, the per-request Redis script, a scheduler
-slot, a repository read under the isolation design) against the bare `GET /bench/bare` route of
-the same server, in the same run. Target: at least 0.7x. The server runs one uvicorn worker pinned
-to one core and the load generator is pinned to the other, so the two do not steal each other's CPU.
+Throughput of `GET /v1/projects/{id}` (API-key auth, the per-request Redis round trip that meters
+usage, a scheduler slot, a repository read under the isolation design) against the bare
+`GET /bench/bare` route of the same server, in the same run. Target: at least 0.7x, for auth and
+tenancy as the foundation issue names them, so the rate limiter is off in those rows. The same
+comparison then runs with the limiter on (the service's default stack): the limiter's own cost is
+`bench/ratelimit.py`'s subject, and showing both keeps the two from being confused. The server runs
+one uvicorn worker pinned to one core and the load generator is pinned to the other, so the two do
+not steal each other's CPU.
 
 The machine is shared, so background load drifts while the benchmark runs. Rounds therefore come
 in adjacent pairs, in ABBA order (bare-scoped, scoped-bare, ...) so that a drift hits both routes
@@ -21,6 +25,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -36,11 +42,28 @@ PAIRS = 4
 # 100k requests a second, a bucket of ten million: far beyond any run, within the limiter's exact range.
 UNREACHABLE_LIMIT = {"requests": 10_000_000, "window_s": 100}
 TARGET = 0.7
+TARGET_STACK = "auth + tenancy"
 
 
-def _pin(cpu: int) -> None:
+def _pin(cpu: int | None) -> None:
+    """Pin this process to one core (None: let it run on any)."""
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(0, {cpu})
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)) if cpu is None else {cpu})
+
+
+@contextmanager
+def bench_services() -> Iterator[Settings]:
+    """The PostgreSQL and Redis servers for a benchmark, then this process (the load generator) on core 1.
+
+    Embedded servers inherit the affinity of the process that starts them, so they start before the pin:
+    pinned beside the generator they would wait for its core on every round trip (and redis-benchmark's
+    rates would be two processes sharing one core), where a deployment's servers, like the machine's own,
+    run on any core.
+    """
+    _pin(None)
+    with services_for(Settings()) as settings:
+        _pin(1)
+        yield settings
 
 
 def start_server(settings: Settings, port: int, **env_overrides: str) -> subprocess.Popen:
@@ -97,9 +120,13 @@ def _round(server: psutil.Process, port: int, request: bytes, seconds: float) ->
             "client_cpu_share": (_cpu_s(client) - client_cpu) / wall}
 
 
-def bench_design(settings: Settings, design: str, seconds: float) -> dict:
+# The stacks measured: the target's (auth + tenancy) and the default service's, with its limiter.
+STACKS = {"auth + tenancy": "off", "+ rate limiter": Settings.model_fields["ratelimit"].default}
+
+
+def bench_design(settings: Settings, design: str, seconds: float, stack: str = "auth + tenancy") -> dict:
     port = free_port()
-    proc = start_server(settings, port, SAASLAB_ISOLATION=design)
+    proc = start_server(settings, port, SAASLAB_ISOLATION=design, SAASLAB_RATELIMIT=STACKS[stack])
     try:
         base = f"http://127.0.0.1:{port}"
         # The limiter decides every request as usual, under a limit the benchmark never reaches.
@@ -126,32 +153,34 @@ def bench_design(settings: Settings, design: str, seconds: float) -> dict:
         scoped_rps = [p["scoped"]["rps"] for p in pairs]
         ratio = statistics.median(p["scoped"]["rps"] / p["bare"]["rps"] for p in pairs)
         cpu_ratio = statistics.median(p["bare"]["server_cpu_us"] / p["scoped"]["server_cpu_us"] for p in pairs)
-        return {"design": design, "bare_rps": bare_rps, "scoped_rps": scoped_rps, "ratio": ratio,
+        return {"design": design, "stack": stack, "ratelimit": STACKS[stack], "bare_rps": bare_rps, "scoped_rps": scoped_rps, "ratio": ratio,
                 "cpu_ratio": cpu_ratio, "pairs": pairs,
                 "server_cpu_us": {name: statistics.median(p[name]["server_cpu_us"] for p in pairs)
                                   for name in requests},
                 "client_cpu_share_max": max(p[n]["client_cpu_share"] for p in pairs for n in requests),
-                "meets_target": ratio >= TARGET}
+                "meets_target": ratio >= TARGET if stack == TARGET_STACK else None}
     finally:
         stop_server(proc)
 
 
 def run(out: Path, *, seconds: float = 4.0) -> dict:
-    _pin(1)
-    with services_for(Settings()) as settings:
-        rows = [bench_design(settings, d, seconds) for d in DESIGNS]
+    with bench_services() as settings:
+        rows = [bench_design(settings, d, seconds, stack) for stack in STACKS for d in DESIGNS]
     md = [f"Throughput of `GET /v1/projects/{{id}}` (auth + tenancy) / bare route, same server, same run "
           f"({CONNECTIONS} keep-alive connections, {PAIRS} ABBA pairs of {seconds:g} s rounds; medians, the "
           f"ratio as the median of per-pair ratios). Target >= {TARGET}x. CPU columns: the server's CPU time "
           f"per request; their ratio is the same comparison, less sensitive to other load on the machine. "
-          f"Rate limiter: `{settings.ratelimit}`.", "",
-          "| isolation | bare rps | scoped rps | ratio | target met | bare CPU/req | scoped CPU/req | CPU ratio "
-          "| client CPU (max) |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+          f"The target applies to the `{TARGET_STACK}` rows (rate limiter off; usage is still metered in "
+          f"Redis on every request); the `+ rate limiter` rows add the default limiter "
+          f"(`{STACKS['+ rate limiter']}`, under a limit never reached).", "",
+          "| stack | isolation | bare rps | scoped rps | ratio | target met | bare CPU/req | scoped CPU/req "
+          "| CPU ratio | client CPU (max) |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        md.append(f"| {r['design']} | {statistics.median(r['bare_rps']):.0f} | "
+        met = "n/a" if r["meets_target"] is None else ("yes" if r["meets_target"] else "no")
+        md.append(f"| {r['stack']} | {r['design']} | {statistics.median(r['bare_rps']):.0f} | "
                   f"{statistics.median(r['scoped_rps']):.0f} | {r['ratio']:.2f} | "
-                  f"{'yes' if r['meets_target'] else 'no'} | {r['server_cpu_us']['bare']:.0f} us | "
+                  f"{met} | {r['server_cpu_us']['bare']:.0f} us | "
                   f"{r['server_cpu_us']['scoped']:.0f} us | {r['cpu_ratio']:.2f} | "
                   f"{100 * r['client_cpu_share_max']:.0f}% |")
     result = {"benchmark": "tenancy", "designs": rows, "markdown": md, "machine_cpus": os.cpu_count()}

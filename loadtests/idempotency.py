@@ -72,6 +72,7 @@ from typing import Any
 
 import gevent
 from gevent.pool import Group
+from locust.contrib.fasthttp import FAILURE_EXCEPTIONS
 
 from loadtests.common.lab import LabUser, worker_index
 from loadtests.common.openmodel import OpenModelDriver, Outcome, shard
@@ -194,6 +195,23 @@ class LoadConfig:
         share = self.rate / len(TENANTS)
         return Workload(tenants=tuple(TenantSpec(t, rate=share) for t in TENANTS), process="poisson",
                         duration_s=self.plan.duration_s, params={"load_point": self.load_point, "rate": self.rate})
+
+
+def _body(resp: Any) -> bytes:
+    """The body as received. Locust answers a body it failed to read (its per-read timeout, a closed
+    connection) with the head alone, and reading again may raise: both come back short."""
+    try:
+        return bytes(resp.content or b"")
+    except FAILURE_EXCEPTIONS:
+        return b""
+
+
+def _whole(content_length: str | None, body: bytes) -> bool:
+    """Whether a response's body arrived in full (as its Content-Length says; no header, no check)."""
+    try:
+        return content_length is None or int(content_length) == len(body)
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,10 +485,16 @@ class DoubleClickPay(LabUser):
                                      catch_response=True) as resp:
                 elapsed = time.monotonic() - sent
                 status = int(resp.status_code or 0)
-                if status:
-                    h = resp.headers or {}
-                    answer = Answer(status, bytes(resp.content or b""), h.get("Idempotent-Replayed") == "true",
-                                    h.get("Retry-After"))
+                h = resp.headers or {}
+                content = _body(resp) if status else b""
+                if status and _whole(h.get("Content-Length"), content):
+                    answer = Answer(status, content, h.get("Idempotent-Replayed") == "true", h.get("Retry-After"))
+                elif status:
+                    # The head came in but the body was cut short (the client's own timeout or a dropped
+                    # connection while reading it): the answer was not received, so its outcome is unknown.
+                    status = 0
+                    answer = Answer(0, error=f"body cut short: {len(content)} of {h.get('Content-Length')} bytes",
+                                    timed_out=elapsed >= 0.95 * timeout_s)
                 else:
                     answer = Answer(0, error=repr(resp.error)[:200], timed_out=elapsed >= 0.95 * timeout_s)
                 if answer.decisive or answer.paced:

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from saaslab import LIVE_PATTERNS, PATTERNS
 from saaslab.history import CheckResult
-from saaslab.services import EmbeddedServices, ServiceError, port_is_free, services_for
+from saaslab.services import EmbeddedServices, ServiceError, exit_on_sigterm, port_is_free, services_for
 from saaslab.settings import Settings
 
 console = Console(stderr=True, soft_wrap=True, log_path=False)
@@ -339,6 +339,7 @@ def demo(
 
 def main() -> None:
     """Entry point: run the Typer app, turning known errors into one line and an exit code."""
+    exit_on_sigterm()  # a terminated run stops the embedded servers it started, as Ctrl-C does
     try:
         # Without standalone mode click returns a command's exit code instead of exiting.
         code = app(standalone_mode=False)

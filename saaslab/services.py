@@ -16,6 +16,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -237,6 +238,20 @@ def _open_path_for(user: str, pgdata: Path, pg_install: Path) -> None:
     for p in [*pgdata.parents, *pg_install.parents, pg_install]:
         with contextlib.suppress(OSError):
             os.chmod(p, os.stat(p).st_mode | 0o055)
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM unwind like Ctrl-C: `with services_for(...)` blocks and `finally` clauses run.
+
+    Python's default SIGTERM ends the process on the spot, so embedded servers it started would
+    outlive it, holding their ports and whatever CPU affinity they inherited, and the next command
+    would reuse them as if `saaslab services up` had started them.
+    """
+    signal.signal(signal.SIGTERM, _exit_for_signal)
+
+
+def _exit_for_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @contextlib.contextmanager

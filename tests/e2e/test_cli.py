@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,42 @@ def test_quick_sim_writes_rows_and_run_json(tmp_path: Path) -> None:
     run = json.loads((tmp_path / "sim" / "run.json").read_text())
     assert run["pattern"] == "tenancy" and run["rows"] == len(rows)
     assert run["machine"]["cpus"] and run["packages"]["simpy"]
+
+
+def test_a_terminated_command_stops_the_embedded_servers_it_started(tmp_path: Path) -> None:
+    """SIGTERM unwinds like Ctrl-C: no embedded PostgreSQL or Redis outlives the command that started them."""
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if k not in ("SAASLAB_DATABASE_URL", "SAASLAB_REDIS_URL")}
+    env["SAASLAB_STATE_DIR"] = str(state)
+    proc = subprocess.Popen([*SAASLAB, "load", "tenancy", "--quick", "--out", str(tmp_path / "run")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        pids: dict = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                pids = json.loads((state / "services.json").read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                pids = {}
+            if pids.get("pg_pid") and pids.get("redis_pid"):
+                break
+            time.sleep(0.2)
+        assert pids.get("pg_pid") and pids.get("redis_pid"), "the command never started its embedded servers"
+        time.sleep(1.0)  # into the run, past start-up
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.read() if proc.stderr else ""
+    assert not (state / "services.json").exists()
+    assert not any(_running(pids[k]) for k in ("pg_pid", "redis_pid"))
+
+
+def _running(pid: int) -> bool:
+    """Whether a process is alive (a zombie waiting to be reaped is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
