@@ -72,8 +72,8 @@ from typing import Any
 
 import gevent
 from gevent.pool import Group
-from locust.contrib.fasthttp import FAILURE_EXCEPTIONS
 
+from loadtests.common.answers import received_body, whole
 from loadtests.common.lab import LabUser, worker_index
 from loadtests.common.openmodel import OpenModelDriver, Outcome, shard
 from loadtests.common.provision import ProvisioningError, admin_token_from_env, arm_fault
@@ -195,23 +195,6 @@ class LoadConfig:
         share = self.rate / len(TENANTS)
         return Workload(tenants=tuple(TenantSpec(t, rate=share) for t in TENANTS), process="poisson",
                         duration_s=self.plan.duration_s, params={"load_point": self.load_point, "rate": self.rate})
-
-
-def _body(resp: Any) -> bytes:
-    """The body as received. Locust answers a body it failed to read (its per-read timeout, a closed
-    connection) with the head alone, and reading again may raise: both come back short."""
-    try:
-        return bytes(resp.content or b"")
-    except FAILURE_EXCEPTIONS:
-        return b""
-
-
-def _whole(content_length: str | None, body: bytes) -> bool:
-    """Whether a response's body arrived in full (as its Content-Length says; no header, no check)."""
-    try:
-        return content_length is None or int(content_length) == len(body)
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,8 +469,8 @@ class DoubleClickPay(LabUser):
                 elapsed = time.monotonic() - sent
                 status = int(resp.status_code or 0)
                 h = resp.headers or {}
-                content = _body(resp) if status else b""
-                if status and _whole(h.get("Content-Length"), content):
+                content = received_body(resp) if status else b""
+                if status and whole(h.get("Content-Length"), content):
                     answer = Answer(status, content, h.get("Idempotent-Replayed") == "true", h.get("Retry-After"))
                 elif status:
                     # The head came in but the body was cut short (the client's own timeout or a dropped

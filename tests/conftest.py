@@ -7,6 +7,7 @@ fresh database and Redis key prefix, so parallel sessions on one server never se
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -47,3 +48,11 @@ def settings(service_urls: Settings) -> Iterator[Settings]:
     finally:
         with psycopg.connect(admin_url, autocommit=True) as c:
             c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Locust monkey-patches the process that imports it with gevent, which breaks asyncio, psycopg and
+    subprocess waits for every later test: only subprocesses may import it."""
+    if "locust" in sys.modules:
+        raise pytest.UsageError("a test module imported locust (directly or through a locustfile); import the "
+                                "locust-free helpers in loadtests/common instead, or run Locust in a subprocess")
