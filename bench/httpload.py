@@ -11,15 +11,12 @@ Two modes: `closed` (N connections as fast as they can: saturation throughput) a
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
-import os
-import struct
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from saaslab import timerfd
 from saaslab.results import LatencyHistogram
 
 
@@ -167,9 +164,8 @@ class _OpenConn(asyncio.Protocol):
             self._done(self, None)
 
 
-PRECISE_TIMER = sys.platform == "linux" and time.get_clock_info("perf_counter").implementation.endswith(
-    "(CLOCK_MONOTONIC)")
-"""Whether `_Ticker` can use a timerfd on the clock `time.perf_counter()` reads."""
+PRECISE_TIMER = timerfd.AVAILABLE
+"""Whether `_Ticker` sends on a timerfd rather than the event loop's millisecond timers."""
 MAX_SEND_LAG_P99_MS = 0.5 if PRECISE_TIMER else 2.0
 """A generator send lag p99 beyond which a round's tail says more about the generator's core than the server:
 the timerfd ticker sends within about 0.2 ms at p99 on a quiet core (the loop's millisecond timers, where
@@ -177,61 +173,41 @@ there is no timerfd, within about two ticks)."""
 
 
 class _Ticker:
-    """Waits until a `time.perf_counter()` instant, to within tens of microseconds where it can.
-
-    The event loop's own timers (asyncio's and uvloop's alike) sleep in whole milliseconds, so a
-    send scheduled with them leaves up to a millisecond late, and that lag lands in every latency
-    the open model reports. On Linux a timerfd armed at the absolute instant (perf_counter is
-    CLOCK_MONOTONIC there) wakes the loop's poll when it fires, whatever the poll's timeout; the
-    generator's own timer slack is cut to 1 µs so the kernel does not batch the wakeup. Elsewhere
-    it falls back to `asyncio.sleep`.
-    """
-
-    _CLOCK_MONOTONIC, _TFD_NONBLOCK, _TFD_CLOEXEC, _TFD_TIMER_ABSTIME, _PR_SET_TIMERSLACK = 1, 0o4000, 0o2000000, 1, 29
+    """Waits until a `time.perf_counter()` instant: on a timerfd (`saaslab.timerfd`) where there is one,
+    else with `asyncio.sleep` (whole milliseconds)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._fd = -1
+        self._timer = timerfd.open_timer()
         self._waiter: asyncio.Future[None] | None = None
-        if PRECISE_TIMER:
-            self._libc = ctypes.CDLL(None, use_errno=True)
-            self._fd = self._libc.timerfd_create(self._CLOCK_MONOTONIC, self._TFD_NONBLOCK | self._TFD_CLOEXEC)
-        if self._fd >= 0:
-            self._libc.prctl(self._PR_SET_TIMERSLACK, 1, 0, 0, 0)
-            loop.add_reader(self._fd, self._fired)
+        if self._timer is not None:
+            loop.add_reader(self._timer.fileno(), self._fired)
 
     @property
     def precise(self) -> bool:
-        return self._fd >= 0
+        return self._timer is not None
 
     def _fired(self) -> None:
-        try:
-            os.read(self._fd, 8)
-        except BlockingIOError:
-            return
-        if self._waiter is not None and not self._waiter.done():
+        if self._timer is not None and self._timer.consume() and self._waiter is not None \
+                and not self._waiter.done():
             self._waiter.set_result(None)
 
     async def until(self, instant: float) -> None:
         delay = instant - time.perf_counter()
         if delay <= 0:
             return
-        if self._fd < 0:
+        if self._timer is None:
             await asyncio.sleep(delay)
             return
-        sec, frac = divmod(instant, 1.0)
-        # struct itimerspec {it_interval, it_value}: one shot at `instant`.
-        spec = struct.pack("qqqq", 0, 0, int(sec), int(frac * 1e9))
         self._waiter = self._loop.create_future()
-        if self._libc.timerfd_settime(self._fd, self._TFD_TIMER_ABSTIME, spec, None) != 0:
-            raise OSError(ctypes.get_errno(), "timerfd_settime failed")
+        self._timer.arm_at(instant)
         await self._waiter
 
     def close(self) -> None:
-        if self._fd >= 0:
-            self._loop.remove_reader(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+        if self._timer is not None:
+            self._loop.remove_reader(self._timer.fileno())
+            self._timer.close()
+            self._timer = None
 
 
 async def open_loop(host: str, port: int, request: bytes, *, rate: float, seconds: float,

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import gevent
+import gevent.socket
 from gevent.pool import Group
 
+from saaslab import timerfd
 from saaslab.results import LatencyHistogram
 
 Outcome = Literal["ok", "error", "timeout"]
@@ -158,24 +160,40 @@ class OpenModelDriver:
     def run(self, start: float | None = None) -> OpenModelResult:
         """Send the schedule with offsets counted from clock time `start` (default: now)."""
         self._start = self.clock() if start is None else start
-        for offset_us, tenant in self.schedule:
-            intended = self._start + offset_us / 1e6
-            delay = intended - self.clock()
-            if delay > 0:
-                gevent.sleep(delay)
-            c = self.counters.setdefault(tenant, TenantCounters())
-            c.offered += 1
-            if len(self._group) >= self.max_in_flight:
-                c.dropped += 1
-                self.dropped += 1
-                continue
-            c.sent += 1
-            self.sent += 1
-            self._group.spawn(self._one, tenant, intended, c)
+        # gevent's timers sleep in whole milliseconds; on the real monotonic clock a timerfd wakes the
+        # hub at the intended instant instead (saaslab.timerfd), so the send lag stays the server's.
+        timer = timerfd.open_timer() if self.clock is time.monotonic else None
+        try:
+            for offset_us, tenant in self.schedule:
+                intended = self._start + offset_us / 1e6
+                self._wait_until(intended, timer)
+                c = self.counters.setdefault(tenant, TenantCounters())
+                c.offered += 1
+                if len(self._group) >= self.max_in_flight:
+                    c.dropped += 1
+                    self.dropped += 1
+                    continue
+                c.sent += 1
+                self.sent += 1
+                self._group.spawn(self._one, tenant, intended, c)
+        finally:
+            if timer is not None:
+                timer.close()
         self._finished_sending = self.clock()
         if not self._group.join(timeout=self.drain_s):
             self._group.kill(block=True, timeout=5)
         return self.result()
+
+    def _wait_until(self, intended: float, timer: timerfd.TimerFd | None) -> None:
+        delay = intended - self.clock()
+        if delay <= 0:
+            return
+        if timer is None:
+            gevent.sleep(delay)
+            return
+        timer.arm_at(intended)
+        while not timer.consume():
+            gevent.socket.wait_read(timer.fileno())
 
     def _one(self, tenant: str, intended: float, c: TenantCounters) -> None:
         self.send_lag.record_s(max(0.0, self.clock() - intended))

@@ -112,3 +112,26 @@ def test_results_survive_json_and_merge_across_workers() -> None:
     assert merged.tenants["a"].latency.count == 3
     assert merged.target_rate == pytest.approx(500.0)
     assert merged.sent_rate == pytest.approx(5 / merged.send_window_s)
+
+
+def test_no_request_leaves_before_its_intended_time() -> None:
+    # Sends wait on a timerfd where there is one (saaslab.timerfd), on gevent's timers otherwise:
+    # either way a request may leave late (and the lag is counted), never early.
+    schedule = [(i * 2 * MS, "t") for i in range(50)]
+    early: list[float] = []
+    start = time.monotonic() + 0.01
+
+    def send(_tenant: str) -> Outcome:
+        return "ok"
+
+    driver = OpenModelDriver(schedule, send, duration_s=0.1, slo_us=10**6)
+    original = driver._one
+
+    def one(tenant: str, intended: float, c) -> None:  # noqa: ANN001 - the driver's own counters
+        if time.monotonic() < intended:
+            early.append(intended - time.monotonic())
+        original(tenant, intended, c)
+
+    driver._one = one  # type: ignore[method-assign]
+    result = driver.run(start)
+    assert result.sent == 50 and not early
