@@ -164,9 +164,7 @@ class _OpenConn(asyncio.Protocol):
             self._done(self, None)
 
 
-PRECISE_TIMER = timerfd.AVAILABLE
-"""Whether `_Ticker` sends on a timerfd rather than the event loop's millisecond timers."""
-MAX_SEND_LAG_P99_MS = 0.5 if PRECISE_TIMER else 2.0
+MAX_SEND_LAG_P99_MS = 0.5 if timerfd.AVAILABLE else 2.0
 """A generator send lag p99 beyond which a round's tail says more about the generator's core than the server:
 the timerfd ticker sends within about 0.2 ms at p99 on a quiet core (the loop's millisecond timers, where
 there is no timerfd, within about two ticks)."""
@@ -288,7 +286,6 @@ async def open_loop(host: str, port: int, request: bytes, *, rate: float, second
                 pending.add(task)
                 task.add_done_callback(pending.discard)
         all_sent = True
-        ticker.close()
         if in_flight:
             try:
                 await asyncio.wait_for(finished, DRAIN_TIMEOUT_S)
@@ -299,6 +296,7 @@ async def open_loop(host: str, port: int, request: bytes, *, rate: float, second
                 conn.transport.close()
         res.seconds = time.perf_counter() - t0
     finally:
+        ticker.close()
         gc.unfreeze()
     return OpenLoopResult(res, lag, dropped)
 

@@ -121,10 +121,10 @@ def _round(server: psutil.Process, port: int, request: bytes, seconds: float) ->
 
 
 # The stacks measured: the target's (auth + tenancy) and the default service's, with its limiter.
-STACKS = {"auth + tenancy": "off", "+ rate limiter": Settings.model_fields["ratelimit"].default}
+STACKS = {TARGET_STACK: "off", "+ rate limiter": Settings.model_fields["ratelimit"].default}
 
 
-def bench_design(settings: Settings, design: str, seconds: float, stack: str = "auth + tenancy") -> dict:
+def bench_design(settings: Settings, design: str, seconds: float, stack: str = TARGET_STACK) -> dict:
     port = free_port()
     proc = start_server(settings, port, SAASLAB_ISOLATION=design, SAASLAB_RATELIMIT=STACKS[stack])
     try:
@@ -153,8 +153,8 @@ def bench_design(settings: Settings, design: str, seconds: float, stack: str = "
         scoped_rps = [p["scoped"]["rps"] for p in pairs]
         ratio = statistics.median(p["scoped"]["rps"] / p["bare"]["rps"] for p in pairs)
         cpu_ratio = statistics.median(p["bare"]["server_cpu_us"] / p["scoped"]["server_cpu_us"] for p in pairs)
-        return {"design": design, "stack": stack, "ratelimit": STACKS[stack], "bare_rps": bare_rps, "scoped_rps": scoped_rps, "ratio": ratio,
-                "cpu_ratio": cpu_ratio, "pairs": pairs,
+        return {"design": design, "stack": stack, "ratelimit": STACKS[stack], "bare_rps": bare_rps,
+                "scoped_rps": scoped_rps, "ratio": ratio, "cpu_ratio": cpu_ratio, "pairs": pairs,
                 "server_cpu_us": {name: statistics.median(p[name]["server_cpu_us"] for p in pairs)
                                   for name in requests},
                 "client_cpu_share_max": max(p[n]["client_cpu_share"] for p in pairs for n in requests),
