@@ -170,6 +170,133 @@ the timerfd ticker sends within about 0.2 ms at p99 on a quiet core (the loop's 
 there is no timerfd, within about two ticks)."""
 
 
+def busy_share(rps: float, server_cpu_us: float) -> float:
+    """The share of its one core a server spent on a round: arrival rate x CPU time per request."""
+    return rps * server_cpu_us / 1e6
+
+
+def _flaw(r: dict) -> str:
+    if r["dropped"]:  # a stall filled MAX_IN_FLIGHT: the round's tail went unmeasured
+        return "stalled: requests dropped"
+    if r["send_lag_p99_ms"] > MAX_SEND_LAG_P99_MS:
+        return "unreliable: the load generator itself was late"
+    return ""
+
+
+def tail_caveat(groups: list[list[dict]], unit: str) -> tuple[str, str]:
+    """(caveat, remark) for a median taken over `groups` of open-model rounds (ABBA pairs, or rounds alone).
+
+    A group is flawed when one of its rounds dropped requests or its generator was late
+    (`MAX_SEND_LAG_P99_MS`): a stall of the whole machine shows as both. A median of n values is
+    decided by the others while at most (n - 1) // 2 of them are flawed; the caveat (which makes a
+    target unjudged) is set only beyond that, and the remark says how many were outvoted.
+    """
+    flaws = [f for g in groups if (f := next((x for r in g if (x := _flaw(r))), ""))]
+    if not flaws:
+        return "", ""
+    if len(flaws) > (len(groups) - 1) // 2:
+        return f"{flaws[0]} in {len(flaws)} of {len(groups)} {unit}", ""
+    return "", (f"in {len(flaws)} of {len(groups)} {unit} {flaws[0].split(': ', 1)[1]} (the median of "
+                f"{len(groups)} outvotes {'it' if len(flaws) == 1 else 'them'})")
+
+
+def verdict(within: bool, caveat: str) -> str:
+    """A latency target's verdict: a round whose tail went unmeasured (`caveat`) cannot meet it."""
+    if within and caveat:
+        return f"not judged ({caveat})"
+    return ("yes" if within else "no") + (f" ({caveat})" if caveat else "")
+
+
+CALIBRATION_ROUNDS = 3
+CALIBRATION_S = 2.0
+
+
+@dataclass
+class Calibration:
+    """The open-model rate at which a server is `share` busy, and the rounds that found it."""
+
+    share: float
+    rate: float
+    rounds: list[dict]
+
+    @property
+    def first(self) -> dict:
+        """The first round: the rate `calibrate_rate` started from (a share of closed-loop saturation)."""
+        return self.rounds[0]
+
+
+def calibrate_rate(open_round: Callable[[float], dict], first_rate: float, share: float) -> Calibration:
+    """The arrival rate at which the server is `share` busy under the open model.
+
+    Busy share is rate x CPU time per request, and a server's CPU per request grows as its load falls
+    (fewer requests share each wake-up), so the rate is searched for: a short round at `first_rate` (a
+    share of closed-loop saturation), a proportional step (rate x share / busy share measured), then
+    secant steps through the last two rounds, which land within a few percent where busy share is close
+    to a straight line in the rate. `open_round(rate)` runs one round and returns at least `busy_share`;
+    the rounds are kept, the first being the starting rate's.
+    """
+    rate, rounds = first_rate, []
+    for _ in range(CALIBRATION_ROUNDS):
+        r = open_round(rate)
+        rounds.append({"rate": rate, **r})
+        step = rate * share / r["busy_share"]
+        if len(rounds) > 1:
+            (r0, u0), (r1, u1) = ((x["rate"], x["busy_share"]) for x in rounds[-2:])
+            if u1 != u0 and (slope := (u1 - u0) / (r1 - r0)) > 0:  # noise can tilt a flat line the wrong way
+                step = r1 + (share - u1) / slope
+        rate = min(max(step, rate / 4), rate * 4)  # one noisy round must not send the next one far off
+    return Calibration(share, rate, rounds)
+
+
+BUSY_SHARE_NOTE = (
+    "Server busy: the open-model rate times the server's CPU time per request in those rounds, the share of its "
+    "core it spent. Half of saturation is the rate at which the server is half busy, found by "
+    f"`httpload.calibrate_rate` ({CALIBRATION_ROUNDS} open-model rounds of {CALIBRATION_S:g} s, each setting the "
+    "next rate to 0.5 / the CPU time per request just measured), starting from half of the closed-loop saturation. "
+    "That starting rate is no longer the operating point: closed-loop, the requests in flight share each wake-up of "
+    "the event loop (one read of many sockets, one pipelined Redis write), while arriving one at a time each pays "
+    "for its own wake-ups, system calls and cold caches, so at half the closed-loop rate a server is most of the "
+    "way to saturated (the first calibration round, reported beside the result) and a stall of the shared machine "
+    "takes many times its own length to drain.")
+
+
+@dataclass
+class MachineStalls:
+    """How often the machine kept a sleeping process from waking on time (`probe_stalls`)."""
+
+    seconds: float
+    sleeps: int
+    over_ms: float
+    stalls: int
+    worst_ms: float
+
+    def sentence(self) -> str:
+        return (f"Before the run, a process sleeping {PROBE_SLEEP_S * 1000:g} ms at a time on an otherwise idle "
+                f"machine woke more than {self.over_ms:g} ms late {self.stalls} times in {self.seconds:g} s "
+                f"(the worst {self.worst_ms:.1f} ms late): stalls the benchmark's servers and generator meet too, "
+                f"which no server-side change removes.")
+
+
+PROBE_SLEEP_S = 0.001
+
+
+def probe_stalls(seconds: float = 5.0, over_ms: float = 2.0) -> MachineStalls:
+    """Sleep `PROBE_SLEEP_S` at a time for `seconds` and count the wake-ups more than `over_ms` late.
+
+    A shared or virtual machine is sometimes taken away from every process for milliseconds at a time;
+    this tells how often on the machine the figures come from, so a noisy p99 can be read against it.
+    """
+    stalls, worst, sleeps = 0, 0.0, 0
+    end = time.perf_counter() + seconds
+    while (before := time.perf_counter()) < end:
+        time.sleep(PROBE_SLEEP_S)
+        late_ms = (time.perf_counter() - before - PROBE_SLEEP_S) * 1000
+        sleeps += 1
+        worst = max(worst, late_ms)
+        stalls += late_ms > over_ms
+    return MachineStalls(seconds, sleeps, over_ms, stalls, worst)
+
+
 class _Ticker:
     """Waits until a `time.perf_counter()` instant: on a timerfd (`saaslab.timerfd`) where there is one,
     else with `asyncio.sleep` (whole milliseconds)."""

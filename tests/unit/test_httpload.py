@@ -67,3 +67,55 @@ def test_the_open_loop_sends_exactly_rate_times_seconds_and_times_each(rate: flo
     assert (o.result.requests, o.result.errors, o.dropped, seen) == (expected, 0, 0, expected)
     assert o.result.status_counts == {200: expected}
     assert o.result.latency.count == expected and o.send_lag.count == expected
+
+
+def test_the_stall_probe_counts_every_sleep_and_only_late_wakeups_as_stalls() -> None:
+    stalls = httpload.probe_stalls(seconds=0.2, over_ms=1000.0)
+    assert stalls.sleeps >= 10  # 1 ms sleeps for 0.2 s, however late the machine wakes them
+    assert stalls.stalls == 0  # nothing on this machine sleeps a second late in 0.2 s
+    assert 0.0 <= stalls.worst_ms < 1000.0
+    assert "0 times in 0.2 s" in stalls.sentence()
+
+
+def test_busy_share_is_rate_times_cpu_per_request() -> None:
+    assert httpload.busy_share(2000.0, 400.0) == pytest.approx(0.8)
+
+
+def test_calibration_finds_the_rate_at_which_the_server_is_half_busy() -> None:
+    """A server whose CPU per request grows as its load falls (fewer requests share a wake-up):
+    150 us + 300,000 / rate us, so busy 0.3 + rate x 150 us: half busy at 1,333 rps, not at the
+    1,750 rps of half its closed-loop saturation (where it is 56% busy)."""
+    def open_round(rate: float) -> dict:
+        cpu_us = 150 + 300_000 / rate
+        return {"rps": rate, "server_cpu_us": cpu_us, "busy_share": httpload.busy_share(rate, cpu_us)}
+
+    calibration = httpload.calibrate_rate(open_round, 1_750.0, 0.5)
+    assert calibration.first["rate"] == 1_750.0 and calibration.first["busy_share"] == pytest.approx(0.5625)
+    assert len(calibration.rounds) == httpload.CALIBRATION_ROUNDS
+    assert calibration.rate == pytest.approx(1_333, rel=0.01)
+    assert open_round(calibration.rate)["busy_share"] == pytest.approx(0.5, rel=0.03)
+
+
+def test_calibration_converges_where_cpu_per_request_falls_steeply_with_load() -> None:
+    """Not a straight line: 600 us a request when alone, falling towards 120 us as requests batch."""
+    def open_round(rate: float) -> dict:
+        cpu_us = 120 + 480 * 2_000 / (2_000 + rate)
+        return {"rps": rate, "server_cpu_us": cpu_us, "busy_share": httpload.busy_share(rate, cpu_us)}
+
+    calibration = httpload.calibrate_rate(open_round, 3_000.0, 0.5)
+    assert open_round(calibration.rate)["busy_share"] == pytest.approx(0.5, rel=0.05)
+
+
+def _round(dropped: int = 0, lag_ms: float = 0.1) -> dict:
+    return {"dropped": dropped, "send_lag_p99_ms": lag_ms}
+
+
+def test_a_median_outvotes_one_flawed_pair_of_four_but_not_two() -> None:
+    late = _round(lag_ms=httpload.MAX_SEND_LAG_P99_MS + 1)
+    clean = [[_round(), _round()] for _ in range(3)]
+    assert httpload.tail_caveat(clean + [[_round(), late]], "pairs") == (
+        "", "in 1 of 4 pairs the load generator itself was late (the median of 4 outvotes it)")
+    caveat, remark = httpload.tail_caveat(clean[:2] + [[late, _round()], [_round(dropped=3), _round()]], "pairs")
+    assert caveat == "unreliable: the load generator itself was late in 2 of 4 pairs" and remark == ""
+    assert httpload.tail_caveat([[_round()] for _ in range(3)], "rounds") == ("", "")
+    assert httpload.verdict(True, caveat).startswith("not judged") and httpload.verdict(False, caveat).startswith("no")
