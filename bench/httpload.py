@@ -207,7 +207,7 @@ def verdict(within: bool, caveat: str) -> str:
     return ("yes" if within else "no") + (f" ({caveat})" if caveat else "")
 
 
-CALIBRATION_ROUNDS = 3
+CALIBRATION_ROUNDS = 4
 CALIBRATION_S = 2.0
 
 
@@ -229,30 +229,44 @@ def calibrate_rate(open_round: Callable[[float], dict], first_rate: float, share
     """The arrival rate at which the server is `share` busy under the open model.
 
     Busy share is rate x CPU time per request, and a server's CPU per request grows as its load falls
-    (fewer requests share each wake-up), so the rate is searched for: a short round at `first_rate` (a
-    share of closed-loop saturation), a proportional step (rate x share / busy share measured), then
-    secant steps through the last two rounds, which land within a few percent where busy share is close
-    to a straight line in the rate. `open_round(rate)` runs one round and returns at least `busy_share`;
-    the rounds are kept, the first being the starting rate's.
+    (fewer requests share each wake-up, down to none), so the rate is searched for in short rounds,
+    starting at `first_rate` (a share of closed-loop saturation): a proportional step first (rate x
+    share / busy share), which a rising CPU per request keeps on the busy side; then a secant through
+    the last two rounds, leaving out the first, which sits where batching flattens busy share and would
+    tilt the line; once rounds lie on both sides of `share`, interpolation between the closest two. A
+    2 s round's CPU per request is good to about 10%, so every step is kept within a factor of two.
+    `open_round(rate)` runs one round and returns at least `busy_share`; the rounds are kept, the first
+    being the starting rate's.
     """
     rate, rounds = first_rate, []
+    above: tuple[float, float] | None = None  # (rate, busy share) of the lowest-rate round busier than `share`
+    below: tuple[float, float] | None = None  # and of the highest-rate round less busy
     for _ in range(CALIBRATION_ROUNDS):
         r = open_round(rate)
         rounds.append({"rate": rate, **r})
-        step = rate * share / r["busy_share"]
-        if len(rounds) > 1:
+        u = r["busy_share"]
+        if u > share and (above is None or rate < above[0]):
+            above = (rate, u)
+        elif u <= share and (below is None or rate > below[0]):
+            below = (rate, u)
+        step = rate * share / u
+        if above is not None and below is not None:
+            step = (below[0] + (share - below[1]) * (above[0] - below[0]) / (above[1] - below[1])
+                    if below[0] < above[0] else (below[0] * above[0]) ** 0.5)  # noise crossed them: split the difference
+        elif len(rounds) >= 3:
             (r0, u0), (r1, u1) = ((x["rate"], x["busy_share"]) for x in rounds[-2:])
-            if u1 != u0 and (slope := (u1 - u0) / (r1 - r0)) > 0:  # noise can tilt a flat line the wrong way
+            if r0 != r1 and (slope := (u1 - u0) / (r1 - r0)) > 0:
                 step = r1 + (share - u1) / slope
-        rate = min(max(step, rate / 4), rate * 4)  # one noisy round must not send the next one far off
+        rate = min(max(step, rate / 2), rate * 2)
     return Calibration(share, rate, rounds)
 
 
 BUSY_SHARE_NOTE = (
     "Server busy: the open-model rate times the server's CPU time per request in those rounds, the share of its "
     "core it spent. Half of saturation is the rate at which the server is half busy, found by "
-    f"`httpload.calibrate_rate` ({CALIBRATION_ROUNDS} open-model rounds of {CALIBRATION_S:g} s, each setting the "
-    "next rate to 0.5 / the CPU time per request just measured), starting from half of the closed-loop saturation. "
+    f"`httpload.calibrate_rate` ({CALIBRATION_ROUNDS} open-model rounds of {CALIBRATION_S:g} s: a proportional step, "
+    "rate x 0.5 / busy share, then secant steps, then interpolation once rounds lie on both sides of half busy), "
+    "starting from half of the closed-loop saturation. "
     "That starting rate is no longer the operating point: closed-loop, the requests in flight share each wake-up of "
     "the event loop (one read of many sockets, one pipelined Redis write), while arriving one at a time each pays "
     "for its own wake-ups, system calls and cold caches, so at half the closed-loop rate a server is most of the "
