@@ -116,6 +116,14 @@ class OpenLoopResult:
     dropped: int
     """Requests due while `max_in_flight` were outstanding (a stall), dropped rather than queued."""
 
+    def figures(self, server_cpu_s: float) -> dict:
+        """The round's figures, given the CPU time the server spent on it (CPU per request, busy share)."""
+        latency, cpu_us = self.result.latency, 1e6 * server_cpu_s / max(self.result.requests, 1)
+        return {"rps": self.result.rps, "dropped": self.dropped, "p50_ms": latency.percentile_ms(50),
+                "p99_ms": latency.percentile_ms(99), "p999_ms": latency.percentile_ms(99.9),
+                "send_lag_p99_ms": self.send_lag.percentile_ms(99), "server_cpu_us": cpu_us,
+                "busy_share": busy_share(self.result.rps, cpu_us)}
+
 
 class _OpenConn(asyncio.Protocol):
     """One keep-alive connection of the open-model generator, as a bare protocol.
@@ -175,12 +183,13 @@ def busy_share(rps: float, server_cpu_us: float) -> float:
     return rps * server_cpu_us / 1e6
 
 
-def _flaw(r: dict) -> str:
+def _flaw(r: dict) -> tuple[str, str] | None:
+    """(label, reason) when a round's tail cannot be trusted, else None."""
     if r["dropped"]:  # a stall filled MAX_IN_FLIGHT: the round's tail went unmeasured
-        return "stalled: requests dropped"
+        return "stalled", "requests dropped"
     if r["send_lag_p99_ms"] > MAX_SEND_LAG_P99_MS:
-        return "unreliable: the load generator itself was late"
-    return ""
+        return "unreliable", "the load generator itself was late"
+    return None
 
 
 def tail_caveat(groups: list[list[dict]], unit: str) -> tuple[str, str]:
@@ -191,13 +200,13 @@ def tail_caveat(groups: list[list[dict]], unit: str) -> tuple[str, str]:
     decided by the others while at most (n - 1) // 2 of them are flawed; the caveat (which makes a
     target unjudged) is set only beyond that, and the remark says how many were outvoted.
     """
-    flaws = [f for g in groups if (f := next((x for r in g if (x := _flaw(r))), ""))]
+    flaws = [f for g in groups if (f := next((x for r in g if (x := _flaw(r))), None))]
     if not flaws:
         return "", ""
-    if len(flaws) > (len(groups) - 1) // 2:
-        return f"{flaws[0]} in {len(flaws)} of {len(groups)} {unit}", ""
-    return "", (f"in {len(flaws)} of {len(groups)} {unit} {flaws[0].split(': ', 1)[1]} (the median of "
-                f"{len(groups)} outvotes {'it' if len(flaws) == 1 else 'them'})")
+    (label, reason), n, of = flaws[0], len(flaws), f"of {len(groups)} {unit}"
+    if n > (len(groups) - 1) // 2:
+        return f"{label}: {reason} in {n} {of}", ""
+    return "", f"in {n} {of} {reason} (the median of {len(groups)} outvotes {'it' if n == 1 else 'them'})"
 
 
 def verdict(within: bool, caveat: str) -> str:
@@ -218,11 +227,7 @@ class Calibration:
     share: float
     rate: float
     rounds: list[dict]
-
-    @property
-    def first(self) -> dict:
-        """The first round: the rate `calibrate_rate` started from (a share of closed-loop saturation)."""
-        return self.rounds[0]
+    """Every round run, the first at the starting rate (a share of closed-loop saturation)."""
 
 
 def calibrate_rate(open_round: Callable[[float], dict], first_rate: float, share: float) -> Calibration:

@@ -48,7 +48,7 @@ import httpx
 import psutil
 
 from bench import httpload
-from bench.tenancy import CONNECTIONS, UNREACHABLE_LIMIT, bench_services, start_server, stop_server
+from bench.tenancy import CONNECTIONS, UNREACHABLE_LIMIT, _cpu_s, bench_services, start_server, stop_server
 from reference_impl.common.redis_client import make_redis
 from saaslab.services import ServiceError, free_port
 from saaslab.settings import Settings
@@ -97,11 +97,6 @@ class FreshKeys:
 def _headers(api_key: str, idempotency_key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json",
             "Idempotency-Key": idempotency_key}
-
-
-def _cpu_s(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
-    return times.user + times.system
 
 
 def _check(result: httpload.LoadResult, what: str) -> None:
@@ -195,18 +190,14 @@ class Server:
         server_cpu = _cpu_s(self.process)
         request = httpload.build_request("GET", "/bench/bare", f"127.0.0.1:{self.port}") if bare else self.replay
         o = httpload.run(httpload.open_loop("127.0.0.1", self.port, request, rate=rate, seconds=seconds))
-        result, lag, dropped = o.result, o.send_lag, o.dropped
+        result = o.result
         if bare:
             if result.errors or set(result.status_counts) - {200}:
                 raise ServiceError(f"{self.design} bare route: {result.errors} errors, statuses {result.status_counts}")
         else:
             _check(result, f"{self.design} open-model replays")
             self.replays_sent += result.requests
-        cpu_us = 1e6 * (_cpu_s(self.process) - server_cpu) / max(result.requests, 1)
-        return {"rps": result.rps, "dropped": dropped, "p50_ms": result.latency.percentile_ms(50),
-                "p99_ms": result.latency.percentile_ms(99), "p999_ms": result.latency.percentile_ms(99.9),
-                "send_lag_p99_ms": lag.percentile_ms(99), "server_cpu_us": cpu_us,
-                "busy_share": httpload.busy_share(result.rps, cpu_us)}
+        return o.figures(_cpu_s(self.process) - server_cpu)
 
     def check_decisions(self) -> dict[str, float]:
         """The server's idempotency decisions must be exactly the executions and replays sent."""

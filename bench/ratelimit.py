@@ -52,6 +52,7 @@ from bench import httpload
 from bench.tenancy import (
     CONNECTIONS,
     UNREACHABLE_LIMIT,
+    _cpu_s,
     _round,
     bench_services,
     start_server,
@@ -105,11 +106,6 @@ class _SetRunner(ScriptRunner):
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         return result
-
-
-def _cpu_s(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
-    return times.user + times.system
 
 
 async def _redis_cpu_s(redis: Any) -> float:
@@ -280,13 +276,9 @@ def bench_lua_cost(settings: Settings, binary: str, command: Sequence[str],
 def _open_round(server: psutil.Process, port: int, request: bytes, rate: float, seconds: float) -> dict:
     server_cpu = _cpu_s(server)
     o = httpload.run(httpload.open_loop("127.0.0.1", port, request, rate=rate, seconds=seconds))
-    result, lag, dropped = o.result, o.send_lag, o.dropped
-    if result.errors:
-        raise ServiceError(f"benchmark requests failed: {result.errors} errors, statuses {result.status_counts}")
-    cpu_us = 1e6 * (_cpu_s(server) - server_cpu) / max(result.requests, 1)
-    return {"rps": result.rps, "dropped": dropped, "p50_ms": result.latency.percentile_ms(50),
-            "p99_ms": result.latency.percentile_ms(99), "send_lag_p99_ms": lag.percentile_ms(99),
-            "server_cpu_us": cpu_us, "busy_share": httpload.busy_share(result.rps, cpu_us)}
+    if o.result.errors:
+        raise ServiceError(f"benchmark requests failed: {o.result.errors} errors, statuses {o.result.status_counts}")
+    return o.figures(_cpu_s(server) - server_cpu)
 
 
 def _scoped_request(port: int, name: str) -> bytes:

@@ -470,8 +470,9 @@ class DoubleClickPay(LabUser):
                 status = int(resp.status_code or 0)
                 h = resp.headers or {}
                 content = received_body(resp) if status else b""
+                timed_out = elapsed >= 0.95 * timeout_s
                 if not status:
-                    answer = Answer(0, error=repr(resp.error)[:200], timed_out=elapsed >= 0.95 * timeout_s)
+                    answer = Answer(0, error=repr(resp.error)[:200], timed_out=timed_out)
                 elif whole(h.get("Content-Length"), content):
                     answer = Answer(status, content, h.get("Idempotent-Replayed") == "true", h.get("Retry-After"))
                 else:
@@ -479,7 +480,7 @@ class DoubleClickPay(LabUser):
                     # connection while reading it): the answer was not received, so its outcome is unknown.
                     status = 0
                     answer = Answer(0, error=f"body cut short: {len(content)} of {h.get('Content-Length')} bytes",
-                                    timed_out=elapsed >= 0.95 * timeout_s)
+                                    timed_out=timed_out)
                 if answer.decisive or answer.paced:
                     resp.success()  # a 402 or a 409 is the service doing its job
                 elif answer.unknown:

@@ -150,8 +150,10 @@ class EmbeddedServices:
     def orphaned_by(self) -> int | None:
         """The pid of the command that started the running servers for its own lifetime and died
         without stopping them; None when they are `services up`'s, their owner is alive, or none run."""
-        owner = self._read_state().get("owner_pid")
-        return owner if self.running() is not None and owner and not _pid_alive(owner) else None
+        s = self._read_state()
+        owner = s.get("owner_pid")
+        running = _pid_alive(s.get("pg_pid")) or _pid_alive(s.get("redis_pid"))
+        return owner if running and owner and not _pid_alive(owner) else None
 
     def up(self, *, owner_pid: int | None = None) -> Endpoints:
         """Start both servers unless they are up; `owner_pid`: the process that will stop them.
@@ -289,11 +291,8 @@ def services_for(settings: Settings) -> Iterator[Settings]:
         yield settings
         return
     emb = EmbeddedServices(settings.state_dir)
-    ep = emb.running() if emb.orphaned_by() is None else None  # orphans: `up` replaces them
-    started = False
-    if ep is None:
-        ep = emb.up(owner_pid=os.getpid())
-        started = True
+    ep = emb.up(owner_pid=os.getpid())  # reuses running servers, replaces orphans
+    started = ep.started_here
     try:
         yield settings.model_copy(update={
             "database_url": settings.database_url or ep.database_url,

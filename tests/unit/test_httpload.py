@@ -90,7 +90,7 @@ def test_calibration_finds_the_rate_at_which_the_server_is_half_busy() -> None:
         return {"rps": rate, "server_cpu_us": cpu_us, "busy_share": httpload.busy_share(rate, cpu_us)}
 
     calibration = httpload.calibrate_rate(open_round, 1_750.0, 0.5)
-    assert calibration.first["rate"] == 1_750.0 and calibration.first["busy_share"] == pytest.approx(0.5625)
+    assert calibration.rounds[0]["rate"] == 1_750.0 and calibration.rounds[0]["busy_share"] == pytest.approx(0.5625)
     assert len(calibration.rounds) == httpload.CALIBRATION_ROUNDS
     assert calibration.rate == pytest.approx(1_333, rel=0.01)
     assert open_round(calibration.rate)["busy_share"] == pytest.approx(0.5, rel=0.03)
