@@ -3,9 +3,11 @@
 Each phase is one transaction and ends at a recovery point stored in the key's row:
 
 1. `claim` (phase 1) records `started` with the lock and, for a payment, the request's parameters
-   (the completer resumes from them). The common case is one autocommit
-   `INSERT ... ON CONFLICT DO NOTHING`: the unique key arbitrates concurrent first requests, and
-   a loser waits for the winner's commit, then finds its row.
+   (the completer resumes from them). The common cases, a first request and a replay, are one
+   autocommit statement (`_CLAIM`): an `INSERT ... ON CONFLICT DO NOTHING` that also reads the
+   row it ran into, so a replay is answered in the same round trip. The unique key arbitrates
+   concurrent first requests; a loser waits for the winner's commit, which its statement's
+   snapshot predates, so it reads the row with a second statement.
 2. `pay` asks the provider with the claim's token (outside any transaction of ours: never hold a
    transaction open across a network call), then, in one statement, moves the row from `started`
    to `charge_created` and inserts the payment row.
@@ -88,6 +90,13 @@ _SELECT = f"SELECT token, request_params, {_RECORD_COLUMNS} FROM idempotency_key
 _INSERT = ("INSERT INTO idempotency_keys (tenant_id, key, token, fingerprint, state, locked_until_us, expires_at_us,"
            " request_params) VALUES ($1, $2, $3, $4, 'started', $5, $6, $7::jsonb)"
            " ON CONFLICT (tenant_id, key) DO NOTHING RETURNING token")
+# The insert and, when it ran into a row, that row, in one round trip. The main query sees the snapshot
+# taken when the statement began, so it never sees the row the CTE just inserted (the columns are then
+# NULL and `inserted_token` is set), nor a row committed by a concurrent first request after that
+# snapshot (all NULL: `claim` reads again with a new statement).
+_CLAIM = (f"WITH inserted AS ({_INSERT}) SELECT (SELECT token FROM inserted) AS inserted_token, token,"
+          f" request_params, {_RECORD_COLUMNS} FROM (VALUES (1)) AS one"
+          " LEFT JOIN idempotency_keys ON tenant_id = $1 AND key = $2")
 _TAKE_OVER = ("UPDATE idempotency_keys SET locked_until_us = $3, expires_at_us = $4"
               " WHERE tenant_id = $1 AND key = $2")
 # Phase 2, one statement and so one transaction: the compare-and-set on `started` takes the row
@@ -154,12 +163,14 @@ class PostgresIdempotency:
             for _ in range(CLAIM_ATTEMPTS):
                 fresh = decide(None, fingerprint, now_us, self.policy).record
                 token = new_token()
-                if await conn.fetchval(_INSERT, tenant_id, key, token, fingerprint, fresh.locked_until_us,
-                                       fresh.expires_at_us, params) is not None:
+                row = await conn.fetchrow(_CLAIM, tenant_id, key, token, fingerprint, fresh.locked_until_us,
+                                          fresh.expires_at_us, params)
+                if row["inserted_token"] is not None:
                     return Claim(Outcome.EXECUTE, tenant_id, key, token)
-                row = await conn.fetchrow(_SELECT, tenant_id, key)
-                if row is None:
-                    continue
+                if row["state"] is None:  # committed after this statement's snapshot, or reaped since
+                    row = await conn.fetchrow(_SELECT, tenant_id, key)
+                    if row is None:
+                        continue
                 decision = decide(_record(row), fingerprint, now_us, self.policy)
                 if decision.outcome not in RUNS:
                     return _answer(tenant_id, key, decision)

@@ -143,6 +143,21 @@ async def test_fifty_concurrent_claims_of_one_key_execute_exactly_once(name: str
     assert all(c.retry_after_s == 1 for c in claims if c.outcome == Outcome.CONFLICT)
 
 
+async def test_postgres_claim_reads_a_row_committed_after_its_statement_began(pool: Pool, tenant: str) -> None:
+    """The one-statement claim meets a first request's row that commits while it waits on the unique
+    key: its snapshot predates that commit, so it must read the row again rather than miss it."""
+    store = PostgresIdempotency(pool, POLICY)
+    async with pool.connection() as winner:
+        async with winner.transaction():
+            await winner.execute(postgres._INSERT, tenant, "racing", "winner-token", FP, EPOCH + POLICY.lock_timeout_us,
+                                 EPOCH + POLICY.retention_us, None)
+            loser = asyncio.create_task(store.claim(tenant, "racing", FP, EPOCH))
+            await asyncio.sleep(0.3)  # the loser's insert now waits for this transaction
+            assert not loser.done()
+    claim = await asyncio.wait_for(loser, 10)
+    assert (claim.outcome, claim.retry_after_s) == (Outcome.CONFLICT, 1)
+
+
 @pytest.mark.parametrize(("name", "expected"), [("redis", 1), ("postgres", 1), ("none", CONCURRENCY)])
 async def test_fifty_concurrent_payments_with_one_key(name: str, expected: int, pool: Pool, redis: Redis,
                                                       prefix: str, tenant: str) -> None:
