@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -66,6 +67,12 @@ BARE_BODY = b'{"ok":true}'
 # frames, futures and scope), so at that threshold it collected every few requests and promoted
 # live request state to older generations; at this one collections run when garbage builds up.
 GC_YOUNG_THRESHOLD = 10_000
+# The service exports its own Prometheus metrics (/metrics). FastAPI's native OpenTelemetry bridge (newer
+# releases) otherwise asks the global OpenTelemetry providers on every request whether one is configured,
+# about 4% of a replayed payment's CPU with none configured; older releases have no such parameter.
+_NO_NATIVE_TELEMETRY: dict = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
 
 
 def settle_gc() -> None:
@@ -153,7 +160,7 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
             await redis_client.aclose()
             await pool.close()
 
-    app = FastAPI(title="saaslab reference service", version="1", lifespan=lifespan)
+    app = FastAPI(title="saaslab reference service", version="1", lifespan=lifespan, **_NO_NATIVE_TELEMETRY)
     app.state.settings = settings
     app.state.admin_token = admin_token
     app.state.gate = gate
