@@ -35,6 +35,7 @@ benchmark that silently replayed (or executed) the wrong thing fails rather than
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -59,7 +60,7 @@ PAIRS = 4
 """ABBA pairs of throughput rounds per design against `none`."""
 REPLAY_PAIRS = 2
 """Closed-loop replay rounds per design (alternating designs) that measure saturation."""
-OPEN_PAIRS = 3
+OPEN_PAIRS = 5
 """Open-model replay rounds per design (alternating designs); the p99 is the median of them."""
 OPEN_LOAD = 0.5
 """Half of saturation: the share of its core the server is kept busy under the open model (and the share of
@@ -292,7 +293,7 @@ async def _drop_keys(settings: Settings, prefix: str) -> None:
         await redis.aclose()
 
 
-def _markdown(throughput: list[dict], replay: dict[str, dict], seconds: float, load: dict) -> list[str]:
+def _markdown(throughput: list[dict], replay: dict[str, dict], seconds: float, load: dict, stalls: dict) -> list[str]:
     md = [f"`POST /v1/payments`, one worker per design pinned to one core, the load generator on the other, "
           f"{CONNECTIONS} keep-alive connections, a fresh Idempotency-Key per request (`none` gets one too); "
           f"{PAIRS} ABBA pairs of {seconds:g} s rounds against the `none` server, the ratio as the median of "
@@ -342,7 +343,30 @@ def _markdown(throughput: list[dict], replay: dict[str, dict], seconds: float, l
                f"{max(r['send_lag_p99_ms_max'] for r in replay.values()):.3f} ms. Floor: the same server's bare "
                f"`GET /bench/bare` at the same rate from the same generator, in adjacent rounds; a target below the "
                f"floor's p99 is below what this harness can measure on this machine."]
+    md += ["", _stall_note(stalls, statistics.median(r["busy_share"] for r in replay.values()))]
     return md
+
+
+def _stall_note(stalls: dict, busy: float) -> str:
+    """What the kernel threads that held a core during the replay rounds did to the tail.
+
+    A stall of length T holds up the requests that arrive during it and those that arrive while the
+    backlog it left drains, which at busy share b takes b x T / (1 - b): so a share of requests of
+    (the share of time a core is stalled) / (1 - b), each by up to T.
+    """
+    threads = stalls["kernel_threads"]
+    if not threads:
+        return (f"No kernel thread held a core for {httpload.KERNEL_THREAD_MIN_RUN_MS:g} ms or more a time during "
+                f"the replay rounds ({stalls['seconds']:.0f} s).")
+    stalled_s = sum(k.ran_ms for k in threads) / 1000
+    held_up = stalled_s / stalls["seconds"] / max(1 - busy, 0.05)
+    return ("During the replay rounds (" + f"{stalls['seconds']:.0f} s), kernel threads held a core: " + "; ".join(
+        f"{k.name} {k.runs} times, {k.per_run_ms:.1f} ms a time (every {stalls['seconds'] / k.runs:.2f} s)"
+        for k in threads) + f". The server and the generator have one core each, so such a stall holds up the "
+        f"requests that arrive during it and while the backlog it leaves drains: at {100 * busy:.0f}% busy, about "
+        f"{100 * held_up:.1f}% of requests (the share of time stalled / (1 - busy share)), each by up to the "
+        f"stall's length. A p99 reads the slowest 1%, so it moves with these stalls, not with the code on the "
+        f"request's path.")
 
 
 def run(out: Path, *, seconds: float = 4.0) -> dict:
@@ -362,7 +386,9 @@ def run(out: Path, *, seconds: float = 4.0) -> dict:
             # Replays first: after the throughput rounds' hundred thousand payments, PostgreSQL's
             # checkpointer and autovacuum catch up for a while on either core, and a replay round
             # run then measures that aftermath along with the replay.
+            watch, started = httpload.kernel_threads(), time.perf_counter()
             replay = bench_replay([servers[d] for d in DESIGNS], seconds)
+            stalls = {"seconds": time.perf_counter() - started, "kernel_threads": httpload.slow_kernel_threads(watch)}
             throughput = [bench_throughput(servers[BASELINE], servers[d], seconds) for d in DESIGNS]
             decisions = {d: s.check_decisions() for d, s in servers.items()}
         finally:
@@ -370,9 +396,11 @@ def run(out: Path, *, seconds: float = 4.0) -> dict:
                 s.stop()
             httpload.run(_drop_keys(settings, prefix))
     load = {"before": load_before, "after": os.getloadavg()[0]}
-    md = _markdown(throughput, replay, seconds, load)
+    md = _markdown(throughput, replay, seconds, load, stalls)
     result = {"benchmark": "idempotency", "seconds": seconds, "connections": CONNECTIONS, "throughput": throughput,
               "replay": replay, "decisions": decisions, "load_average": load, "markdown": md,
+              "kernel_threads_during_replays": {"seconds": stalls["seconds"],
+                                                "threads": [dataclasses.asdict(k) for k in stalls["kernel_threads"]]},
               "machine_cpus": os.cpu_count()}
     (out / "idempotency.json").write_text(json.dumps(result, indent=2))
     return result

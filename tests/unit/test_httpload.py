@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 
@@ -69,12 +70,23 @@ def test_the_open_loop_sends_exactly_rate_times_seconds_and_times_each(rate: flo
     assert o.result.latency.count == expected and o.send_lag.count == expected
 
 
-def test_the_stall_probe_counts_every_sleep_and_only_late_wakeups_as_stalls() -> None:
+def test_the_stall_probe_counts_every_sleep_on_every_core_and_only_late_wakeups_as_stalls() -> None:
     stalls = httpload.probe_stalls(seconds=0.2, over_ms=1000.0)
-    assert stalls.sleeps >= 10  # 1 ms sleeps for 0.2 s, however late the machine wakes them
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    assert [c.cpu for c in stalls.cores] == (cores if len(cores) > 1 else [None])
+    assert all(c.sleeps >= 10 for c in stalls.cores)  # 1 ms sleeps for 0.2 s, however late the machine wakes them
     assert stalls.stalls == 0  # nothing on this machine sleeps a second late in 0.2 s
     assert 0.0 <= stalls.worst_ms < 1000.0
-    assert "0 times in 0.2 s" in stalls.sentence()
+    assert "0 times" in stalls.sentence() and "in 0.2 s" in stalls.sentence()
+    assert all(k.per_run_ms >= httpload.KERNEL_THREAD_MIN_RUN_MS for k in stalls.kernel_threads)
+
+
+def test_the_stall_probe_names_a_kernel_thread_by_its_runs() -> None:
+    thread = httpload.KernelThread("kdamond.0", runs=9, ran_ms=19.8)
+    stalls = httpload.MachineStalls(5.0, 1.0, [httpload.CoreStalls(0, 4500, 9, 2.2)], [thread])
+    assert thread.per_run_ms == pytest.approx(2.2)
+    assert "kdamond.0 9 times, 2.2 ms a time" in stalls.sentence()
+    assert "9 times on core 0, in 5 s (the worst 2.2 ms late)" in stalls.sentence()
 
 
 def test_busy_share_is_rate_times_cpu_per_request() -> None:
