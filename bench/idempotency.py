@@ -360,7 +360,7 @@ def _stall_note(stalls: dict, busy: float) -> str:
                 f"the replay rounds ({stalls['seconds']:.0f} s).")
     stalled_s = sum(k.ran_ms for k in threads) / 1000
     held_up = stalled_s / stalls["seconds"] / max(1 - busy, 0.05)
-    return ("During the replay rounds (" + f"{stalls['seconds']:.0f} s), kernel threads held a core: " + "; ".join(
+    return (f"During the replay rounds ({stalls['seconds']:.0f} s), kernel threads held a core: " + "; ".join(
         f"{k.name} {k.runs} times, {k.per_run_ms:.1f} ms a time (every {stalls['seconds'] / k.runs:.2f} s)"
         for k in threads) + f". The server and the generator have one core each, so such a stall holds up the "
         f"requests that arrive during it and while the backlog it leaves drains: at {100 * busy:.0f}% busy, about "
