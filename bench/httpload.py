@@ -15,7 +15,8 @@ import gc
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -295,7 +296,8 @@ class CoreStalls:
 
 @dataclass
 class KernelThread:
-    """A kernel thread that ran during `probe_stalls`: how often and for how long (/proc schedstat)."""
+    """A kernel thread's runs on a core and their total length (/proc/<pid>/schedstat): since it started,
+    or over a watched stretch (`watch_kernel_threads`)."""
 
     name: str
     runs: int
@@ -353,7 +355,6 @@ def probe_stalls(seconds: float = 5.0, over_ms: float = 1.0) -> MachineStalls:
     often it happens on the machine the figures come from, so a noisy p99 can be read against it.
     """
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    before = kernel_threads()
     results: list[CoreStalls] = []
 
     def sleeper(cpu: int | None) -> None:
@@ -370,25 +371,38 @@ def probe_stalls(seconds: float = 5.0, over_ms: float = 1.0) -> MachineStalls:
         results.append(CoreStalls(cpu, sleeps, stalls, worst))
 
     threads = [threading.Thread(target=sleeper, args=(cpu,)) for cpu in (cpus if len(cpus) > 1 else [None])]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return MachineStalls(seconds, over_ms, sorted(results, key=lambda c: -1 if c.cpu is None else c.cpu),
-                         slow_kernel_threads(before))
+    with watch_kernel_threads() as ran:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return MachineStalls(seconds, over_ms, sorted(results, key=lambda c: -1 if c.cpu is None else c.cpu), ran.threads)
 
 
-def slow_kernel_threads(since: dict[int, tuple[str, int, int]]) -> list[KernelThread]:
-    """The kernel threads that ran since the `kernel_threads()` snapshot `since`, for
-    `KERNEL_THREAD_MIN_RUN_MS` or more a time on average, the busiest first."""
-    ran = [KernelThread(name, runs - since[pid][1], (ns - since[pid][2]) / 1e6)
-           for pid, (name, runs, ns) in kernel_threads().items() if pid in since and runs > since[pid][1]]
-    return sorted((k for k in ran if k.per_run_ms >= KERNEL_THREAD_MIN_RUN_MS), key=lambda k: -k.ran_ms)
+@dataclass
+class KernelThreadRuns:
+    """The kernel threads that ran `KERNEL_THREAD_MIN_RUN_MS` or more a time over `seconds` (`watch_kernel_threads`)."""
+
+    seconds: float
+    threads: list[KernelThread]
 
 
-def kernel_threads() -> dict[int, tuple[str, int, int]]:
-    """pid -> (name, times run, ns run) of every kernel thread, from /proc (empty where there is none).
-    Kernel threads are kthreadd (pid 2) and its children."""
+@contextmanager
+def watch_kernel_threads() -> Iterator[KernelThreadRuns]:
+    """Over the block, the kernel threads that held a core `KERNEL_THREAD_MIN_RUN_MS` or more a time
+    on average, the busiest first (filled in when the block ends)."""
+    before, started = kernel_threads(), time.perf_counter()
+    watched = KernelThreadRuns(0.0, [])
+    yield watched
+    ran = [KernelThread(k.name, k.runs - before[pid].runs, k.ran_ms - before[pid].ran_ms)
+           for pid, k in kernel_threads().items() if pid in before and k.runs > before[pid].runs]
+    watched.seconds = time.perf_counter() - started
+    watched.threads = sorted((k for k in ran if k.per_run_ms >= KERNEL_THREAD_MIN_RUN_MS), key=lambda k: -k.ran_ms)
+
+
+def kernel_threads() -> dict[int, KernelThread]:
+    """pid -> every kernel thread's runs and run time since it started, from /proc (empty where there is
+    none). Kernel threads are kthreadd (pid 2) and its children."""
     threads = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -401,7 +415,7 @@ def kernel_threads() -> dict[int, tuple[str, int, int]]:
             run_ns, _wait_ns, runs = (int(x) for x in (stat.parent / "schedstat").read_text().split())
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile, or a kernel without schedstat
-        threads[pid] = (name, runs, run_ns)
+        threads[pid] = KernelThread(name, runs, run_ns / 1e6)
     return threads
 
 

@@ -293,7 +293,8 @@ async def _drop_keys(settings: Settings, prefix: str) -> None:
         await redis.aclose()
 
 
-def _markdown(throughput: list[dict], replay: dict[str, dict], seconds: float, load: dict, stalls: dict) -> list[str]:
+def _markdown(throughput: list[dict], replay: dict[str, dict], seconds: float, load: dict,
+              stalls: httpload.KernelThreadRuns) -> list[str]:
     md = [f"`POST /v1/payments`, one worker per design pinned to one core, the load generator on the other, "
           f"{CONNECTIONS} keep-alive connections, a fresh Idempotency-Key per request (`none` gets one too); "
           f"{PAIRS} ABBA pairs of {seconds:g} s rounds against the `none` server, the ratio as the median of "
@@ -347,21 +348,21 @@ def _markdown(throughput: list[dict], replay: dict[str, dict], seconds: float, l
     return md
 
 
-def _stall_note(stalls: dict, busy: float) -> str:
+def _stall_note(stalls: httpload.KernelThreadRuns, busy: float) -> str:
     """What the kernel threads that held a core during the replay rounds did to the tail.
 
     A stall of length T holds up the requests that arrive during it and those that arrive while the
     backlog it left drains, which at busy share b takes b x T / (1 - b): so a share of requests of
     (the share of time a core is stalled) / (1 - b), each by up to T.
     """
-    threads = stalls["kernel_threads"]
+    threads = stalls.threads
     if not threads:
         return (f"No kernel thread held a core for {httpload.KERNEL_THREAD_MIN_RUN_MS:g} ms or more a time during "
-                f"the replay rounds ({stalls['seconds']:.0f} s).")
+                f"the replay rounds ({stalls.seconds:.0f} s).")
     stalled_s = sum(k.ran_ms for k in threads) / 1000
-    held_up = stalled_s / stalls["seconds"] / max(1 - busy, 0.05)
-    return (f"During the replay rounds ({stalls['seconds']:.0f} s), kernel threads held a core: " + "; ".join(
-        f"{k.name} {k.runs} times, {k.per_run_ms:.1f} ms a time (every {stalls['seconds'] / k.runs:.2f} s)"
+    held_up = stalled_s / stalls.seconds / max(1 - busy, 0.05)
+    return (f"During the replay rounds ({stalls.seconds:.0f} s), kernel threads held a core: " + "; ".join(
+        f"{k.name} {k.runs} times, {k.per_run_ms:.1f} ms a time (every {stalls.seconds / k.runs:.2f} s)"
         for k in threads) + f". The server and the generator have one core each, so such a stall holds up the "
         f"requests that arrive during it and while the backlog it leaves drains: at {100 * busy:.0f}% busy, about "
         f"{100 * held_up:.1f}% of requests (the share of time stalled / (1 - busy share)), each by up to the "
@@ -386,9 +387,8 @@ def run(out: Path, *, seconds: float = 4.0) -> dict:
             # Replays first: after the throughput rounds' hundred thousand payments, PostgreSQL's
             # checkpointer and autovacuum catch up for a while on either core, and a replay round
             # run then measures that aftermath along with the replay.
-            watch, started = httpload.kernel_threads(), time.perf_counter()
-            replay = bench_replay([servers[d] for d in DESIGNS], seconds)
-            stalls = {"seconds": time.perf_counter() - started, "kernel_threads": httpload.slow_kernel_threads(watch)}
+            with httpload.watch_kernel_threads() as stalls:
+                replay = bench_replay([servers[d] for d in DESIGNS], seconds)
             throughput = [bench_throughput(servers[BASELINE], servers[d], seconds) for d in DESIGNS]
             decisions = {d: s.check_decisions() for d, s in servers.items()}
         finally:
@@ -399,8 +399,7 @@ def run(out: Path, *, seconds: float = 4.0) -> dict:
     md = _markdown(throughput, replay, seconds, load, stalls)
     result = {"benchmark": "idempotency", "seconds": seconds, "connections": CONNECTIONS, "throughput": throughput,
               "replay": replay, "decisions": decisions, "load_average": load, "markdown": md,
-              "kernel_threads_during_replays": {"seconds": stalls["seconds"],
-                                                "threads": [dataclasses.asdict(k) for k in stalls["kernel_threads"]]},
+              "kernel_threads_during_replays": dataclasses.asdict(stalls),
               "machine_cpus": os.cpu_count()}
     (out / "idempotency.json").write_text(json.dumps(result, indent=2))
     return result
