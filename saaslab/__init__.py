@@ -6,8 +6,10 @@ histories for invariant checkers, statistics, the report writer and the command 
 
 __version__ = "0.1.0"
 
-PATTERNS = ("tenancy", "ratelimit", "idempotency", "retries")
-"""Pattern slugs with a simulation and a report, in the order the demo runs them."""
+from saaslab.patterns import REGISTRY, with_face
 
-LIVE_PATTERNS = ("tenancy", "ratelimit", "idempotency")
+PATTERNS = tuple(REGISTRY)
+"""Pattern slugs with a simulation and a report, in the order the demo runs them (the registry's order)."""
+
+LIVE_PATTERNS = tuple(p.slug for p in with_face("live"))
 """Patterns that also have a live face: a load test against the reference service and its checker."""

@@ -12,12 +12,14 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# `leaky` forgets the tenant filter on purpose: the unsafe design the checker must catch.
-IsolationDesign = Literal["filtered", "rls", "schema", "leaky"]
-SchedulerDesign = Literal["fifo", "bulkhead", "wfq"]
-RateLimitDesign = Literal["off", "fixed_window", "sliding_log", "sliding_counter", "token_bucket", "gcra", "naive"]
-# `none` executes every request, retries included: the unsafe baseline the idempotency checker must catch.
-IdempotencyDesign = Literal["none", "redis", "postgres"]
+from saaslab.patterns import axis
+
+# The design choices come from the registry (saaslab/patterns/): each pattern declares its designs once,
+# including the unsafe one its checker must catch (tenancy's `leaky`, ratelimit's `naive`, idempotency's `none`).
+IsolationDesign = Literal[axis("isolation").choices]  # type: ignore[valid-type]
+SchedulerDesign = Literal[axis("scheduler").choices]  # type: ignore[valid-type]
+RateLimitDesign = Literal[axis("ratelimit").choices]  # type: ignore[valid-type]
+IdempotencyDesign = Literal[axis("idempotency").choices]  # type: ignore[valid-type]
 
 
 class Settings(BaseSettings):
