@@ -8,7 +8,6 @@ traceback) and exit non-zero.
 
 from __future__ import annotations
 
-import importlib
 import os
 import secrets
 import sys
@@ -25,8 +24,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from saaslab import LIVE_PATTERNS, PATTERNS
 from saaslab.history import CheckResult
+from saaslab.patterns import REGISTRY, Pattern, with_face
 from saaslab.services import EmbeddedServices, ServiceError, exit_on_sigterm, port_is_free, services_for
 from saaslab.settings import Settings
 
@@ -61,17 +60,17 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full traceba
     _debug = debug
 
 
-def _patterns(pattern: str, *, live: bool = False) -> list[str]:
-    """The pattern slugs a PATTERN argument names; `live` keeps those with a load test."""
-    known = LIVE_PATTERNS if live else PATTERNS
+def _patterns(pattern: str, face: str = "simulation") -> list[Pattern]:
+    """The registered patterns a PATTERN argument names, keeping those that have `face`."""
+    known = [p.slug for p in with_face(face)]
     if pattern == "all":
-        return list(known)
-    if pattern in PATTERNS and pattern not in known:
-        raise UserError(f"{pattern} has no live load test yet; try `saaslab sim {pattern}`, "
+        return list(with_face(face))
+    if pattern in REGISTRY and pattern not in known:
+        raise UserError(f"{pattern} has no {face} face yet; try `saaslab sim {pattern}`, "
                         f"or one of: {', '.join(known)}")
     if pattern not in known:
         raise UserError(f"unknown pattern {pattern!r}; choose one of: {', '.join(known)}, all")
-    return [pattern]
+    return [REGISTRY[pattern]]
 
 
 def _out_dir(out: Path | None, pattern: str, many: bool) -> Path:
@@ -80,7 +79,13 @@ def _out_dir(out: Path | None, pattern: str, many: bool) -> Path:
     return out / pattern if many else out
 
 
-PatternArg = Annotated[str, typer.Argument(help=f"Pattern slug ({', '.join(PATTERNS)}) or 'all'.")]
+def _pattern_help(face: str) -> str:
+    return "Pattern slug or 'all': " + "; ".join(f"{p.slug} ({p.title.lower()})" for p in with_face(face)) + "."
+
+
+PatternArg = Annotated[str, typer.Argument(help=_pattern_help("simulation"))]
+LivePatternArg = Annotated[str, typer.Argument(help=_pattern_help("live"))]
+_UNSAFE_LIST = ", ".join(f"{p.slug}: {p.unsafe.name}" for p in with_face("live") if p.unsafe)
 QuickOpt = Annotated[bool, typer.Option("--quick", help="The short version used by `saaslab demo`.")]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Output folder (default reports/<pattern>/).")]
 
@@ -213,9 +218,9 @@ def _progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
-def _sim(pattern: str, out: Path, quick: bool, seeds: int, jobs: int) -> Path:
-    module = importlib.import_module(f"scenarios.{pattern}")
-    with _progress_bar(f"sim {pattern}") as progress:
+def _sim(pattern: Pattern, out: Path, quick: bool, seeds: int, jobs: int) -> Path:
+    module = pattern.module("simulation")
+    with _progress_bar(f"sim {pattern.slug}") as progress:
         return module.run(out, quick=quick, seeds=seeds, jobs=jobs, progress=progress)
 
 
@@ -229,53 +234,52 @@ def sim(
     out: OutOpt = None,
 ) -> None:
     """Run a pattern's SimPy scenarios; writes <out>/sim/results.csv and run.json."""
-    names = _patterns(pattern)
-    for p in names:
-        path = _sim(p, _out_dir(out, p, len(names) > 1), quick, seeds, jobs)
-        console.print(f"{p}: simulated results in {path}")
+    chosen = _patterns(pattern)
+    for p in chosen:
+        path = _sim(p, _out_dir(out, p.slug, len(chosen) > 1), quick, seeds, jobs)
+        console.print(f"{p.slug}: simulated results in {path}")
 
 
-def _load(pattern: str, out: Path, quick: bool, host: str | None, rate: float | None,
+def _load(pattern: Pattern, out: Path, quick: bool, host: str | None, rate: float | None,
           duration: float | None, unsafe: bool = False) -> Path:
-    from saaslab.loadrun import run_load
-
     settings = Settings()
     with services_for(settings) as s:
-        return run_load(pattern, s, out, quick=quick, host=host, rate=rate, duration=duration,
-                        progress=lambda msg: console.log(msg), unsafe_probe=unsafe)
+        return pattern.module("live").run(s, out, quick=quick, host=host, rate=rate, duration=duration,
+                                          progress=lambda msg: console.log(msg), unsafe=unsafe)
 
 
 @app.command()
 def load(
-    pattern: PatternArg,
+    pattern: LivePatternArg,
     quick: QuickOpt = False,
     host: Annotated[str | None, typer.Option(help="URL of a running service; default: start one here.")] = None,
     rate: Annotated[float | None, typer.Option(help="Override the offered load (requests/s).", min=0.1)] = None,
     duration: Annotated[float | None, typer.Option(help="Override the load duration in seconds.", min=1)] = None,
     unsafe: Annotated[bool, typer.Option(
         "--unsafe", help="Also run the pattern's deliberately unsafe design in the same harness, into "
-        "<out>/unsafe/live/ (tenancy: the leaky isolation probe; ratelimit: naive; idempotency: none), to see the "
-        "checker catch it: `saaslab check PATTERN --out <out>/unsafe`.")] = False,
+        f"<out>/unsafe/live/ ({_UNSAFE_LIST}), to see the checker catch it: "
+        "`saaslab check PATTERN --out <out>/unsafe`.")] = False,
     out: OutOpt = None,
 ) -> None:
     """Drive the live service with Locust; writes <out>/live/results.csv, run.json, history and checks."""
-    names = _patterns(pattern, live=True)
-    for p in names:
-        path = _load(p, _out_dir(out, p, len(names) > 1), quick, host, rate, duration, unsafe)
-        console.print(f"{p}: measured results in {path}")
+    chosen = _patterns(pattern, "live")
+    for p in chosen:
+        path = _load(p, _out_dir(out, p.slug, len(chosen) > 1), quick, host, rate, duration, unsafe)
+        console.print(f"{p.slug}: measured results in {path}")
 
 
-def _checker(pattern: str) -> ModuleType:
+def _checker(pattern: Pattern) -> ModuleType:
     """The module with the pattern's `check_run(out, settings)`: its live face's if it has one (a checker that
     needs what the load run read back), else its invariants'. It may also say which verdicts the lab
     expects (`expected(result, results) -> bool`: a run that mixes safe designs with the deliberately unsafe
     one expects the unsafe one to fail)."""
-    live = importlib.import_module(f"saaslab.live.{pattern}")
-    return live if hasattr(live, "check_run") else importlib.import_module(f"reference_impl.{pattern}.invariants")
+    live = pattern.module("live")
+    return live if hasattr(live, "check_run") else pattern.module("invariants")
 
 
-def _check(pattern: str, out: Path) -> bool:
-    module = _checker(pattern)
+def _check(p: Pattern, out: Path) -> bool:
+    pattern = p.slug
+    module = _checker(p)
     if not (out / "live" / "history.jsonl").exists():
         raise UserError(f"no history in {out / 'live'}; run `saaslab load {pattern}` first")
     with services_for(Settings()) as s:
@@ -296,10 +300,10 @@ def _check(pattern: str, out: Path) -> bool:
 
 
 @app.command()
-def check(pattern: PatternArg, out: OutOpt = None) -> None:
+def check(pattern: LivePatternArg, out: OutOpt = None) -> None:
     """Run a pattern's invariant checks over the last live run's history and final state."""
-    names = _patterns(pattern, live=True)
-    ok = all([_check(p, _out_dir(out, p, len(names) > 1)) for p in names])
+    chosen = _patterns(pattern, "live")
+    ok = all([_check(p, _out_dir(out, p.slug, len(chosen) > 1)) for p in chosen])
     if not ok:
         raise typer.Exit(1)
 
@@ -309,9 +313,9 @@ def report(pattern: PatternArg) -> None:
     """Write reports/<pattern>/index.html and summary.md, and reports/index.html."""
     from saaslab.report import ReportError, write_index, write_pattern_report
 
-    for p in _patterns(pattern):
+    for p in _patterns(pattern, "report"):
         try:
-            console.print(f"{p}: report in {write_pattern_report(p)}")
+            console.print(f"{p.slug}: report in {write_pattern_report(p.slug)}")
         except ReportError as e:
             raise UserError(str(e)) from e
     console.print(f"index: {write_index()}")
@@ -327,12 +331,12 @@ def demo(
     started = time.monotonic()
     settings = Settings()
     with services_for(settings):
-        for p in PATTERNS:
-            out = Path("reports") / p
+        for p in REGISTRY.values():
+            out = Path("reports") / p.slug
             _sim(p, out, quick=True, seeds=5, jobs=os.cpu_count() or 1)
-            if not skip_load and p in LIVE_PATTERNS:
+            if not skip_load and p.has_live:
                 _load(p, out, quick=True, host=None, rate=None, duration=None)
-            console.print(f"{p}: report in {write_pattern_report(p)}")
+            console.print(f"{p.slug}: report in {write_pattern_report(p.slug)}")
         index = write_index()
     console.print(f"demo finished in {time.monotonic() - started:.0f}s; open {index.resolve()}")
 
