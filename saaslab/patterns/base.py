@@ -9,9 +9,12 @@ through `Pattern.module(face)` at the moment it runs it.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any, Literal
+
+from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parents[2]
 """The project root: where `loadtests/` and `notebooks/` sit beside the packages."""
@@ -44,6 +47,11 @@ class Axis:
     def choices(self) -> tuple[str, ...]:
         return (*self.extra_choices, *(d.name for d in self.designs))
 
+    @property
+    def literal(self) -> Any:
+        """The setting's type: exactly the axis's choices, so a typo is refused at start-up."""
+        return Literal[self.choices]
+
 
 @dataclass(frozen=True)
 class Pattern:
@@ -74,8 +82,9 @@ class Pattern:
     live: str | None = None
     loadtest: str | None = None
     bench: str | None = None
-    settings: tuple[str, ...] = field(default=())
-    """The other `Settings` fields this pattern reads (besides its axes' settings)."""
+    settings: type[BaseModel] | None = None
+    """The pattern's `SAASLAB_*` settings, its axes' included: `saaslab.settings.Settings` is built from
+    every registered pattern's model, so a pattern's settings are declared here and nowhere else."""
 
     @property
     def designs(self) -> tuple[Design, ...]:
