@@ -3,9 +3,9 @@
 Throughput of `GET /v1/projects/{id}` (API-key auth, the per-request Redis round trip that meters
 usage, a scheduler slot, a repository read under the isolation design) against the bare
 `GET /bench/bare` route of the same server, in the same run. Target: at least 0.7x, for auth and
-tenancy as the foundation issue names them, so the rate limiter is off in those rows. The same
-comparison then runs with the limiter on (the service's default stack): the limiter's own cost is
-`bench/ratelimit.py`'s subject, and showing both keeps the two from being confused. The server runs
+tenancy alone, so the rate limiter is off in those rows. The same comparison then runs with the
+limiter on (the service's default stack): the limiter's own cost is `bench/ratelimit.py`'s subject,
+and showing both keeps the two from being confused. The server runs
 one uvicorn worker pinned to one core and the load generator is pinned to the other, so the two do
 not steal each other's CPU.
 

@@ -1,4 +1,4 @@
-"""The results schema every run writes, simulated or live (DESIGN.md, "Designs, workloads, faults, results").
+"""The results schema every run writes, simulated or live (docs/design.md, "Designs, workloads, faults, results").
 
 A run is a folder holding `results.csv` (tidy rows, one measurement each) and `run.json`
 (parameters, git commit, package versions, machine). Simulations write `<out>/sim/`, live runs
@@ -16,7 +16,7 @@ import platform
 import subprocess
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -175,6 +175,3 @@ def write_run(out_dir: Path, *, run_id: str, pattern: str, source: Source, rows:
     (out_dir / "run.json").write_text(json.dumps(run, indent=2, default=str))
     return csv_path
 
-
-def row_dict(r: Row) -> dict[str, Any]:
-    return asdict(r)

@@ -44,7 +44,6 @@ class ServiceError(RuntimeError):
 class Endpoints:
     database_url: str
     redis_url: str
-    embedded: bool
     started_here: bool = False
 
 
@@ -134,7 +133,7 @@ class EmbeddedServices:
         s = self._read_state()
         if not s or not _pid_alive(s.get("pg_pid")) or not _pid_alive(s.get("redis_pid")):
             return None
-        return Endpoints(s["database_url"], s["redis_url"], embedded=True)
+        return Endpoints(s["database_url"], s["redis_url"])
 
     def status(self) -> dict:
         s = self._read_state()
@@ -171,7 +170,6 @@ class EmbeddedServices:
         ep = Endpoints(
             database_url=f"postgresql://postgres@127.0.0.1:{pg_port}/{PG_DATABASE}",
             redis_url=f"redis://127.0.0.1:{redis_port}/0",
-            embedded=True,
             started_here=True,
         )
         self._write_state({"pg_pid": pg_pid, "redis_pid": redis_pid, "owner_pid": owner_pid, **asdict(ep)})

@@ -5,7 +5,8 @@ milliseconds: a request scheduled with them leaves up to a millisecond late, and
 1 ms bursts that queue at the server. Both land in every latency an open model reports. A timerfd
 armed at the absolute instant becomes readable when it fires, which wakes the loop's poll whatever
 that poll's own timeout; the process's timer slack is cut to 1 µs so the kernel does not batch the
-wakeup either. Where there is no timerfd, `open_timer()` returns None and callers sleep as before.
+wakeup either. Where there is no timerfd, `open_timer()` returns None and callers
+fall back to their loop's own sleep.
 """
 
 from __future__ import annotations

@@ -81,19 +81,17 @@ def solo_baseline(load_point: float, *, duration_s: float = SOLO_DURATION_S) -> 
 
 SLO_MS = 500.0
 """A request counts towards goodput only if it completes within this latency."""
-# Calibrated on this machine (2 cores shared with PostgreSQL, Redis, Locust and other sessions'
-# work) from the live service's own gate counters, which `saaslab load tenancy` writes as the
+# Calibrated from the live service's own gate counters, which `saaslab load tenancy` writes as the
 # rows slot_hold_ms, slot_hold_sd_ms and outside_slot_ms (solo_* for the baseline):
 #   .venv/bin/saaslab load tenancy --quick --out /tmp/x/tenancy
-# Four such runs on 2026-11-28 (12 design runs) measured a mean slot hold of 21.7-23.4 ms during
-# the bursts and 21.0-21.9 ms in the solo runs: the 20 ms delay plus the PostgreSQL read and the
-# event loop's wake-ups. The last two runs, while others were speeding up the service's hot path,
-# gave 21.7-22.2 ms (mean 22.0) and 21.1-21.7 ms. Outside the slot (auth middleware and its Redis
+# On a 2-core machine shared with PostgreSQL, Redis and Locust, such runs measured a mean slot hold
+# of 21.7-23.4 ms during the bursts and 21.0-21.9 ms in the solo runs: the 20 ms delay plus the
+# PostgreSQL read and the event loop's wake-ups. Outside the slot (auth middleware and its Redis
 # round trip, HTTP on both sides, Locust) the solo runs spent 4.1-6.8 ms (mean 5.2); the bursts
-# 4.8-15.5 ms, a load- and machine-dependent part this fixed value leaves out. Six later runs
-# that also read the holds' spread put their standard deviation at 0.6-1.1 ms in the solo runs
-# and 1.1-8.5 ms during the bursts, the more the busier the machine (the exponential below: 2 ms).
-# Re-measure after changing the service's hot path: the report sets these beside the live rows.
+# 4.8-15.5 ms, a load- and machine-dependent part this fixed value leaves out. The holds' standard
+# deviation was 0.6-1.1 ms in the solo runs and 1.1-8.5 ms during the bursts, the more the busier
+# the machine (the exponential below: 2 ms). Re-measure after changing the service's hot path: the
+# report sets these beside the live rows.
 SLOT_OVERHEAD_MS = 2.0
 """Mean of the exponential time a request holds its slot beyond `SERVICE_MS`: it eats capacity.
 Being exponential, it is also the standard deviation of the simulated holds."""

@@ -1,4 +1,4 @@
-"""Client retry decisions: pure code, integer microseconds, clock and randomness passed in (DESIGN.md).
+"""Client retry decisions: pure code, integer microseconds, clock and randomness passed in (docs/design.md).
 
 The SimPy scenarios (`scenarios/retries.py`) and the load harness retry with this same code.
 

@@ -1,4 +1,4 @@
-"""The tenancy decision core: pure code, no I/O, no clock reads (the twin rule, DESIGN.md).
+"""The tenancy decision core: pure code, no I/O, no clock reads (the twin rule, docs/design.md).
 
 Two kinds of decisions live here, each used by both the service and the SimPy model:
 

@@ -1,6 +1,6 @@
 """A SimPy server whose admission decisions are made by the service's own scheduler code.
 
-The twin rule (DESIGN.md): `Server` does not model FIFO or fair queuing itself. It owns `slots`
+The twin rule (docs/design.md): `Server` does not model FIFO or fair queuing itself. It owns `slots`
 workers through a scheduler from `reference_impl.tenancy.core.make_scheduler` and drives it
 exactly as the service does: `submit` a `Job` whose token is a SimPy event when a request
 arrives, and whenever a request arrives or a slot frees, `dispatch` until it returns None and

@@ -37,7 +37,6 @@ class TenantSpec:
     plan: str = "pro"
     rate: float = 10.0
     """Base arrival rate in requests per second."""
-    weight: int = 1
     bursts: tuple[Burst, ...] = ()
 
     def rate_at(self, t_s: float) -> float:

@@ -22,7 +22,7 @@ def test_embedded_servers_start_answer_and_stop(tmp_path: Path) -> None:
     emb = EmbeddedServices(tmp_path / "state")
     ep = emb.up()
     try:
-        assert emb.running() == ep.__class__(ep.database_url, ep.redis_url, embedded=True)
+        assert emb.running() == ep.__class__(ep.database_url, ep.redis_url)
         with psycopg.connect(ep.database_url) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
         assert redis.Redis.from_url(ep.redis_url).ping()
