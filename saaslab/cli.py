@@ -1,4 +1,4 @@
-"""The `saaslab` command line: services, serve, completer, reaper, sim, load, check, report, demo (CONTRACT.md).
+"""The `saaslab` command line: services, serve, completer, reaper, sim, load, check, report, demo (docs/contract.md).
 
 Every command builds its `Settings` from `SAASLAB_*` variables. A command that needs PostgreSQL and
 Redis gets them from `services_for`, which starts the embedded servers for its lifetime when none
