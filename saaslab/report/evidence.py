@@ -138,7 +138,7 @@ def send_lag_table(run: RunData, latencies: Sequence[LiveLatency]) -> Table:
     rows = []
     for x in latencies:
         lag = lags.get((x.design, load_key(x.load_point)))
-        share = f"{100 * lag / x.ms:.0f}%" if lag is not None and x.ms > 0 else "n/a"
+        share = f"{fmt_num(100 * lag / x.ms)}%" if lag is not None and x.ms > 0 else "n/a"
         rows.append([x.design, fmt_load(x.load_point), x.label, f"{fmt_num(x.ms)} ms",
                      f"{fmt_num(lag)} ms" if lag is not None else NOT_RECORDED,
                      share, "FLAGGED" if _flagged(lag, x) else ""])
