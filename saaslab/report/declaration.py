@@ -52,6 +52,32 @@ def always(_ctx: Any) -> bool:
     return True
 
 
+# Section tests for contexts that hold a `sim` and a `live` view (None when that source is missing).
+def has_sim(ctx: Any) -> bool:
+    return ctx.sim is not None
+
+
+def no_sim(ctx: Any) -> bool:
+    return ctx.sim is None
+
+
+def no_live(ctx: Any) -> bool:
+    return ctx.live is None
+
+
+def sim_and_live(ctx: Any) -> bool:
+    return ctx.sim is not None and ctx.live is not None
+
+
+def on(attribute: str, rule: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`rule`, written over one view of the context (`ctx.<attribute>`), as a rule over the context."""
+    def over_context(ctx: Any) -> Any:
+        return rule(getattr(ctx, attribute))
+
+    over_context.__name__ = f"{rule.__name__}_on_{attribute}"
+    return over_context
+
+
 @dataclass(frozen=True)
 class Section:
     """One part of the evidence: its conclusions, tables and figures, when `when` holds for the data."""

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from saaslab import patterns
 from saaslab.report import PatternData, PatternReport, Report, Section, Table
 from saaslab.report import build as build_report
+from saaslab.report.declaration import has_sim, no_live, no_sim, on, sim_and_live
 from saaslab.report.evidence import LiveLatency, checks_sentence, no_live_run, no_simulation, seeds_note
 from saaslab.reports.idempotency import conclusions as said
 from saaslab.reports.idempotency.checks import invariants
@@ -93,32 +94,8 @@ def _no_simulation(_c: Idempotency) -> str:
     return no_simulation(PATTERN, "there are no confidence intervals across loads and the measured values stand alone")
 
 
-def _headline(c: Idempotency) -> str:
-    return said.headline(c.simulated)
-
-
-def _checker(c: Idempotency) -> str | None:
-    return said.checker_sentence(c.simulated)
-
-
-def _orphans(c: Idempotency) -> str | None:
-    return said.orphan_sentence(c.simulated)
-
-
-def _load(c: Idempotency) -> str | None:
-    return said.load_sentence(c.simulated)
-
-
-def _cost(c: Idempotency) -> str | None:
-    return said.cost_sentence(c.simulated)
-
-
-def _replays(c: Idempotency) -> str | None:
-    return said.replay_sentence(c.simulated)
-
-
-def _effects_figure(c: Idempotency):  # type: ignore[no-untyped-def]
-    return effects_figure(c.simulated)
+_headline, _checker = on("simulated", said.headline), on("simulated", said.checker_sentence)
+_effects_figure = on("simulated", effects_figure)
 
 
 def _no_live(_c: Idempotency) -> str:
@@ -152,21 +129,18 @@ def _latencies(c: Idempotency) -> list[LiveLatency]:
             for x in c.comps if x.measured and x.live["latency_p99"].known]
 
 
-def _has_sim(c: Idempotency) -> bool:
-    return c.sim is not None
-
-
 REPORT = PatternReport(
     slug=PATTERN,
     context=Idempotency.of,
     sections=(
-        Section("no simulation", when=lambda c: c.sim is None, conclusions=(_no_simulation,)),
-        Section("duplicates, orphans and cost", when=_has_sim,
-                conclusions=(_headline, _checker, _orphans, _load, _cost, _replays),
-                tables=(lambda c: effects_table(c.simulated), lambda c: cost_table(c.simulated)),
-                figures=(_effects_figure, lambda c: cost_figure(c.simulated))),
-        Section("no live run", when=lambda c: c.live is None, conclusions=(_no_live,)),
-        Section("simulated versus measured", when=lambda c: c.live is not None and c.sim is not None,
+        Section("no simulation", when=no_sim, conclusions=(_no_simulation,)),
+        Section("duplicates, orphans and cost", when=has_sim,
+                conclusions=(_headline, _checker, *(on("simulated", rule) for rule in (
+                    said.orphan_sentence, said.load_sentence, said.cost_sentence, said.replay_sentence))),
+                tables=(on("simulated", effects_table), on("simulated", cost_table)),
+                figures=(_effects_figure, on("simulated", cost_figure))),
+        Section("no live run", when=no_live, conclusions=(_no_live,)),
+        Section("simulated versus measured", when=sim_and_live,
                 conclusions=(_agreement,), figures=(lambda c: live_figure(c.comps),)),
     ),
     answer=(_no_simulation, _headline, (_checker, 2), (_agreement, 1), checks_sentence, _no_live),

@@ -15,8 +15,9 @@ The live run.json's `race` (simultaneous requests of one tenant across the servi
 gives one more conclusion, and its `policy` and `duration_s` are checked against the simulated
 neighbour experiment's, so a comparison that is not like for like says so.
 
-Each experiment is one `Section` of `REPORT`: another experiment of the simulation (its rows, its
-sentences, tables and figures) is one more section in that tuple.
+Each experiment is one `Section` of `REPORT`: another experiment of the simulation (the concurrency
+limiter, the load shedder: its rows, sentences, tables and figures) is one more section in that tuple,
+its rules written over the simulation's `View` and wrapped with `_over_sim`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from saaslab import patterns
 from saaslab.report import PatternData, PatternReport, Report, Section, Table
 from saaslab.report import build as build_report
+from saaslab.report.declaration import has_sim, no_live, no_sim, on, sim_and_live
 from saaslab.report.evidence import (
     LiveLatency,
     checks_sentence,
@@ -78,16 +80,8 @@ def _no_simulation(_c: Ratelimit) -> str:
                                   "429 rates stand alone")
 
 
-def _on_sim(rule):  # type: ignore[no-untyped-def]
-    """A rule over the simulation's view, as a rule over the report's context."""
-    def over_context(c: Ratelimit):  # type: ignore[no-untyped-def]
-        return rule(c.simulated)
-    over_context.__name__ = rule.__name__
-    return over_context
-
-
-_headline = _on_sim(said.headline)
-_accuracy_figure = _on_sim(figures.accuracy_figure)
+_headline = on("simulated", said.headline)
+_accuracy_figure = on("simulated", figures.accuracy_figure)
 
 
 def _no_live(_c: Ratelimit) -> str:
@@ -130,27 +124,26 @@ def _latencies(c: Ratelimit) -> list[LiveLatency]:
             for x in c.comps if x.live_p99.known]
 
 
-def _has_sim(c: Ratelimit) -> bool:
-    return c.sim is not None
+def _over_sim(*rules):  # type: ignore[no-untyped-def]
+    return tuple(on("simulated", rule) for rule in rules)
 
 
 REPORT = PatternReport(
     slug=PATTERN,
     context=Ratelimit.of,
     sections=(
-        Section("no simulation", when=lambda c: c.sim is None, conclusions=(_no_simulation,)),
-        Section("accuracy, memory and the noisy neighbour", when=_has_sim,
-                conclusions=(_headline, *map(_on_sim, (said.accuracy_sentence, said.separation_sentence,
-                                                       said.over_under_sentence, said.boundary_sentence,
-                                                       said.memory_sentence, said.neighbour_sentence))),
-                tables=tuple(map(_on_sim, (tables.accuracy_table, tables.boundary_memory_table,
-                                           tables.neighbour_table))),
-                figures=(_accuracy_figure, *map(_on_sim, (figures.boundary_figure, figures.memory_figure)))),
-        Section("concurrency and clock skew", when=_has_sim,
-                conclusions=tuple(map(_on_sim, (race_sentence, skew_sentence, naive_sentence))),
-                tables=(_on_sim(tables.concurrency_table),), figures=(_on_sim(figures.race_skew_figure),)),
-        Section("no live run", when=lambda c: c.live is None, conclusions=(_no_live,)),
-        Section("simulated versus measured", when=lambda c: c.live is not None and c.sim is not None,
+        Section("no simulation", when=no_sim, conclusions=(_no_simulation,)),
+        Section("accuracy, memory and the noisy neighbour", when=has_sim,
+                conclusions=(_headline, *_over_sim(said.accuracy_sentence, said.separation_sentence,
+                                                   said.over_under_sentence, said.boundary_sentence,
+                                                   said.memory_sentence, said.neighbour_sentence)),
+                tables=_over_sim(tables.accuracy_table, tables.boundary_memory_table, tables.neighbour_table),
+                figures=(_accuracy_figure, *_over_sim(figures.boundary_figure, figures.memory_figure))),
+        Section("concurrency and clock skew", when=has_sim,
+                conclusions=_over_sim(race_sentence, skew_sentence, naive_sentence),
+                tables=_over_sim(tables.concurrency_table), figures=_over_sim(figures.race_skew_figure)),
+        Section("no live run", when=no_live, conclusions=(_no_live,)),
+        Section("simulated versus measured", when=sim_and_live,
                 conclusions=(_agreement, _same_seed), figures=(lambda c: figures.live_figure(c.comps),)),
         Section("the live race", conclusions=(_live_race,)),
     ),

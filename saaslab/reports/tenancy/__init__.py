@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from saaslab import patterns
 from saaslab.report import PatternData, PatternReport, Report, RunData, Section, Table
 from saaslab.report import build as build_report
+from saaslab.report.declaration import no_live, sim_and_live
 from saaslab.report.evidence import LiveLatency, checks_sentence, seeds_note
 from saaslab.report.numbers import fmt_list
 from saaslab.reports.tenancy import conclusions as said
@@ -44,10 +45,6 @@ class Tenancy:
     @property
     def primary_run(self) -> RunData:
         return self.primary.run
-
-    @property
-    def compared(self) -> bool:
-        return self.sim is not None and self.live is not None
 
 
 NO_LIVE = (f"No live run yet, so the simulation is not checked against measurement: run "
@@ -165,8 +162,8 @@ REPORT = PatternReport(
     sections=(
         Section("noisy neighbour", conclusions=(_winner, _each_load, _separation, _cost, _jain, _goodput),
                 tables=(_results,), figures=(_ratio_figure, _tenant_figure)),
-        Section("no live run", when=lambda c: c.live is None, conclusions=(_no_live,)),
-        Section("simulated versus measured", when=lambda c: c.compared,
+        Section("no live run", when=no_live, conclusions=(_no_live,)),
+        Section("simulated versus measured", when=sim_and_live,
                 conclusions=(_agreement, _same_seed, _baseline, _calibration)),
     ),
     answer=(_winner, (_separation, 2), (_agreement, 1), _no_live, checks_sentence),
