@@ -78,6 +78,15 @@ def on(attribute: str, rule: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return over_context
 
 
+def on_sim_and_live(rule: Callable[[Any, Any], Any]) -> Callable[[Any], Any]:
+    """`rule`, written over the simulated and the measured view, as a rule over the context."""
+    def over_context(ctx: Any) -> Any:
+        return rule(ctx.sim, ctx.live)
+
+    over_context.__name__ = f"{rule.__name__}_on_sim_and_live"
+    return over_context
+
+
 @dataclass(frozen=True)
 class Section:
     """One part of the evidence: its conclusions, tables and figures, when `when` holds for the data."""

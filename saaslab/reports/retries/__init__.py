@@ -14,6 +14,7 @@ from typing import Any
 from saaslab import patterns
 from saaslab.report import PatternData, PatternReport, Report, Section, ordered
 from saaslab.report import build as build_report
+from saaslab.report.declaration import on
 from saaslab.report.evidence import seeds_note
 from saaslab.reports.retries.contention import time_sentences, work_sentences
 from saaslab.reports.retries.data import META_ORDER, POLICY_ORDER, Contention, Map
@@ -60,25 +61,14 @@ def _headline(c: Retries) -> str | None:
     return headline(c.contention, c.map)
 
 
-def _work(c: Retries) -> list[str]:
-    assert c.contention is not None
-    return work_sentences(c.contention)
-
-
-def _time(c: Retries) -> list[str]:
-    assert c.contention is not None
-    return time_sentences(c.contention)
+_work, _time = on("contention", work_sentences), on("contention", time_sentences)
+_contention_figure = on("contention", contention_figure)
 
 
 def _map(c: Retries) -> list[str]:
     assert c.map is not None
     m = c.params.get("metastability") or {}
     return map_sentences(c.map, m.get("recovery_s"), m.get("recovered_share"))
-
-
-def _contention_figure(c: Retries):  # type: ignore[no-untyped-def]
-    assert c.contention is not None
-    return contention_figure(c.contention)
 
 
 def _notes(c: Retries) -> list[str]:
@@ -104,9 +94,9 @@ REPORT = PatternReport(
     sections=(
         Section("the answer", conclusions=(_headline,)),
         Section("contention", when=lambda c: c.contention is not None, conclusions=(_work, _time),
-                tables=(lambda c: contention_tables(c.contention),), figures=(_contention_figure,)),
+                tables=(on("contention", contention_tables),), figures=(_contention_figure,)),
         Section("metastability", when=lambda c: c.map is not None, conclusions=(_map,),
-                tables=(lambda c: map_tables(c.map),), figures=(lambda c: map_figure(c.map),)),
+                tables=(on("map", map_tables),), figures=(on("map", map_figure),)),
     ),
     answer=(_headline, (_work, 1), (_work, -1), (_time, 1), (_map, -1)),
     headline_figure=_contention_figure,

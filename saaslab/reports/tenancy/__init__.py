@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from saaslab import patterns
 from saaslab.report import PatternData, PatternReport, Report, RunData, Section, Table
 from saaslab.report import build as build_report
-from saaslab.report.declaration import no_live, sim_and_live
+from saaslab.report.declaration import no_live, on, on_sim_and_live, sim_and_live
 from saaslab.report.evidence import LiveLatency, checks_sentence, seeds_note
 from saaslab.report.numbers import fmt_list
 from saaslab.reports.tenancy import conclusions as said
@@ -58,16 +58,12 @@ def _empty(c: Tenancy) -> str | None:
     return f"The {run.source} results in {run.directory} have no rows, so there is nothing to compare."
 
 
-def _winner(c: Tenancy) -> str:
-    return said.winner_sentence(c.primary)
-
-
 def _each_load(c: Tenancy) -> list[str]:
     return [said.load_sentence(c.primary, lp) for lp in c.primary.load_points]
 
 
-def _separation(c: Tenancy) -> str | None:
-    return said.separation_sentence(c.primary)
+_winner, _separation = on("primary", said.winner_sentence), on("primary", said.separation_sentence)
+_agreement = on_sim_and_live(compared.agreement_sentences)
 
 
 def _cost(c: Tenancy) -> str | None:
@@ -86,28 +82,9 @@ def _no_live(_c: Tenancy) -> str:
     return NO_LIVE
 
 
-def _agreement(c: Tenancy) -> list[str]:
-    assert c.sim is not None and c.live is not None
-    return compared.agreement_sentences(c.sim, c.live)
-
-
-def _same_seed(c: Tenancy) -> str | None:
-    assert c.sim is not None and c.live is not None
-    return compared.same_seed_sentence(c.sim, c.live)
-
-
-def _baseline(c: Tenancy) -> str | None:
-    assert c.sim is not None and c.live is not None
-    return compared.baseline_sentence(c.sim, c.live)
-
-
 def _calibration(c: Tenancy) -> str | None:
     assert c.sim is not None and c.live is not None
     return compared.calibration_sentence(c.sim.run.parameters, c.live)
-
-
-def _results(c: Tenancy) -> list[Table]:
-    return result_tables(c.primary)
 
 
 def _ratio_figure(c: Tenancy):  # type: ignore[no-untyped-def]
@@ -161,10 +138,11 @@ REPORT = PatternReport(
     empty=_empty,
     sections=(
         Section("noisy neighbour", conclusions=(_winner, _each_load, _separation, _cost, _jain, _goodput),
-                tables=(_results,), figures=(_ratio_figure, _tenant_figure)),
+                tables=(on("primary", result_tables),), figures=(_ratio_figure, _tenant_figure)),
         Section("no live run", when=no_live, conclusions=(_no_live,)),
         Section("simulated versus measured", when=sim_and_live,
-                conclusions=(_agreement, _same_seed, _baseline, _calibration)),
+                conclusions=(_agreement, on_sim_and_live(compared.same_seed_sentence),
+                             on_sim_and_live(compared.baseline_sentence), _calibration)),
     ),
     answer=(_winner, (_separation, 2), (_agreement, 1), _no_live, checks_sentence),
     headline_figure=_ratio_figure,
