@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from saaslab.history import CheckResult
-from saaslab.report import Report, load_pattern, write_pattern_report
+from saaslab.report import Report, load_pattern, split_sentences, write_pattern_report
 from saaslab.reports.idempotency import NO_LIVE, OWN_WORKLOAD, QUESTION, build
 from saaslab.results import ALL_TENANTS, Row, write_run
 from scenarios import idempotency as scenario
@@ -275,6 +275,7 @@ def test_a_real_simulation_renders_a_self_contained_report(real_run: Path) -> No
     html = write_pattern_report("idempotency", real_run).read_text()
     assert html.count("data:image/png;base64,") == 2 and 'src="http' not in html
     report = report_for(real_run)
+    assert report.answer[0] == report.headline and len(split_sentences(" ".join(report.answer))) <= 5
     assert report.headline.startswith("Under client timeouts, retries, provider faults and crashes, none made ")
     assert "redis and postgres made no duplicate in any of their 8 runs" in report.headline
     assert "It catches the unsafe none design in every run." in "\n".join(report.conclusions)

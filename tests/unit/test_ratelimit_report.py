@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from saaslab.history import CheckResult
-from saaslab.report import PatternData, Report, load_pattern, load_run, write_pattern_report
+from saaslab.report import PatternData, Report, load_pattern, load_run, split_sentences, write_pattern_report
 from saaslab.reports import ratelimit
 from saaslab.reports.ratelimit import QUESTION, View, build, sim_rejected_pct
 from saaslab.results import ALL_TENANTS, Row, write_run
@@ -255,6 +255,7 @@ def _conclusion(report: Report, start: str) -> str:
 
 def test_a_real_simulation_reports_the_known_shape_of_each_algorithm(quick_sim: Path) -> None:
     report = report_for(quick_sim)
+    assert report.answer[0] == report.headline and len(split_sentences(" ".join(report.answer))) <= 5
     assert report.headline.startswith("Of the atomic algorithms, sliding_log (0.00% off an exact sliding window's")
     assert "all 5 atomic algorithms stayed within the limit when requests raced while naive admitted up to 10.0x" in (
         report.headline)

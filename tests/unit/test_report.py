@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from saaslab import patterns
 from saaslab.report import (
     Report,
     ReportError,
@@ -19,6 +20,7 @@ from saaslab.report import (
     html_table,
     load_pattern,
     markdown_table,
+    split_sentences,
     summarise,
     write_index,
     write_pattern_report,
@@ -354,3 +356,79 @@ def test_index_with_no_reports_says_how_to_make_them(tmp_path: Path) -> None:
     (tmp_path / "tenancy" / "sim").mkdir(parents=True)  # a run folder without a report is not listed
     page = write_index(tmp_path).read_text()
     assert "No pattern reports yet" in page and 'href="tenancy' not in page and "Benchmarks" not in page
+
+
+def test_every_registered_pattern_is_listed_with_its_question(tmp_path: Path) -> None:
+    write_source(tmp_path, "sim", rows_for(BASE))
+    write_pattern_report("tenancy", tmp_path)
+    page = write_index(tmp_path).read_text()
+    for slug, declared in patterns.REGISTRY.items():
+        assert f"{slug}</a>: {declared.title}" in page or f"{slug}: {declared.title}" in page
+        assert declared.question.replace("'", "&#x27;") in page
+    assert page.count('href="') - page.count('summary.md"') == 1  # only the written report is linked
+    assert "No report yet: run `saaslab sim ratelimit`, then `saaslab report ratelimit`." in page
+
+
+# --- the answer and the headline plot ------------------------------------------------------------
+
+def test_the_report_opens_with_its_headline_plot_and_an_answer_of_at_most_five_sentences(tmp_path: Path) -> None:
+    write_source(tmp_path, "sim", rows_for(BASE))
+    write_source(tmp_path, "live", rows_for({k: v for k, v in BASE.items() if k[1] == 0.5}, source="live", seeds=1),
+                 checks=[{"name": "isolation", "valid": True, "checked": 5, "violations": 0, "examples": [],
+                          "detail": ""}])
+    report = build(tmp_path)
+    assert report.answer[0] == report.headline
+    assert len(split_sentences(" ".join(report.answer))) <= 5
+    assert all(s in " ".join(report.conclusions) for s in report.answer)
+    assert report.headline_figure is not None
+    assert report.figures[report.headline_figure].title == "Quiet tenants' p99 relative to solo"
+    page = write_pattern_report("tenancy", tmp_path).read_text()
+    first_plot, answer = page.index("<figure>"), page.index("<h2>Answer</h2>")
+    assert first_plot < answer < page.index("<h2>Conclusions</h2>") < page.index("<h2>Results</h2>")
+    assert page[first_plot:answer].count("data:image/png") == 1 and page.count("data:image/png") == 2
+    md = (tmp_path / "tenancy" / "summary.md").read_text().splitlines()
+    assert md[2] == report.headline and md[4] == " ".join(report.answer[1:])
+
+
+# --- the load generator's send lag ----------------------------------------------------------------
+
+def _lag(design: str, lp: float, ms: float) -> Row:
+    return Row("tenancy-live-test", "live", "tenancy", design, 0, lp, ALL_TENANTS, "send_lag_p99", ms, "ms")
+
+
+def test_send_lag_stands_beside_the_live_latencies_and_flags_those_it_weighs_on(tmp_path: Path) -> None:
+    write_source(tmp_path, "sim", rows_for(BASE))
+    live = rows_for({("wfq", 0.5): 1.1, ("fifo", 0.5): 38.0}, source="live", seeds=1)
+    write_source(tmp_path, "live", [*live, _lag("wfq", 0.5, 5.0), _lag("fifo", 0.5, 5.0)])
+    report = build(tmp_path)
+    assert report.send_lag is not None
+    rows = {(r[0], r[2]): r[3:] for r in report.send_lag.rows}
+    # wfq's quiet p99 is 33 ms: 5 ms of lag is more than a tenth of it; fifo's is 1,140 ms.
+    assert rows[("wfq", "quiet p99")] == ["33.0 ms", "5.00 ms", "15.2%", "FLAGGED"]
+    assert rows[("fifo", "quiet p99")][-1] == "" and rows[("wfq", "noisy p99")][-1] == ""
+    lag = next(c for c in report.conclusions if c.startswith("The load generator's send lag p99 was 5.00 ms"))
+    assert "exceeds a tenth of 1 of 4 measured latencies: wfq at load 0.5 (quiet p99 33.0 ms, lag 5.00 ms)" in lag
+    assert lag in report.answer and len(split_sentences(" ".join(report.answer))) <= 5
+    assert "The load generator&#x27;s send lag beside the measured latencies" in (
+        write_pattern_report("tenancy", tmp_path).read_text())
+
+    write_source(tmp_path, "live", [*live, _lag("wfq", 0.5, 1.0), _lag("fifo", 0.5, 1.0)])
+    report = build(tmp_path)
+    assert ("The load generator's send lag p99 was 1.00 ms, under a tenth of every measured latency shown, so those "
+            "latencies are the service's.") in report.conclusions
+    assert not any("send lag" in s for s in report.answer)
+
+
+def test_a_live_run_without_send_lag_says_it_was_not_recorded_and_by_whom(tmp_path: Path) -> None:
+    write_source(tmp_path, "sim", rows_for(BASE))
+    write_source(tmp_path, "live", rows_for({("wfq", 0.5): 1.1}, source="live", seeds=1))
+    report = build(tmp_path)
+    assert report.send_lag is not None and {r[4] for r in report.send_lag.rows} == {"not recorded"}
+    assert ("The load generator's send lag was not recorded (saaslab.live.tenancy does not emit send_lag_p99), so the "
+            "measured latencies cannot be told apart from the generator's own delay.") in report.conclusions
+
+
+def test_a_simulation_alone_has_no_send_lag(tmp_path: Path) -> None:
+    write_source(tmp_path, "sim", rows_for(BASE))
+    report = build(tmp_path)
+    assert report.send_lag is None and not any("send lag" in c for c in report.conclusions)
