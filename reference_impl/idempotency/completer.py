@@ -26,8 +26,8 @@ from collections.abc import Callable
 
 from reference_impl.common.db import Pool
 from reference_impl.idempotency.core import Policy
-from reference_impl.idempotency.ledger import Publish
-from reference_impl.idempotency.postgres import ClaimLost, PostgresIdempotency
+from reference_impl.idempotency.ledger import ClaimLost, Publish
+from reference_impl.idempotency.postgres import PostgresIdempotency
 from reference_impl.idempotency.provider import ProviderTimeout
 
 log = logging.getLogger("saaslab.idempotency.completer")

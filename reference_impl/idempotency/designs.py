@@ -1,5 +1,8 @@
 """The three idempotency designs behind one interface, and the factory the service uses.
 
+Each runs the payment machine of core.py (`core.pay_steps`, through `ledger.carry_payment`); the
+round trips of each store's operations are declared in round_trips.py.
+
 * `none` (NoIdempotency): DELIBERATELY UNSAFE. Every request executes, with a fresh provider token,
   so a retried or concurrent payment charges again. It exists so the checker can be shown to catch
   duplicates (invariants.py); never select it for anything but that demonstration.
@@ -44,10 +47,11 @@ from redis.asyncio import Redis
 from reference_impl.common.db import Pool
 from reference_impl.idempotency.core import Claim, Outcome, Policy, StoredResponse
 from reference_impl.idempotency.ledger import (
+    ChargeThenRecord,
     Checkpoint,
     PaymentRequest,
     Publish,
-    charge_then_record,
+    carry_payment,
     new_token,
 )
 from reference_impl.idempotency.postgres import PostgresIdempotency
@@ -76,7 +80,7 @@ class IdempotencyDesign(Protocol):
         """Carry a running payment claim to `finished`; raises ProviderTimeout on an unknown outcome."""
 
 
-class NoIdempotency:
+class NoIdempotency(ChargeThenRecord):
     """UNSAFE ON PURPOSE: see the module docstring."""
 
     design = "none"
@@ -100,7 +104,7 @@ class NoIdempotency:
 
     async def pay(self, claim: Claim, request: PaymentRequest, now_us: int, *, fault: ProviderFault | None = None,
                   checkpoint: Checkpoint | None = None) -> StoredResponse:
-        return await charge_then_record(self, self._pool, claim, request, now_us, fault, checkpoint, self._publish)
+        return await carry_payment(self, self._pool, claim, request, now_us, fault, checkpoint, self._publish)
 
 
 def make_design(design: str, *, pool: Pool, redis: Redis, prefix: str, policy: Policy | None = None,
