@@ -25,13 +25,13 @@ import time
 from collections.abc import Callable
 
 from reference_impl.common.db import Pool
-from reference_impl.idempotency.core import Policy
+from reference_impl.idempotency.core import COMPLETER_BATCH, Policy
 from reference_impl.idempotency.ledger import ClaimLost, Publish
 from reference_impl.idempotency.postgres import PostgresIdempotency
 from reference_impl.idempotency.provider import ProviderTimeout
 
 log = logging.getLogger("saaslab.idempotency.completer")
-BATCH = 100
+BATCH = COMPLETER_BATCH
 
 # Expired claims are the reaper's: taking one over would decide EXECUTE, not RECOVER.
 _ABANDONED = ("SELECT tenant_id, key FROM idempotency_keys"

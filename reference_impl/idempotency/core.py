@@ -241,6 +241,8 @@ CHARGED = "charged"
 RECORDED = "charge_created"
 """Checkpoint: the payment row exists (for `postgres`, in the same transaction as the `charge_created` point)."""
 CHECKPOINTS = (CHARGED, RECORDED)
+COMPLETER_BATCH = 100
+"""Abandoned claims the completer takes per pass."""
 
 
 @dataclass(frozen=True, slots=True)
