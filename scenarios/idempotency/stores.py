@@ -116,7 +116,7 @@ class SimulatedStore:
             self._keep(key, step.held)
             if step.write in (Write.CREATE, Write.REPLACE):
                 self.requests[key] = attempt.request
-        yield from self.trips("claim")
+        yield from self.trips("claim", step.write)
         if locked:
             # The claim statement only creates: a write over the row is made again under its lock.
             step = claim_step(self.held.get(key), TENANT, key, attempt.fingerprint, now_us, lab.policy,
