@@ -21,60 +21,31 @@ with it (idempotency/http.py); it must be idempotent, since a recovered request 
 from __future__ import annotations
 
 import json
-import re
 import secrets
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol
 
 import asyncpg
 
 from reference_impl.common.db import Pool
-from reference_impl.common.problem import PROBLEM_CONTENT_TYPE, Problem
 from reference_impl.idempotency import provider
 from reference_impl.idempotency.core import CHARGED as CHARGED  # the checkpoints, importable from here too
 from reference_impl.idempotency.core import CHECKPOINTS as CHECKPOINTS
 from reference_impl.idempotency.core import RECORDED as RECORDED
 from reference_impl.idempotency.core import Claim, Signal, Step, StoredResponse, pay_steps
+from reference_impl.idempotency.payments import (
+    JSON_HEADERS as JSON_HEADERS,  # the payment's data, importable here
+)
+from reference_impl.idempotency.payments import PAYMENT_STATUS as PAYMENT_STATUS
+from reference_impl.idempotency.payments import LedgerState as LedgerState
+from reference_impl.idempotency.payments import Payment as Payment
+from reference_impl.idempotency.payments import PaymentRequest as PaymentRequest
+from reference_impl.idempotency.payments import declined_response as declined_response
+from reference_impl.idempotency.payments import payment_response as payment_response
 from reference_impl.idempotency.provider import Charge, ProviderError, ProviderFault, ProviderTimeout
-
-PAYMENT_STATUS = "succeeded"
-JSON_HEADERS = (("content-type", "application/json"),)
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 Checkpoint = Callable[[str], Awaitable[None]]
 """Called at named points of a payment's flow (`core.CHECKPOINTS`), e.g. to arm lab-mode crash faults."""
-
-
-@dataclass(frozen=True, slots=True)
-class PaymentRequest:
-    """A validated `POST /v1/payments` body."""
-
-    amount: int
-    currency: str
-
-    def __post_init__(self) -> None:
-        if not 0 < self.amount < 2**63:
-            raise ValueError(f"amount must be a positive 64-bit integer, got {self.amount}")
-        if not _CURRENCY.match(self.currency):
-            raise ValueError(f"currency must be an ISO 4217 code, got {self.currency!r}")
-
-    def params(self) -> dict[str, Any]:
-        return {"amount": self.amount, "currency": self.currency}
-
-
-@dataclass(frozen=True, slots=True)
-class Payment:
-    id: uuid.UUID
-    tenant_id: str
-    idempotency_key: str | None
-    charge_id: str
-    amount: int
-    currency: str
-    status: str
-    created_at: datetime
 
 
 Publish = Callable[[Payment], Awaitable[None]]
@@ -109,20 +80,6 @@ def encode_headers(headers: Sequence[tuple[str, str]]) -> str:
 
 def decode_headers(raw: str | bytes) -> tuple[tuple[str, str], ...]:
     return tuple((name, value) for name, value in json.loads(raw))
-
-
-def payment_response(p: Payment) -> StoredResponse:
-    """201 with the payment, shaped as the tenancy routes shape theirs."""
-    body = {"id": str(p.id), "amount": p.amount, "currency": p.currency, "status": p.status,
-            "created_at": p.created_at.isoformat()}
-    return StoredResponse(201, JSON_HEADERS, json.dumps(body, separators=(",", ":")).encode())
-
-
-def declined_response() -> StoredResponse:
-    """402 for a charge the provider refused. Stored like any other outcome once execution began;
-    the detail is fixed, so two workers finishing the same refusal render the same bytes."""
-    problem = Problem(402, "payment-declined", "The payment provider declined the charge.")
-    return StoredResponse(402, (("content-type", PROBLEM_CONTENT_TYPE),), problem.encode())
 
 
 class ClaimLost(Exception):
@@ -211,14 +168,6 @@ async def carry_payment(store: PaymentStore, pool: Pool, claim: Claim, request: 
 async def reach(checkpoint: Checkpoint | None, point: str) -> None:
     if checkpoint is not None:
         await checkpoint(point)
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerState:
-    """What the checker needs of the final state: every charge the provider made and every payment row."""
-
-    charges: tuple[Charge, ...]
-    payments: tuple[Payment, ...]
 
 
 async def read_state(pool: Pool, tenant_id: str | None = None) -> LedgerState:

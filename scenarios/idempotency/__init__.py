@@ -4,7 +4,7 @@ recovery points, across load levels?
 
 Designs (`DESIGNS`, as in `reference_impl.idempotency.designs`): `none` (every attempt executes
 with a fresh provider token: the deliberately unsafe baseline), `redis` (an atomic claim plus the
-stored response; the payment is `ledger.charge_then_record`) and `postgres` (brandur's atomic
+stored response; the payment is `ledger.ChargeThenRecord`) and `postgres` (brandur's atomic
 phases `started -> charge_created -> finished` plus a completer).
 
 The model, one run per (design, load point, seed); every parameter is a field of `Setup`:
@@ -30,7 +30,7 @@ The model, one run per (design, load point, seed); every parameter is a field of
   ProviderTimeout, releases the claim and answers 504 with `Retry-After: 1`). A call takes
   `provider_ms` + exponential `provider_jitter_ms`; the charge happens halfway, so a worker that
   dies while waiting leaves the charge made.
-* Crashes: at each of the payment's checkpoints (`ledger.CHARGED`, `ledger.RECORDED`) the worker
+* Crashes: at each of the payment's checkpoints (`core.CHARGED`, `core.RECORDED`) the worker
   process dies with probability `p_crash`: every attempt on it is dropped (its client sees a reset)
   and the worker restarts after `restart_ms`. The charge and anything written stay.
 * The store (stores.py) is the design's records in memory, driven through the steps of

@@ -20,8 +20,16 @@ from reference_impl.idempotency.core import (
     fingerprint,
 )
 from reference_impl.idempotency.invariants import F_PAY, attempt_value, check, response_value
-from reference_impl.idempotency.ledger import PAYMENT_STATUS, LedgerState, Payment, PaymentRequest
-from reference_impl.idempotency.provider import FAILED, SUCCEEDED, Charge, FaultMode
+from reference_impl.idempotency.payments import (
+    FAILED,
+    PAYMENT_STATUS,
+    SUCCEEDED,
+    Charge,
+    FaultMode,
+    LedgerState,
+    Payment,
+    PaymentRequest,
+)
 from reference_impl.retries.core import (
     BudgetState,
     RetryBudget,

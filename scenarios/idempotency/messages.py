@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reference_impl.idempotency.core import StoredResponse
-from reference_impl.idempotency.ledger import PaymentRequest
+from reference_impl.idempotency.payments import PaymentRequest
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from reference_impl.idempotency.core import CHARGED, CHECKPOINTS, RECORDED
-from reference_impl.idempotency.ledger import PaymentRequest
+from reference_impl.idempotency.payments import PaymentRequest
 from scenarios.kernel.workload import TenantSpec, Workload
 
 PATTERN = "idempotency"

@@ -6,8 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from reference_impl.idempotency.ledger import LedgerState
-from reference_impl.idempotency.provider import SUCCEEDED
+from reference_impl.idempotency.payments import SUCCEEDED, LedgerState
 from saaslab.history import CheckResult, History
 from saaslab.results import ALL_TENANTS, LatencyHistogram, Row
 from scenarios.idempotency.plan import PATTERN, PER_10K

@@ -37,8 +37,7 @@ from reference_impl.idempotency.core import (
     roll_back_step,
     take_over_step,
 )
-from reference_impl.idempotency.ledger import PaymentRequest, declined_response, payment_response
-from reference_impl.idempotency.provider import Charge
+from reference_impl.idempotency.payments import Charge, PaymentRequest, declined_response, payment_response
 from reference_impl.idempotency.round_trips import LOCKED_CLAIM, REDIS, cost
 from scenarios.idempotency.messages import CONFLICT_BODY, GATEWAY_TIMEOUT, Answer, Attempt, answer_of
 from scenarios.idempotency.plan import TENANT

@@ -88,7 +88,7 @@ class Worker:
                 job.token.event.succeed()
 
     def checkpoint(self, point: str) -> None:
-        """A named point of the payment's flow (ledger.CHECKPOINTS): the worker may die here."""
+        """A named point of the payment's flow (core.CHECKPOINTS): the worker may die here."""
         setup = self.lab.setup
         if point in self.armed:
             self.crash()
