@@ -25,7 +25,7 @@ What the middleware does with a POST that carries `Idempotency-Key` (CONTRACT.md
    claim is carried to `finished` by the payment machine (`pay_steps`) or the route's handler plus
    `finish_step`; `release_step` unlocks a claim whose outcome is unknown, and the completer takes
    abandoned claims over (`abandoned`, `take_over_step`) and resumes (`pay_steps`) or rolls them
-   back (`roll_back_step`). The stores (postgres.py, redis_store.py, designs.py) and the simulated
+   back (`recovery`, `roll_back_step`). The stores (postgres.py, redis_store.py, designs.py) and the simulated
    store (scenarios/idempotency/stores.py) all drive these same steps; `round_trips.py` declares
    what each step costs each store.
 
@@ -343,6 +343,22 @@ def take_over_step(held: Held | None, now_us: int, policy: Policy) -> Held | Non
         return None
     d = decide(held.record, held.record.fingerprint, now_us, policy)
     return Held(d.record, held.token) if d.outcome == Outcome.RECOVER else None
+
+
+class Recovery(enum.StrEnum):
+    """What the completer does with a claim it took over."""
+
+    RESUME = "resume"
+    """A payment: its parameters were stored with the claim, so `pay_steps` carries it on from its
+    recovery point, asking the provider again with the claim's token."""
+    ROLL_BACK = "roll_back"
+    """Any other request: it has no recovery point between `started` and `finished` and its body was
+    not kept, so it cannot be resumed; the claim is deleted (`roll_back_step`) and the retry executes."""
+
+
+def recovery(resumable: bool) -> Recovery:
+    """`resumable`: the claim's request was stored with it (a payment)."""
+    return Recovery.RESUME if resumable else Recovery.ROLL_BACK
 
 
 def roll_back_step(held: Held | None, token: str) -> bool:

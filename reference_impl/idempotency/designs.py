@@ -45,7 +45,7 @@ from typing import Protocol
 from redis.asyncio import Redis
 
 from reference_impl.common.db import Pool
-from reference_impl.idempotency.core import Claim, Outcome, Policy, StoredResponse
+from reference_impl.idempotency.core import Claim, Policy, StoredResponse, claim_step, finish_step
 from reference_impl.idempotency.ledger import (
     ChargeThenRecord,
     Checkpoint,
@@ -59,6 +59,8 @@ from reference_impl.idempotency.provider import ProviderFault
 from reference_impl.idempotency.redis_store import RedisIdempotency
 
 DESIGNS = ("none", "redis", "postgres")
+_KEEPS_NOTHING = Policy()
+"""The `none` design's claims decide on no record, so the policy never matters."""
 
 
 class IdempotencyDesign(Protocol):
@@ -94,10 +96,11 @@ class NoIdempotency(ChargeThenRecord):
 
     async def claim(self, tenant_id: str, key: str, fingerprint: str, now_us: int, *,
                     payment: PaymentRequest | None = None) -> Claim:
-        return Claim(Outcome.EXECUTE, tenant_id, key, new_token())
+        """The core's claim step on a store that keeps nothing: every request finds no record."""
+        return claim_step(None, tenant_id, key, fingerprint, now_us, _KEEPS_NOTHING, new_token()).claim
 
     async def finish(self, claim: Claim, response: StoredResponse) -> StoredResponse:
-        return response
+        return finish_step(None, claim.token, response).response
 
     async def release(self, claim: Claim, now_us: int) -> None:
         """Nothing holds a lock."""

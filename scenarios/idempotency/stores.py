@@ -5,7 +5,7 @@ It keeps no decision of its own. A claim is `core.claim_step`; `finish`, `releas
 `finish_step`, `release_step` and `record_charge_step`, guarded by the claim's token as the SQL and
 Lua are; a running payment is `core.pay_steps`, the machine the service's stores run through
 `ledger.carry_payment`; the completer's pass is `core.abandoned`, `take_over_step` and
-`roll_back_step` around the same machine. What the store adds is time: each operation costs the
+`recovery` and `roll_back_step` around the same machine. What the store adds is time: each operation costs the
 round trips round_trips.py declares for the design, a statement or script taking effect when it is
 sent (the row lock's waits are not modelled). The `none` design is the same steps on a store that
 keeps nothing (every claim finds no record) and costs nothing.
@@ -23,6 +23,7 @@ from reference_impl.idempotency.core import (
     Claim,
     Held,
     Outcome,
+    Recovery,
     Signal,
     State,
     Step,
@@ -33,6 +34,7 @@ from reference_impl.idempotency.core import (
     finish_step,
     pay_steps,
     record_charge_step,
+    recovery,
     release_step,
     roll_back_step,
     take_over_step,
@@ -218,12 +220,13 @@ class SimulatedStore:
                 continue
             claim = Claim(Outcome.RECOVER, TENANT, key, taken.token, taken.record.state)
             request = self.requests.get(key)
-            if request is None:
+            if recovery(request is not None) == Recovery.ROLL_BACK:
                 if roll_back_step(self.held.get(key), taken.token):
                     del self.held[key]
                     done += 1
                 yield from self.trips("roll_back")
                 continue
+            assert request is not None
             answer = yield from self.pay(NO_CRASH, claim, request, now_us, faults=False)
             if answer.status != GATEWAY_TIMEOUT.status:
                 done += 1

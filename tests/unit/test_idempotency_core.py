@@ -21,6 +21,7 @@ from reference_impl.idempotency.core import (
     Outcome,
     Policy,
     Record,
+    Recovery,
     Signal,
     State,
     Step,
@@ -36,6 +37,7 @@ from reference_impl.idempotency.core import (
     finish_step,
     pay_steps,
     record_charge_step,
+    recovery,
     release,
     release_step,
     roll_back_step,
@@ -314,6 +316,7 @@ def test_the_completer_takes_over_abandoned_claims_only() -> None:
     taken = take_over_step(held, lock_end, POLICY)
     assert taken == Held(decide(held.record, FP_A, lock_end, POLICY).record, "tok-1")
     assert take_over_step(Held(finish(held.record, OK), "tok-1"), lock_end, POLICY) is None
+    assert (recovery(True), recovery(False)) == (Recovery.RESUME, Recovery.ROLL_BACK)  # a payment, anything else
     assert roll_back_step(taken, "tok-1") and not roll_back_step(taken, "tok-0")
     assert not roll_back_step(Held(advance(held.record, State.CHARGE_CREATED), "tok-1"), "tok-1")
 
