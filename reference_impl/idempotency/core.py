@@ -21,13 +21,13 @@ What the middleware does with a POST that carries `Idempotency-Key` (CONTRACT.md
    A differing fingerprint wins over every other state: a client reusing a key for a different
    request learns so at once (422), even while the first is in flight.
 
-4. The store applies the claim step (`claim_step`: the decision and what to write), and a running
-   claim is carried to `finished` by the payment machine (`pay_steps`) or the route's handler plus
-   `finish_step`; `release_step` unlocks a claim whose outcome is unknown, and the completer takes
-   abandoned claims over (`abandoned`, `take_over_step`) and resumes (`pay_steps`) or rolls them
-   back (`recovery`, `roll_back_step`). The stores (postgres.py, redis_store.py, designs.py) and the simulated
-   store (scenarios/idempotency/stores.py) all drive these same steps; `round_trips.py` declares
-   what each step costs each store.
+4. The store writes what the claim step says (`claim_step`: the decision and the write). A running
+   claim is carried to `finished` by the payment machine (`pay_steps`), or by the route's handler
+   and `finish_step`; `release_step` unlocks a claim whose outcome is unknown. The completer takes
+   abandoned claims over (`abandoned`, `take_over_step`), then resumes them (`pay_steps`) or rolls
+   them back (`recovery`, `roll_back_step`). The service's stores (postgres.py, redis_store.py,
+   designs.py) and the simulated store (scenarios/idempotency/stores.py) drive these same steps;
+   round_trips.py declares what each step costs each store.
 
 Recovery points, after brandur's rocket-rides-atomic: `started -> charge_created -> finished`.
 `started` is the claim; `charge_created` means the provider's charge and our payment row are

@@ -34,14 +34,13 @@ from reference_impl.idempotency.core import CHECKPOINTS as CHECKPOINTS
 from reference_impl.idempotency.core import RECORDED as RECORDED
 from reference_impl.idempotency.core import Claim, Signal, Step, StoredResponse, pay_steps
 from reference_impl.idempotency.payments import (
-    JSON_HEADERS as JSON_HEADERS,  # the payment's data, importable here
+    PAYMENT_STATUS,
+    LedgerState,
+    Payment,
+    PaymentRequest,
+    declined_response,
+    payment_response,
 )
-from reference_impl.idempotency.payments import PAYMENT_STATUS as PAYMENT_STATUS
-from reference_impl.idempotency.payments import LedgerState as LedgerState
-from reference_impl.idempotency.payments import Payment as Payment
-from reference_impl.idempotency.payments import PaymentRequest as PaymentRequest
-from reference_impl.idempotency.payments import declined_response as declined_response
-from reference_impl.idempotency.payments import payment_response as payment_response
 from reference_impl.idempotency.provider import Charge, ProviderError, ProviderFault, ProviderTimeout
 
 Checkpoint = Callable[[str], Awaitable[None]]

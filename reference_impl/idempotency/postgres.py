@@ -63,11 +63,8 @@ from reference_impl.idempotency.core import (
 )
 from reference_impl.idempotency.ledger import (
     PAYMENT_COLUMNS,
-    PAYMENT_STATUS,
     Checkpoint,
     ClaimLost,
-    Payment,
-    PaymentRequest,
     Publish,
     carry_payment,
     decode_headers,
@@ -75,7 +72,8 @@ from reference_impl.idempotency.ledger import (
     new_token,
     payment,
 )
-from reference_impl.idempotency.provider import Charge, ProviderFault
+from reference_impl.idempotency.payments import PAYMENT_STATUS, Charge, Payment, PaymentRequest
+from reference_impl.idempotency.provider import ProviderFault
 
 SCHEMA = Path(__file__).parent / "schema.sql"
 CLAIM_ATTEMPTS = 8

@@ -25,10 +25,7 @@ from pathlib import Path
 import asyncpg
 
 from reference_impl.common.db import Pool
-from reference_impl.idempotency.payments import FAILED as FAILED  # the charge's data, importable here
-from reference_impl.idempotency.payments import SUCCEEDED as SUCCEEDED
-from reference_impl.idempotency.payments import Charge as Charge
-from reference_impl.idempotency.payments import FaultMode as FaultMode
+from reference_impl.idempotency.payments import FAILED, SUCCEEDED, Charge, FaultMode
 
 SCHEMA = Path(__file__).parent / "provider.sql"
 
