@@ -21,6 +21,7 @@ import simpy
 from reference_impl.idempotency.core import (
     COMPLETER_BATCH,
     Claim,
+    ClaimStep,
     Held,
     Outcome,
     Recovery,
@@ -95,6 +96,12 @@ class SimulatedStore:
         if held is not None and self.design not in KEEPS_NOTHING:
             self.held[key] = held
 
+    def _apply(self, key: str, step: ClaimStep, request: PaymentRequest) -> None:
+        """Write what a claim step says; a new claim is stored with its payment (`request_params`)."""
+        self._keep(key, step.held)
+        if step.write in (Write.CREATE, Write.REPLACE) and self.design in COMPLETED:
+            self.requests[key] = request
+
     # --- the request
 
     def serve(self, worker: Crashable, attempt: Attempt, now_us: int) -> Generator[simpy.Event, Any, Answer]:
@@ -114,17 +121,13 @@ class SimulatedStore:
         step = claim_step(self.held.get(key), TENANT, key, attempt.fingerprint, now_us, lab.policy, lab.new_token())
         locked = self.design in LOCKED_CLAIM and step.write in (Write.TAKE_OVER, Write.REPLACE)
         if not locked:
-            self._keep(key, step.held)
-            if step.write in (Write.CREATE, Write.REPLACE):
-                self.requests[key] = attempt.request
+            self._apply(key, step, attempt.request)
         yield from self.trips("claim", step.write)
         if locked:
             # The claim statement only creates: a write over the row is made again under its lock.
             step = claim_step(self.held.get(key), TENANT, key, attempt.fingerprint, now_us, lab.policy,
                               lab.new_token())
-            self._keep(key, step.held)
-            if step.write == Write.REPLACE:
-                self.requests[key] = attempt.request
+            self._apply(key, step, attempt.request)
             yield from self.trips("lock", step.write)
         return step.claim
 
