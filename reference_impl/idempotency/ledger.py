@@ -2,8 +2,9 @@
 
 `idempotency_payments` (schema.sql) is the ledger; the checker reads it with the provider's charges
 (`read_state`). `record_payment` is idempotent per charge (a retried write finds the first row),
-and `payment_response` renders a payment the same way whoever finishes the request (the request
-itself, a retry that recovered it, the completer), so every copy of a response is the same bytes.
+and `payments.payment_response` renders a payment the same way whoever finishes the request (the
+request itself, a retry that recovered it, the completer), so every copy of a response is the same
+bytes. The rows' and requests' types are payments.py's, which the simulation shares without I/O.
 
 `carry_payment` runs the payment machine (`core.pay_steps`) against the real provider, this ledger
 and a design's store: the steps every design shares are here, the store-specific ones (`record_charge`,
