@@ -2,8 +2,9 @@
 
 A request is abandoned when its worker crashed (or its client went away) between recovery
 points; its row stays unfinished and, once the lock has run out, nothing else would touch it
-unless the client retried. The completer takes such a claim over (`take_over`: the same RECOVER
-decision, under the row lock, as a retry's) and:
+unless the client retried. The completer finds such claims (`_ABANDONED`, the SQL of
+`core.abandoned`), takes each over (`take_over`: `core.take_over_step`, the same RECOVER decision,
+under the row lock, as a retry's) and does what `core.recovery` says:
 
 * a payment (its parameters were stored with the claim) resumes from its recovery point through
   `pay`, asking the provider again with the claim's token: the charge made before the crash, if
@@ -11,7 +12,8 @@ decision, under the row lock, as a retry's) and:
   request is rolled back: no charge, no payment). A provider timeout leaves the claim released
   for the next pass.
 * any other request has no recovery point between `started` and `finished`, so it cannot be
-  resumed: it is rolled back, deleting the claim, and the client's retry executes afresh.
+  resumed: it is rolled back, deleting the claim (`_ROLL_BACK`, the SQL of `core.roll_back_step`),
+  and the client's retry executes afresh.
 
 `run_once` is one pass (tests call it with their own clock); `run_forever` is the process loop
 for a `saaslab` subcommand.
@@ -25,13 +27,13 @@ import time
 from collections.abc import Callable
 
 from reference_impl.common.db import Pool
-from reference_impl.idempotency.core import Policy
-from reference_impl.idempotency.ledger import Publish
-from reference_impl.idempotency.postgres import ClaimLost, PostgresIdempotency
+from reference_impl.idempotency.core import COMPLETER_BATCH, Policy, Recovery, recovery
+from reference_impl.idempotency.ledger import ClaimLost, Publish
+from reference_impl.idempotency.postgres import PostgresIdempotency
 from reference_impl.idempotency.provider import ProviderTimeout
 
 log = logging.getLogger("saaslab.idempotency.completer")
-BATCH = 100
+BATCH = COMPLETER_BATCH
 
 # Expired claims are the reaper's: taking one over would decide EXECUTE, not RECOVER.
 _ABANDONED = ("SELECT tenant_id, key FROM idempotency_keys"
@@ -57,10 +59,11 @@ async def run_once(pool: Pool, now_us: int, *, policy: Policy | None = None, bat
         if taken is None:  # a retry recovered it first, or it finished meanwhile
             continue
         claim, payment = taken
-        if payment is None:
+        if recovery(payment is not None) == Recovery.ROLL_BACK:
             async with pool.connection() as conn:
                 done += await conn.execute(_ROLL_BACK, claim.token) == "DELETE 1"
             continue
+        assert payment is not None
         try:
             await store.pay(claim, payment, now_us)
         except ProviderTimeout:

@@ -1,5 +1,8 @@
 """The three idempotency designs behind one interface, and the factory the service uses.
 
+Each runs the payment machine of core.py (`core.pay_steps`, through `ledger.carry_payment`); the
+round trips of each store's operations are declared in round_trips.py.
+
 * `none` (NoIdempotency): DELIBERATELY UNSAFE. Every request executes, with a fresh provider token,
   so a retried or concurrent payment charges again. It exists so the checker can be shown to catch
   duplicates (invariants.py); never select it for anything but that demonstration.
@@ -42,12 +45,13 @@ from typing import Protocol
 from redis.asyncio import Redis
 
 from reference_impl.common.db import Pool
-from reference_impl.idempotency.core import Claim, Outcome, Policy, StoredResponse
+from reference_impl.idempotency.core import Claim, Policy, StoredResponse, claim_step, finish_step
 from reference_impl.idempotency.ledger import (
+    ChargeThenRecord,
     Checkpoint,
     PaymentRequest,
     Publish,
-    charge_then_record,
+    carry_payment,
     new_token,
 )
 from reference_impl.idempotency.postgres import PostgresIdempotency
@@ -55,6 +59,8 @@ from reference_impl.idempotency.provider import ProviderFault
 from reference_impl.idempotency.redis_store import RedisIdempotency
 
 DESIGNS = ("none", "redis", "postgres")
+_KEEPS_NOTHING = Policy()
+"""The `none` design's claims decide on no record, so the policy never matters."""
 
 
 class IdempotencyDesign(Protocol):
@@ -76,7 +82,7 @@ class IdempotencyDesign(Protocol):
         """Carry a running payment claim to `finished`; raises ProviderTimeout on an unknown outcome."""
 
 
-class NoIdempotency:
+class NoIdempotency(ChargeThenRecord):
     """UNSAFE ON PURPOSE: see the module docstring."""
 
     design = "none"
@@ -90,17 +96,18 @@ class NoIdempotency:
 
     async def claim(self, tenant_id: str, key: str, fingerprint: str, now_us: int, *,
                     payment: PaymentRequest | None = None) -> Claim:
-        return Claim(Outcome.EXECUTE, tenant_id, key, new_token())
+        """The core's claim step on a store that keeps nothing: every request finds no record."""
+        return claim_step(None, tenant_id, key, fingerprint, now_us, _KEEPS_NOTHING, new_token()).claim
 
     async def finish(self, claim: Claim, response: StoredResponse) -> StoredResponse:
-        return response
+        return finish_step(None, claim.token, response).response
 
     async def release(self, claim: Claim, now_us: int) -> None:
         """Nothing holds a lock."""
 
     async def pay(self, claim: Claim, request: PaymentRequest, now_us: int, *, fault: ProviderFault | None = None,
                   checkpoint: Checkpoint | None = None) -> StoredResponse:
-        return await charge_then_record(self, self._pool, claim, request, now_us, fault, checkpoint, self._publish)
+        return await carry_payment(self, self._pool, claim, request, now_us, fault, checkpoint, self._publish)
 
 
 def make_design(design: str, *, pool: Pool, redis: Redis, prefix: str, policy: Policy | None = None,

@@ -2,12 +2,16 @@
 
 `idempotency_payments` (schema.sql) is the ledger; the checker reads it with the provider's charges
 (`read_state`). `record_payment` is idempotent per charge (a retried write finds the first row),
-and `payment_response` renders a payment the same way whoever finishes the request (the request
-itself, a retry that recovered it, the completer), so every copy of a response is the same bytes.
+and `payments.payment_response` renders a payment the same way whoever finishes the request (the
+request itself, a retry that recovered it, the completer), so every copy of a response is the same
+bytes. The rows' and requests' types are payments.py's, which the simulation shares without I/O.
 
-`charge_then_record` is the effect of the `redis` and `none` designs: two independent steps, each
-idempotent on its own key, with nothing durable in between (the `postgres` design's phases live
-in postgres.py). Beside them, what the stores share: claim tokens and the stored headers' format.
+`carry_payment` runs the payment machine (`core.pay_steps`) against the real provider, this ledger
+and a design's store: the steps every design shares are here, the store-specific ones (`record_charge`,
+`payment_of`, `stored`, `finish`, `release`) are the store's. `ChargeThenRecord` gives them for
+the `redis` and `none` designs: charge, then write the payment row, two independent steps, each
+idempotent on its own key, with nothing durable in between (the `postgres` design's phases live in
+postgres.py). Beside them, what the stores share: claim tokens and the stored headers' format.
 
 Every design may be given a `Publish` hook: called with the payment once its ledger row exists and
 before the request is finished, on every path that finishes it (the request itself, a retry that
@@ -18,62 +22,30 @@ with it (idempotency/http.py); it must be idempotent, since a recovered request 
 from __future__ import annotations
 
 import json
-import re
 import secrets
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol
 
 import asyncpg
 
 from reference_impl.common.db import Pool
-from reference_impl.common.problem import PROBLEM_CONTENT_TYPE, Problem
 from reference_impl.idempotency import provider
-from reference_impl.idempotency.core import Claim, StoredResponse
+from reference_impl.idempotency.core import CHARGED as CHARGED  # the checkpoints, importable from here too
+from reference_impl.idempotency.core import CHECKPOINTS as CHECKPOINTS
+from reference_impl.idempotency.core import RECORDED as RECORDED
+from reference_impl.idempotency.core import Claim, Signal, Step, StoredResponse, pay_steps
+from reference_impl.idempotency.payments import (
+    PAYMENT_STATUS,
+    LedgerState,
+    Payment,
+    PaymentRequest,
+    declined_response,
+    payment_response,
+)
 from reference_impl.idempotency.provider import Charge, ProviderError, ProviderFault, ProviderTimeout
 
-PAYMENT_STATUS = "succeeded"
-JSON_HEADERS = (("content-type", "application/json"),)
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
-
 Checkpoint = Callable[[str], Awaitable[None]]
-"""Called at named points of a payment's flow (`CHECKPOINTS`), e.g. to arm lab-mode crash faults."""
-CHARGED = "charged"
-"""The provider has answered with a charge; nothing of ours is recorded yet."""
-RECORDED = "charge_created"
-"""The payment row exists (for `postgres`, in the same transaction as the `charge_created` point)."""
-CHECKPOINTS = (CHARGED, RECORDED)
-
-
-@dataclass(frozen=True, slots=True)
-class PaymentRequest:
-    """A validated `POST /v1/payments` body."""
-
-    amount: int
-    currency: str
-
-    def __post_init__(self) -> None:
-        if not 0 < self.amount < 2**63:
-            raise ValueError(f"amount must be a positive 64-bit integer, got {self.amount}")
-        if not _CURRENCY.match(self.currency):
-            raise ValueError(f"currency must be an ISO 4217 code, got {self.currency!r}")
-
-    def params(self) -> dict[str, Any]:
-        return {"amount": self.amount, "currency": self.currency}
-
-
-@dataclass(frozen=True, slots=True)
-class Payment:
-    id: uuid.UUID
-    tenant_id: str
-    idempotency_key: str | None
-    charge_id: str
-    amount: int
-    currency: str
-    status: str
-    created_at: datetime
+"""Called at named points of a payment's flow (`core.CHECKPOINTS`), e.g. to arm lab-mode crash faults."""
 
 
 Publish = Callable[[Payment], Awaitable[None]]
@@ -110,62 +82,92 @@ def decode_headers(raw: str | bytes) -> tuple[tuple[str, str], ...]:
     return tuple((name, value) for name, value in json.loads(raw))
 
 
-def payment_response(p: Payment) -> StoredResponse:
-    """201 with the payment, shaped as the tenancy routes shape theirs."""
-    body = {"id": str(p.id), "amount": p.amount, "currency": p.currency, "status": p.status,
-            "created_at": p.created_at.isoformat()}
-    return StoredResponse(201, JSON_HEADERS, json.dumps(body, separators=(",", ":")).encode())
+class ClaimLost(Exception):
+    """The claim's record no longer exists (reaped past retention while its holder still ran)."""
 
 
-def declined_response() -> StoredResponse:
-    """402 for a charge the provider refused. Stored like any other outcome once execution began;
-    the detail is fixed, so two workers finishing the same refusal render the same bytes."""
-    problem = Problem(402, "payment-declined", "The payment provider declined the charge.")
-    return StoredResponse(402, (("content-type", PROBLEM_CONTENT_TYPE),), problem.encode())
+class PaymentStore(Protocol):
+    """A design's side of the payment machine's steps (see the module docstring)."""
 
-
-class Finisher(Protocol):
     async def finish(self, claim: Claim, response: StoredResponse) -> StoredResponse: ...
 
     async def release(self, claim: Claim, now_us: int) -> None: ...
 
+    async def record_charge(self, claim: Claim, charge: Charge) -> Payment | None: ...
 
-async def charge_then_record(store: Finisher, pool: Pool, claim: Claim, request: PaymentRequest, now_us: int,
-                             fault: ProviderFault | None, checkpoint: Checkpoint | None,
-                             publish: Publish | None = None) -> StoredResponse:
-    """Charge with the claim's token, write the payment, finish the claim.
+    async def payment_of(self, claim: Claim) -> Payment | None: ...
+
+    async def stored(self, claim: Claim) -> StoredResponse | None: ...
+
+
+class ChargeThenRecord:
+    """The steps of the designs without recovery points: the payment row is written on its own
+    (`record_payment`), and a claim never resumes past `started`, so nothing is read back."""
+
+    _pool: Pool
+
+    async def record_charge(self, claim: Claim, charge: Charge) -> Payment | None:
+        return await record_payment(self._pool, claim.tenant_id, claim.key or None, charge)
+
+    async def payment_of(self, claim: Claim) -> Payment | None:
+        return None
+
+    async def stored(self, claim: Claim) -> StoredResponse | None:
+        return None
+
+
+async def carry_payment(store: PaymentStore, pool: Pool, claim: Claim, request: PaymentRequest, now_us: int,
+                        fault: ProviderFault | None, checkpoint: Checkpoint | None,
+                        publish: Publish | None = None) -> StoredResponse:
+    """Run `core.pay_steps` from the claim's recovery point; returns the stored response.
 
     A provider timeout releases the claim (the next retry recovers it at once and re-asks with the
-    same token) and propagates: the outcome is unknown, so nothing may be stored for it.
+    same token) and raises ProviderTimeout: the outcome is unknown, so nothing may be stored for it.
+    ClaimLost when the claim has neither a payment nor a response.
     """
-    key = claim.key or None  # "": the request carried no key
-    try:
-        charge = await provider.charge(pool, claim.tenant_id, request.amount, request.currency, claim.token,
-                                       fault, reference=key)
-    except ProviderTimeout:
-        await store.release(claim, now_us)
-        raise
-    except ProviderError:
-        return await store.finish(claim, declined_response())
-    await reach(checkpoint, CHARGED)
-    paid = await record_payment(pool, claim.tenant_id, key, charge)
-    await reach(checkpoint, RECORDED)
-    if publish is not None:
-        await publish(paid)
-    return await store.finish(claim, payment_response(paid))
+    machine = pay_steps(claim.state)
+    answer: Any = None
+    timeout: ProviderTimeout | None = None
+    while True:
+        try:
+            step, arg = machine.send(answer)
+        except StopIteration as done:
+            ending = done.value
+            break
+        if step == Step.CHARGE:
+            try:
+                answer = await provider.charge(pool, claim.tenant_id, request.amount, request.currency, claim.token,
+                                               fault, reference=claim.key or None)  # "": the request carried no key
+            except ProviderTimeout as exc:
+                timeout, answer = exc, Signal.TIMED_OUT
+            except ProviderError:
+                answer = Signal.DECLINED
+        elif step == Step.CHECKPOINT:
+            answer = await reach(checkpoint, arg)
+        elif step == Step.RECORD:
+            answer = await store.record_charge(claim, arg)
+        elif step == Step.PAYMENT_OF:
+            answer = await store.payment_of(claim)
+        elif step == Step.STORED:
+            answer = await store.stored(claim)
+        elif step == Step.PUBLISH:
+            answer = None if publish is None else await publish(arg)
+        elif step == Step.FINISH:
+            response = declined_response() if arg is Signal.DECLINED else payment_response(arg)
+            answer = await store.finish(claim, response)
+        else:
+            answer = await store.release(claim, now_us)
+    if ending is Signal.TIMED_OUT:
+        assert timeout is not None
+        raise timeout
+    if ending is Signal.LOST:
+        raise ClaimLost(f"the claim of key {claim.key!r} has no payment and no response")
+    return ending
 
 
 async def reach(checkpoint: Checkpoint | None, point: str) -> None:
     if checkpoint is not None:
         await checkpoint(point)
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerState:
-    """What the checker needs of the final state: every charge the provider made and every payment row."""
-
-    charges: tuple[Charge, ...]
-    payments: tuple[Payment, ...]
 
 
 async def read_state(pool: Pool, tenant_id: str | None = None) -> LedgerState:

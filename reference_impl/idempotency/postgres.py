@@ -32,8 +32,13 @@ of them wins the `started -> charge_created` compare-and-set (one payment), and 
 response is the one every later client gets. The lock only turns concurrent duplicates into 409s
 instead of redundant work.
 
-Decisions are `core.decide` on the row read back (the twin rule); a decision that writes
-(EXECUTE over an expired row, RECOVER) is re-made under the row lock before it is applied.
+Decisions are core.py's steps on the row read back (the twin rule): `claim_step` says what to
+answer and write, and a step that writes over an existing row (EXECUTE over an expired row,
+RECOVER) is made again under the row lock before it is applied; `pay` runs the payment machine
+(`ledger.carry_payment`). Where the SQL itself decides (the compare-and-sets of phase 2, `finish`
+and `release`, guarded by the claim's token), tests/integration/test_idempotency_stores.py replays
+traces through it and the core's steps and requires the same results. Each operation's round trips
+are declared in round_trips.py.
 """
 
 from __future__ import annotations
@@ -44,44 +49,35 @@ from pathlib import Path
 import asyncpg
 
 from reference_impl.common.db import Pool
-from reference_impl.idempotency import provider
 from reference_impl.idempotency.core import (
-    RUNS,
     Claim,
-    Decision,
+    Held,
     Outcome,
     Policy,
     Record,
     State,
     StoredResponse,
-    decide,
+    Write,
+    claim_step,
+    take_over_step,
 )
 from reference_impl.idempotency.ledger import (
-    CHARGED,
     PAYMENT_COLUMNS,
-    PAYMENT_STATUS,
-    RECORDED,
     Checkpoint,
-    Payment,
-    PaymentRequest,
+    ClaimLost,
     Publish,
-    declined_response,
+    carry_payment,
     decode_headers,
     encode_headers,
     new_token,
     payment,
-    payment_response,
-    reach,
 )
-from reference_impl.idempotency.provider import ProviderError, ProviderFault, ProviderTimeout
+from reference_impl.idempotency.payments import PAYMENT_STATUS, Charge, Payment, PaymentRequest
+from reference_impl.idempotency.provider import ProviderFault
 
 SCHEMA = Path(__file__).parent / "schema.sql"
 CLAIM_ATTEMPTS = 8
 """A key row can vanish (reaped) between our statements; each such race costs one more attempt."""
-
-
-class ClaimLost(Exception):
-    """The claim's row no longer exists (reaped past retention while its holder still ran)."""
 
 
 _RECORD_COLUMNS = ("fingerprint, state, locked_until_us, expires_at_us, response_status, response_headers,"
@@ -136,11 +132,8 @@ def _record(row: asyncpg.Record) -> Record:
                   _response(row["response_status"], row["response_headers"], row["response_body"]))
 
 
-def _answer(tenant_id: str, key: str, decision: Decision) -> Claim:
-    """The claim for a decision that leaves the row as it is. Only a replay carries the response:
-    a mismatched request must never see another request's answer."""
-    response = decision.record.response if decision.outcome == Outcome.REPLAY else None
-    return Claim(decision.outcome, tenant_id, key, response=response, retry_after_s=decision.retry_after_s)
+def _held(row: asyncpg.Record) -> Held:
+    return Held(_record(row), row["token"])
 
 
 class PostgresIdempotency:
@@ -156,65 +149,62 @@ class PostgresIdempotency:
 
     async def claim(self, tenant_id: str, key: str, fingerprint: str, now_us: int, *,
                     payment: PaymentRequest | None = None) -> Claim:
-        """Phase 1: decide, and claim the key when the decision says so. Pass `payment` for a
+        """Phase 1: `core.claim_step`, and the claim written when it says so. Pass `payment` for a
         payment request: it is stored with the claim so that the completer can resume it."""
         params = None if payment is None else json.dumps(payment.params())
         async with self._pool.connection() as conn:
             for _ in range(CLAIM_ATTEMPTS):
-                fresh = decide(None, fingerprint, now_us, self.policy).record
                 token = new_token()
-                row = await conn.fetchrow(_CLAIM, tenant_id, key, token, fingerprint, fresh.locked_until_us,
-                                          fresh.expires_at_us, params)
+                fresh = claim_step(None, tenant_id, key, fingerprint, now_us, self.policy, token)
+                assert fresh.held is not None
+                row = await conn.fetchrow(_CLAIM, tenant_id, key, token, fingerprint, fresh.held.record.locked_until_us,
+                                          fresh.held.record.expires_at_us, params)
                 if row["inserted_token"] is not None:
-                    return Claim(Outcome.EXECUTE, tenant_id, key, token)
+                    return fresh.claim
                 if row["state"] is None:  # committed after this statement's snapshot, or reaped since
                     row = await conn.fetchrow(_SELECT, tenant_id, key)
                     if row is None:
                         continue
-                decision = decide(_record(row), fingerprint, now_us, self.policy)
-                if decision.outcome not in RUNS:
-                    return _answer(tenant_id, key, decision)
-                claim = await self._decide_locked(conn, tenant_id, key, fingerprint, now_us, params)
+                step = claim_step(_held(row), tenant_id, key, fingerprint, now_us, self.policy, token)
+                if step.write == Write.NOTHING:
+                    return step.claim
+                claim = await self._claim_locked(conn, tenant_id, key, fingerprint, now_us, params, token)
                 if claim is not None:
                     return claim
         raise ClaimLost(f"key {key!r} kept vanishing while being claimed ({CLAIM_ATTEMPTS} attempts)")
 
     async def take_over(self, tenant_id: str, key: str, now_us: int) -> tuple[Claim, PaymentRequest | None] | None:
-        """The completer's claim: RECOVER the key if it is abandoned, with the payment stored with
-        it (None for a request that is not a payment); else None. Unlike `claim`, it never creates
-        a record."""
+        """The completer's claim (`core.take_over_step`): RECOVER the key if it is abandoned, with the
+        payment stored with it (None for a request that is not a payment); else None."""
         async with self._pool.connection() as conn, conn.transaction():
             row = await conn.fetchrow(_SELECT + " FOR UPDATE", tenant_id, key)
-            if row is None:
+            taken = take_over_step(None if row is None else _held(row), now_us, self.policy)
+            if taken is None:
                 return None
-            decision = decide(_record(row), row["fingerprint"], now_us, self.policy)
-            if decision.outcome != Outcome.RECOVER:
-                return None
-            await conn.execute(_TAKE_OVER, tenant_id, key, decision.record.locked_until_us,
-                               decision.record.expires_at_us)
+            await conn.execute(_TAKE_OVER, tenant_id, key, taken.record.locked_until_us, taken.record.expires_at_us)
         params = row["request_params"]
         request = None if params is None else PaymentRequest(**json.loads(params))
-        return Claim(Outcome.RECOVER, tenant_id, key, row["token"], State(row["state"])), request
+        return Claim(Outcome.RECOVER, tenant_id, key, taken.token, taken.record.state), request
 
-    async def _decide_locked(self, conn: asyncpg.Connection, tenant_id: str, key: str, fingerprint: str,
-                             now_us: int, params: str | None) -> Claim | None:
-        """Decide again under the row lock and apply it; None when the row vanished meanwhile."""
+    async def _claim_locked(self, conn: asyncpg.Connection, tenant_id: str, key: str, fingerprint: str,
+                            now_us: int, params: str | None, token: str) -> Claim | None:
+        """The claim step again under the row lock, and its write; None when the row vanished meanwhile."""
         async with conn.transaction():
             row = await conn.fetchrow(_SELECT + " FOR UPDATE", tenant_id, key)
             if row is None:
                 return None
-            decision = decide(_record(row), fingerprint, now_us, self.policy)
-            claimed = decision.record
-            if decision.outcome == Outcome.RECOVER:
-                await conn.execute(_TAKE_OVER, tenant_id, key, claimed.locked_until_us, claimed.expires_at_us)
-                return Claim(Outcome.RECOVER, tenant_id, key, row["token"], claimed.state)
-            if decision.outcome == Outcome.EXECUTE:  # the row is past retention: a new request replaces it
-                token = new_token()
+            step = claim_step(_held(row), tenant_id, key, fingerprint, now_us, self.policy, token)
+            claimed = step.held
+            if step.write == Write.TAKE_OVER:
+                assert claimed is not None
+                await conn.execute(_TAKE_OVER, tenant_id, key, claimed.record.locked_until_us,
+                                   claimed.record.expires_at_us)
+            elif step.write == Write.REPLACE:  # the row is past retention: a new request replaces it
+                assert claimed is not None
                 await conn.execute("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2", tenant_id, key)
-                await conn.fetchval(_INSERT, tenant_id, key, token, fingerprint, claimed.locked_until_us,
-                                    claimed.expires_at_us, params)
-                return Claim(Outcome.EXECUTE, tenant_id, key, token)
-            return _answer(tenant_id, key, decision)
+                await conn.fetchval(_INSERT, tenant_id, key, token, fingerprint, claimed.record.locked_until_us,
+                                    claimed.record.expires_at_us, params)
+            return step.claim
 
     async def finish(self, claim: Claim, response: StoredResponse) -> StoredResponse:
         """Phase 3: store the response. Returns what is stored: `response`, or the response another
@@ -235,43 +225,33 @@ class PostgresIdempotency:
 
     async def pay(self, claim: Claim, request: PaymentRequest, now_us: int, *, fault: ProviderFault | None = None,
                   checkpoint: Checkpoint | None = None) -> StoredResponse:
-        """Carry a claimed payment from its recovery point to `finished`; returns the stored response.
+        """Carry a claimed payment from its recovery point to `finished` (`core.pay_steps`); returns
+        the stored response.
 
         Raises ProviderTimeout (after releasing the claim) when the provider's answer is lost: the
         outcome is unknown, so answer 504 and store nothing; the retry resumes with the same token.
         """
         if not claim.runs:
             raise ValueError(f"a {claim.outcome} claim does not run")
-        if claim.state == State.STARTED:
-            try:
-                charge = await provider.charge(self._pool, claim.tenant_id, request.amount, request.currency,
-                                               claim.token, fault, reference=claim.key)
-            except ProviderTimeout:
-                await self.release(claim, now_us)
-                raise
-            except ProviderError:
-                return await self.finish(claim, declined_response())
-            await reach(checkpoint, CHARGED)
-            async with self._pool.connection() as conn:
-                row = await conn.fetchrow(_RECORD_CHARGE, claim.token, charge.id, charge.amount, charge.currency,
-                                          PAYMENT_STATUS)
-            await reach(checkpoint, RECORDED)
-            if row is not None:
-                return await self._publish_and_finish(claim, payment(row))
-        # Resuming from charge_created, or another holder of this claim recorded the charge first.
+        return await carry_payment(self, self._pool, claim, request, now_us, fault, checkpoint, self._publish)
+
+    async def record_charge(self, claim: Claim, charge: Charge) -> Payment | None:
+        """Phase 2 in one statement: `started -> charge_created` (`core.record_charge_step`) and the
+        payment row, or None when the compare-and-set missed."""
+        async with self._pool.connection() as conn:
+            row = await conn.fetchrow(_RECORD_CHARGE, claim.token, charge.id, charge.amount, charge.currency,
+                                      PAYMENT_STATUS)
+        return None if row is None else payment(row)
+
+    async def payment_of(self, claim: Claim) -> Payment | None:
         async with self._pool.connection() as conn:
             row = await conn.fetchrow(_PAYMENT_OF, claim.token)
-            stored = await conn.fetchrow(_STORED, claim.token) if row is None else None
-        if row is not None:
-            return await self._publish_and_finish(claim, payment(row))
-        if stored is not None and stored["response_status"] is not None:
-            return _stored(stored)
-        raise ClaimLost(f"the claim of key {claim.key!r} has no payment and no response")
+        return None if row is None else payment(row)
 
-    async def _publish_and_finish(self, claim: Claim, paid: Payment) -> StoredResponse:
-        if self._publish is not None:
-            await self._publish(paid)
-        return await self.finish(claim, payment_response(paid))
+    async def stored(self, claim: Claim) -> StoredResponse | None:
+        async with self._pool.connection() as conn:
+            row = await conn.fetchrow(_STORED, claim.token)
+        return None if row is None else _response(*row)
 
     async def record(self, tenant_id: str, key: str) -> Record | None:
         """The stored record, as the core sees it (None when absent)."""

@@ -21,16 +21,13 @@ import asyncio
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import asyncpg
 
 from reference_impl.common.db import Pool
+from reference_impl.idempotency.payments import FAILED, SUCCEEDED, Charge, FaultMode
 
 SCHEMA = Path(__file__).parent / "provider.sql"
-FaultMode = Literal["fail", "slow", "timeout_after_effect"]
-SUCCEEDED = "succeeded"
-FAILED = "failed"
 
 
 class ProviderError(Exception):
@@ -45,17 +42,6 @@ class ProviderTimeout(Exception):
 class ProviderFault:
     mode: FaultMode
     delay_ms: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Charge:
-    id: str
-    tenant_id: str
-    token: str
-    reference: str | None
-    amount: int
-    currency: str
-    status: str
 
 
 _COLUMNS = "id, account, token, reference, amount, currency, status"

@@ -1,15 +1,17 @@
 """The `redis` design: an atomic claim of the key plus the stored response, in one Redis HASH.
 
-`claim.lua` is the twin of `core.decide`: it reads the record and, when the decision says so,
+`claim.lua` is the twin of `core.claim_step`: it reads the record and, when the decision says so,
 claims the key (fingerprint, `started`, the lock, a fresh token) in the same atomic step, so
-claim-or-read is one round trip; the parity test replays traces through both and requires the
-same decisions and records. `finish.lua` stores the response in the same HASH (kept for the
-retention period), `release.lua` unlocks a claim whose outcome is unknown. Keys carry the tenant
+claim-or-read is one round trip. `finish.lua` (the twin of `core.finish_step`) stores the response
+in the same HASH (kept for the retention period), `release.lua` (`core.release_step`) unlocks a
+claim whose outcome is unknown. tests/integration/test_idempotency_stores.py replays traces through
+the scripts and the core's steps and requires the same decisions and records. Keys carry the tenant
 as a hash tag, so a Redis Cluster keeps a tenant's keys in one slot:
 `{prefix}:{{tenant}}:idem:{sha256(key)}` (hashed: a client's key may hold anything printable).
 
-The payment is `ledger.charge_then_record`: charge with the claim's token, write the payment row,
-store the response. Nothing durable marks the steps in between, so after a crash only the
+The payment is the payment machine (`core.pay_steps`, run by `ledger.carry_payment`) with
+`ledger.ChargeThenRecord`'s steps: charge with the claim's token, write the payment row, store the
+response. Nothing durable marks the steps in between, so after a crash only the
 client's retry (once the lock has run out: RECOVER) finishes the request, re-asking the provider
 with the same token; a client that never retries leaves a charge without a payment. Redis
 replication is asynchronous too: a failover can lose a claim. Both are what this design trades
@@ -28,10 +30,11 @@ from reference_impl.common.db import Pool
 from reference_impl.common.redis_client import ScriptRunner
 from reference_impl.idempotency.core import Claim, Outcome, Policy, Record, State, StoredResponse
 from reference_impl.idempotency.ledger import (
+    ChargeThenRecord,
     Checkpoint,
     PaymentRequest,
     Publish,
-    charge_then_record,
+    carry_payment,
     decode_headers,
     encode_headers,
     new_token,
@@ -57,7 +60,7 @@ def _response(status: bytes | str, headers: bytes | str, body: bytes | str) -> S
     return StoredResponse(int(status), decode_headers(headers), body if isinstance(body, bytes) else body.encode())
 
 
-class RedisIdempotency:
+class RedisIdempotency(ChargeThenRecord):
     design = "redis"
 
     def __init__(self, redis: Redis, pool: Pool, prefix: str, policy: Policy | None = None, *,
@@ -115,10 +118,10 @@ class RedisIdempotency:
 
     async def pay(self, claim: Claim, request: PaymentRequest, now_us: int, *, fault: ProviderFault | None = None,
                   checkpoint: Checkpoint | None = None) -> StoredResponse:
-        """Charge, record, finish (`ledger.charge_then_record`); ProviderTimeout as in the postgres design."""
+        """Charge, record, finish (`ledger.carry_payment`); ProviderTimeout as in the postgres design."""
         if not claim.runs:
             raise ValueError(f"a {claim.outcome} claim does not run")
-        return await charge_then_record(self, self._pool, claim, request, now_us, fault, checkpoint, self._publish)
+        return await carry_payment(self, self._pool, claim, request, now_us, fault, checkpoint, self._publish)
 
     async def record(self, tenant_id: str, key: str) -> Record | None:
         """The stored record, as the core sees it (None when absent)."""

@@ -19,17 +19,17 @@ from redis.asyncio import Redis
 from reference_impl.common.db import Pool, migrate
 from reference_impl.idempotency import completer, postgres, provider, reaper
 from reference_impl.idempotency.core import (
-    RUNS,
     Claim,
+    Held,
     Outcome,
     Policy,
-    Record,
     State,
     StoredResponse,
-    decide,
+    abandoned,
+    claim_step,
     fingerprint,
-    finish,
-    release,
+    finish_step,
+    release_step,
 )
 from reference_impl.idempotency.designs import DESIGNS, IdempotencyDesign, make_design
 from reference_impl.idempotency.invariants import F_PAY, attempt_value, check, response_value
@@ -217,36 +217,48 @@ def _trace(seed: int, n: int) -> list[tuple[int, str, int, int]]:
 @pytest.mark.parametrize("name", ["redis", "postgres"])
 async def test_the_store_decides_and_stores_exactly_as_the_core(name: str, pool: Pool, redis: Redis, prefix: str,
                                                                tenant: str) -> None:
+    """The trace through the store and through core.py's steps: the same decisions, answers and records. Finish
+    and release come from the key's latest claim or (fingerprint index 1) its first, which a newer claim may
+    have replaced: the token guard of the SQL and Lua must match the core's."""
     store = PostgresIdempotency(pool, POLICY) if name == "postgres" else RedisIdempotency(redis, pool, prefix, POLICY)
     await store.load()
     fps = [fingerprint("POST", "/v1/projects", b'{"name":"%d"}' % i) for i in range(2)]
-    model: dict[str, Record | None] = {}
-    holders: dict[str, Claim] = {}
+    model: dict[str, Held | None] = {}
+    holders: dict[str, list[Claim]] = {}
     seen: Counter[str] = Counter()
+    stale: Counter[str] = Counter()
     for step, (now, action, k, f) in enumerate(_trace(seed=7, n=400)):
         key = f"key-{k}"
-        record = model.get(key)
+        held = model.get(key)
         if action == "claim":
-            d = decide(record, fps[f], now, POLICY)
             claim = await store.claim(tenant, key, fps[f], now)
-            seen[d.outcome] += 1
-            assert (claim.outcome, claim.retry_after_s) == (d.outcome, d.retry_after_s), step
-            assert claim.response == (d.record.response if d.outcome == Outcome.REPLAY else None), step
-            if d.outcome in RUNS:
-                assert claim.state == d.record.state
-                holders[key] = claim
-            model[key] = d.record
-        elif key in holders and record is not None and record.state != State.FINISHED:
+            # The store draws its own token for a new claim: the core's step is given the same one.
+            expected = claim_step(held, tenant, key, fps[f], now, POLICY, claim.token or "unused")
+            seen[expected.claim.outcome] += 1
+            assert claim == expected.claim, step
+            if claim.runs:
+                holders.setdefault(key, []).append(claim)
+            model[key] = expected.held
+        elif key in holders:
+            holder = holders[key][0 if f else -1]
+            stale[action] += held is None or holder.token != held.token
             if action == "finish":
                 response = StoredResponse(201, (("content-type", "application/json"),), b'{"step":%d}' % step)
-                assert await store.finish(holders[key], response) == response
-                model[key] = finish(record, response)
+                expected_finish = finish_step(held, holder.token, response)
+                assert await store.finish(holder, response) == expected_finish.response, step
+                model[key] = expected_finish.written or held
             else:
-                await store.release(holders[key], now)
-                model[key] = release(record, now)
+                await store.release(holder, now)
+                model[key] = release_step(held, holder.token, now) or held
         if key in model:
-            assert await store.record(tenant, key) == model[key], step
+            held = model[key]
+            assert await store.record(tenant, key) == (None if held is None else held.record), step
+        if name == "postgres":
+            async with pool.connection() as conn:
+                found = {r["key"] for r in await conn.fetch(completer._ABANDONED, now, completer.BATCH)}
+            assert found == {k for k, h in model.items() if h is not None and abandoned(h.record, now)}, step
     assert set(seen) == set(Outcome), seen  # the trace reached every decision
+    assert stale["finish"] and stale["release"], stale  # and writes by claims no longer held
 
 
 @pytest.mark.parametrize("name", ["redis", "postgres"])

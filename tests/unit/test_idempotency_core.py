@@ -1,4 +1,5 @@
-"""The idempotency core: key validation, fingerprints, and the state machine over request sequences."""
+"""The idempotency core: key validation, fingerprints, the state machine over request sequences, and the
+protocol's steps every store drives (claim, finish, release, phase 2, the completer's, the payment machine)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,38 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from reference_impl.idempotency.core import (
+    CHARGED,
     MAX_KEY_LENGTH,
+    RECORDED,
     RUNS,
+    Claim,
+    FinishStep,
+    Held,
     InvalidIdempotencyKey,
     Outcome,
     Policy,
     Record,
+    Recovery,
+    Signal,
     State,
+    Step,
     StoredResponse,
+    Write,
+    abandoned,
     advance,
+    claim_step,
     decide,
     expired,
     fingerprint,
     finish,
+    finish_step,
+    pay_steps,
+    record_charge_step,
+    recovery,
     release,
+    release_step,
+    roll_back_step,
+    take_over_step,
     validate_key,
 )
 
@@ -242,3 +261,92 @@ def test_a_burst_of_identical_requests_executes_exactly_once(policy: Policy, n: 
     if now - EPOCH < policy.lock_timeout_us:
         assert outcomes.count(Outcome.EXECUTE) == 1 and Outcome.RECOVER not in outcomes
         assert set(outcomes[1:]) <= {Outcome.CONFLICT}
+
+
+# --- the protocol's steps ------------------------------------------------------------------------------
+
+def test_a_claim_step_says_what_to_write() -> None:
+    first = claim_step(None, "t", "k", FP_A, EPOCH, POLICY, "tok-1")
+    assert (first.claim, first.write) == (Claim(Outcome.EXECUTE, "t", "k", "tok-1"), Write.CREATE)
+    assert first.held == Held(decide(None, FP_A, EPOCH, POLICY).record, "tok-1")
+    held = first.held
+    for fp, now, outcome in ((FP_A, EPOCH + 1, Outcome.CONFLICT), (FP_B, EPOCH + 1, Outcome.MISMATCH)):
+        step = claim_step(held, "t", "k", fp, now, POLICY, "unused")
+        assert (step.claim.outcome, step.write, step.held, step.claim.token) == (outcome, Write.NOTHING, held, "")
+    assert claim_step(held, "t", "k", FP_A, EPOCH + 1, POLICY, "x").claim.retry_after_s == 2
+    # Past the lock: the same claim (token, recovery point) under a new lock.
+    charged = Held(advance(held.record, State.CHARGE_CREATED), "tok-1")
+    recover = claim_step(charged, "t", "k", FP_A, EPOCH + 5 * S, POLICY, "unused")
+    assert recover.write == Write.TAKE_OVER and recover.claim == Claim(Outcome.RECOVER, "t", "k", "tok-1",
+                                                                       State.CHARGE_CREATED)
+    assert recover.held == Held(decide(charged.record, FP_A, EPOCH + 5 * S, POLICY).record, "tok-1")
+    # Finished: a replay carries the response, a mismatch never does; past retention a new claim replaces it.
+    done = Held(finish(held.record, OK), "tok-1")
+    assert claim_step(done, "t", "k", FP_A, EPOCH + S, POLICY, "x").claim.response == OK
+    assert claim_step(done, "t", "k", FP_B, EPOCH + S, POLICY, "x").claim.response is None
+    replaced = claim_step(done, "t", "k", FP_B, EPOCH + 60 * S, POLICY, "tok-2")
+    assert (replaced.write, replaced.claim.token, replaced.held.token) == (Write.REPLACE, "tok-2", "tok-2")
+
+
+def test_writes_after_the_claim_are_guarded_by_its_token() -> None:
+    held = Held(decide(None, FP_A, EPOCH, POLICY).record, "tok-1")
+    # finish: the first stored response wins; a lost claim stores nothing and sends its own.
+    stored = finish_step(held, "tok-1", OK)
+    assert stored == FinishStep(Held(finish(held.record, OK), "tok-1"), OK)
+    late = StoredResponse(500, (), b"late")
+    assert finish_step(stored.written, "tok-1", late) == FinishStep(None, OK)
+    assert finish_step(held, "tok-0", late) == finish_step(None, "tok-1", late) == FinishStep(None, late)
+    # release: only the holder's unfinished claim, and never a later lock.
+    assert release_step(held, "tok-1", EPOCH + S) == Held(release(held.record, EPOCH + S), "tok-1")
+    assert release_step(held, "tok-0", EPOCH + S) is None and release_step(stored.written, "tok-1", EPOCH) is None
+    assert release_step(Held(release(held.record, EPOCH), "tok-1"), "tok-1", EPOCH + S) is None
+    # phase 2's compare-and-set: from `started` only, by the holder only.
+    charged = record_charge_step(held, "tok-1")
+    assert charged == Held(advance(held.record, State.CHARGE_CREATED), "tok-1")
+    assert record_charge_step(charged, "tok-1") is None and record_charge_step(held, "tok-0") is None
+    assert record_charge_step(None, "tok-1") is None
+
+
+def test_the_completer_takes_over_abandoned_claims_only() -> None:
+    held = Held(decide(None, FP_A, EPOCH, POLICY).record, "tok-1")
+    lock_end = held.record.locked_until_us
+    assert not abandoned(held.record, lock_end - 1) and abandoned(held.record, lock_end)
+    assert not abandoned(held.record, held.record.expires_at_us)  # expired: the reaper's
+    assert take_over_step(held, lock_end - 1, POLICY) is None and take_over_step(None, lock_end, POLICY) is None
+    taken = take_over_step(held, lock_end, POLICY)
+    assert taken == Held(decide(held.record, FP_A, lock_end, POLICY).record, "tok-1")
+    assert take_over_step(Held(finish(held.record, OK), "tok-1"), lock_end, POLICY) is None
+    assert (recovery(True), recovery(False)) == (Recovery.RESUME, Recovery.ROLL_BACK)  # a payment, anything else
+    assert roll_back_step(taken, "tok-1") and not roll_back_step(taken, "tok-0")
+    assert not roll_back_step(Held(advance(held.record, State.CHARGE_CREATED), "tok-1"), "tok-1")
+
+
+def run_machine(state: State, answers: dict[Step, list[object]]) -> tuple[list[tuple[Step, object]], object]:
+    """Drive pay_steps, answering each step from `answers` (None when none is scripted)."""
+    machine, trace, answer = pay_steps(state), [], None
+    while True:
+        try:
+            step, arg = machine.send(answer)
+        except StopIteration as done:
+            return trace, done.value
+        trace.append((step, arg))
+        answer = answers.get(step, [None]).pop(0) if answers.get(step) else None
+
+
+def test_the_payment_machine_from_each_recovery_point() -> None:
+    trace, end = run_machine(State.STARTED, {Step.CHARGE: ["ch"], Step.RECORD: ["paid"], Step.FINISH: [OK]})
+    assert trace == [(Step.CHARGE, None), (Step.CHECKPOINT, CHARGED), (Step.RECORD, "ch"), (Step.CHECKPOINT, RECORDED),
+                     (Step.PUBLISH, "paid"), (Step.FINISH, "paid")] and end == OK
+    trace, end = run_machine(State.STARTED, {Step.CHARGE: [Signal.TIMED_OUT]})
+    assert trace == [(Step.CHARGE, None), (Step.RELEASE, None)] and end is Signal.TIMED_OUT
+    trace, end = run_machine(State.STARTED, {Step.CHARGE: [Signal.DECLINED], Step.FINISH: [OK]})
+    assert trace == [(Step.CHARGE, None), (Step.FINISH, Signal.DECLINED)] and end == OK
+    # Another holder recorded the charge first: finish with the payment it recorded.
+    trace, end = run_machine(State.STARTED, {Step.CHARGE: ["ch"], Step.RECORD: [None], Step.PAYMENT_OF: ["paid"],
+                                             Step.FINISH: [OK]})
+    assert trace[-3:] == [(Step.PAYMENT_OF, None), (Step.PUBLISH, "paid"), (Step.FINISH, "paid")] and end == OK
+    trace, end = run_machine(State.CHARGE_CREATED, {Step.PAYMENT_OF: ["paid"], Step.FINISH: [OK]})
+    assert trace == [(Step.PAYMENT_OF, None), (Step.PUBLISH, "paid"), (Step.FINISH, "paid")] and end == OK
+    # Neither a payment nor a response: only a finished claim's response, or the claim is lost.
+    assert run_machine(State.CHARGE_CREATED, {Step.STORED: [OK]}) == ([(Step.PAYMENT_OF, None), (Step.STORED, None)], OK)
+    assert run_machine(State.CHARGE_CREATED, {})[1] is Signal.LOST

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Generator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+import simpy
 
+from reference_impl.idempotency.core import Outcome, StoredResponse, fingerprint
 from reference_impl.idempotency.ledger import CHARGED, RECORDED
+from reference_impl.idempotency.round_trips import POSTGRES, REDIS, cost
 from saaslab.results import ALL_TENANTS, read_rows
 from scenarios import idempotency
 from scenarios.idempotency import DESIGNS, LIVE_PLAN, SETUP, Lab, RunResult, Setup, simulate, simulate_one
+from scenarios.idempotency.messages import Attempt
 from scenarios.kernel import US_PER_S
 
 CALM = replace(SETUP, duration_s=2.0, p_slow=0.0, p_fail=0.0, p_timeout_after_effect=0.0, p_crash=0.0,
@@ -254,3 +260,37 @@ def test_as_live_replays_the_live_plan_and_only_none_duplicates() -> None:
     # Arrivals at the load point of the capacity with nothing armed, for the live run's quick duration.
     expected = 0.3 * idempotency.measured_capacity_rps(idempotency.as_live()) * LIVE_PLAN.quick_duration_s
     assert got["none"]["aslive_payments"] == pytest.approx(expected, rel=0.15)
+
+
+@pytest.mark.parametrize("design", DESIGNS)
+def test_the_simulated_store_takes_the_round_trips_the_real_stores_take(design: str) -> None:
+    """One table (round_trips.py) for the model and the service; test_idempotency_round_trips checks the service."""
+    lab = Lab(design, CALM, 0.3, 0)
+    request, body = idempotency.payment_body(1)
+    attempt = Attempt("k", fingerprint("POST", idempotency.TARGET, body), request)
+    rtt = {REDIS: round(CALM.redis_rtt_ms * 1000), POSTGRES: round(CALM.pg_rtt_ms * 1000)}
+
+    def took(operation: Generator[simpy.Event, Any, Any]) -> tuple[int, Any]:
+        start = lab.env.now
+        process = lab.env.process(operation)
+        lab.env.run(until=process)
+        return int(lab.env.now - start), process.value
+
+    def expected(operation: str, variant: str | None = None) -> int:
+        spent = cost(design, operation, variant)
+        return spent.trips * rtt[spent.server]
+
+    elapsed, claim = took(lab.store.claim(attempt, lab.now_us()))
+    assert claim.outcome == Outcome.EXECUTE and elapsed == expected("claim")
+    elapsed, _ = took(lab.store.finish(claim, StoredResponse(201, (), b"{}")))
+    assert elapsed == expected("finish")
+    elapsed, again = took(lab.store.claim(attempt, lab.now_us()))
+    assert again.outcome == (Outcome.EXECUTE if design == "none" else Outcome.REPLAY)
+    assert elapsed == expected("claim") == {"none": 0, "redis": 300, "postgres": 1000}[design]
+    if design == "postgres":  # a retry past the lock: the claim statement, then the row-locked take-over
+        other = Attempt("k2", attempt.fingerprint, request)
+        took(lab.store.claim(other, lab.now_us()))
+        lab.env.run(until=lab.env.now + lab.policy.lock_timeout_us)
+        elapsed, recovered = took(lab.store.claim(other, lab.now_us()))
+        assert recovered.outcome == Outcome.RECOVER
+        assert elapsed == expected("claim") + expected("lock", "take_over") == 5000
