@@ -2,7 +2,7 @@
 its payment row, under client timeouts, retries, provider faults and crashes, and what the
 protection costs.
 
-The tables, plots and most conclusions come from `scenarios/idempotency.py` (its docstring names
+The tables, plots and most conclusions come from `scenarios/idempotency/` (its docstring names
 every metric and the model): only a simulation has the seeds for confidence intervals across load
 levels. The simulated-versus-measured table sets duplicates per 10,000 payments (and orphans, and
 the p99) beside a live run's, like for like: its simulated side is the simulation's replay of the
