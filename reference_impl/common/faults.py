@@ -57,6 +57,10 @@ class Faults:
         self._metrics = metrics
         self._rng = random.Random(seed)
 
+    def declare(self, points: Mapping[str, str]) -> None:
+        """Add named points (with what a fault there does), as each pattern's service face lists them."""
+        self.points.update(points)
+
     def arm(self, fault: Fault) -> None:
         if fault.point not in self.points:
             raise KeyError(fault.point)

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import Send
 
-from reference_impl.tenancy.core import reject_smuggled_tenant
+from reference_impl.common.identity import reject_smuggled_tenant
 
 PROBLEM_BASE = "https://saaslab.dev/problems/"
 PROBLEM_CONTENT_TYPE = "application/problem+json"

@@ -22,8 +22,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from starlette.responses import Response
 
-from reference_impl.common.auth import ADMISSION_SCOPE_KEY, TENANT_SCOPE_KEY, Tenant
+from reference_impl.common.auth import ADMISSION_SCOPE_KEY, TENANT_SCOPE_KEY
 from reference_impl.common.faults import Faults
+from reference_impl.common.identity import Tenant
 from reference_impl.common.per_request import Admission
 from reference_impl.common.problem import Problem, not_found, unavailable
 from reference_impl.common.routing import DirectRoute, body_schema, json_response, parse_body
