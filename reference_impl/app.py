@@ -41,7 +41,7 @@ from fastapi import APIRouter, FastAPI
 from redis.asyncio import Redis
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from reference_impl.common.auth import TenantAuthMiddleware, TenantResolver, admin_guard
 from reference_impl.common.db import DB_UNAVAILABLE_ERRORS, Pool, make_pool, migrate, ping
@@ -49,7 +49,12 @@ from reference_impl.common.faults import Faults, faults_router
 from reference_impl.common.metrics import Metrics
 from reference_impl.common.middleware import BodyLimitMiddleware, ErrorMiddleware, MetricsMiddleware
 from reference_impl.common.per_request import PerRequest
-from reference_impl.common.problem import allowed_methods, install_problem_handlers, unavailable
+from reference_impl.common.problem import (
+    PROBLEM_RESPONSES,
+    allowed_methods,
+    install_problem_handlers,
+    unavailable,
+)
 from reference_impl.common.redis_client import make_redis
 from reference_impl.common.routing import DirectRoute
 from reference_impl.common.service import ServiceContext, ServiceParts
@@ -165,7 +170,7 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
 
 
 def _ops_router(pool: Pool, redis_client: Redis, metrics: Metrics) -> APIRouter:
-    router = APIRouter(tags=["ops"])
+    router = APIRouter(tags=["ops"], responses=PROBLEM_RESPONSES)
 
     @router.get("/healthz")
     async def healthz() -> Response:
@@ -181,7 +186,7 @@ def _ops_router(pool: Pool, redis_client: Redis, metrics: Metrics) -> APIRouter:
                               f"({type(exc).__name__}).") from None
         return JSONResponse({"status": "ready"})
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=PlainTextResponse)
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 

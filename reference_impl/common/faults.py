@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response
 
 from reference_impl.common.metrics import Metrics
-from reference_impl.common.problem import Problem
+from reference_impl.common.problem import PROBLEM_RESPONSES, Problem
 
 log = logging.getLogger("saaslab.faults")
 
@@ -125,7 +125,8 @@ class FaultIn(BaseModel):
 
 def faults_router(faults: Faults, require_admin: Callable[..., Awaitable[None]]) -> APIRouter:
     """/admin/faults; mount it only in lab mode, so that without it every such route is 404."""
-    router = APIRouter(prefix="/admin/faults", tags=["lab"], dependencies=[Depends(require_admin)])
+    router = APIRouter(prefix="/admin/faults", tags=["lab"], dependencies=[Depends(require_admin)],
+                       responses=PROBLEM_RESPONSES)
 
     @router.post("", status_code=201)
     async def arm_fault(body: FaultIn) -> JSONResponse:

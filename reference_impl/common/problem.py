@@ -73,6 +73,27 @@ class Problem(Exception):
         await send({"type": "http.response.body", "body": body})
 
 
+_PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "description": "RFC 9457 problem details; some problems add members (a validation error its `errors`).",
+    "properties": {
+        "type": {"type": "string", "description": PROBLEM_BASE + "<slug>"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
+    "required": ["type", "title", "status", "detail"],
+}
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "content": {PROBLEM_CONTENT_TYPE: {"schema": _PROBLEM_SCHEMA}}}
+    for status, text in (("4XX", "The request was refused; the problem says why."),
+                         ("5XX", "A backing service is unavailable or timed out (Retry-After says when to retry)."))
+}
+"""OpenAPI `responses` for every router: any 4xx or 5xx answer is a problem document. (FastAPI would
+otherwise document its own 422 body, which this service never sends.)"""
+
+
 def not_found(what: str) -> Problem:
     # The detail never names the id: a missing id, a malformed one and another tenant's must read alike.
     return Problem(404, "not-found", f"No {what} with this id.")
