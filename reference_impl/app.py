@@ -153,6 +153,7 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
     app.state.settings = settings
     app.state.admin_token = admin_token
     app.state.faults = faults
+    app.state.metrics = metrics
     for parts in installed:
         for name, value in parts.state.items():
             setattr(app.state, name, value)
