@@ -1,9 +1,13 @@
 """The service's OpenAPI document is valid, and a live worker keeps its promises under fuzzing.
 
 Schemathesis generates requests for every operation from `/openapi.json` as a real uvicorn worker
-serves it (tenant routes with a tenant's key, the rest with the admin token) and checks each answer:
-never a 5xx, and every documented response matches its schema. Lab mode stays off: its fault routes
-would let the fuzzer arm crashes and injected 503s.
+serves it (tenant routes with a tenant's key, the rest with the admin token), valid inputs and, where
+an operation takes a body or a query, invalid ones, and checks each answer: never a 5xx; its status
+and content type documented and its body matching the document; invalid input refused. Not checked:
+that every valid input is accepted, which the document cannot promise (JSON Schema counts 5.0 as an
+integer where the strict models refuse it; a limit's requests x window bound spans two fields; a
+cursor is any string the service issued). Lab mode stays off: its fault routes would let the fuzzer
+arm crashes and injected 503s.
 """
 
 from __future__ import annotations
