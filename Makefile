@@ -30,8 +30,10 @@ test-unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# ruff, then the layer contracts of pyproject.toml's [tool.importlinter] (no cache left in the tree).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 services-down: $(STAMP)
 	$(BIN)/saaslab services down

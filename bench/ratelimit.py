@@ -59,6 +59,7 @@ from bench.tenancy import (
     stop_server,
 )
 from reference_impl.common.redis_client import Arg, ScriptRunner, make_redis
+from reference_impl.common.usage import usage_key, usage_period
 from reference_impl.ratelimit.core import Policy
 from reference_impl.ratelimit.redis_store import (
     TTL_SLACK_MS,
@@ -67,7 +68,6 @@ from reference_impl.ratelimit.redis_store import (
     limiter_key,
     script_source,
 )
-from reference_impl.tenancy.core import usage_key, usage_period
 from saaslab.services import ServiceError, free_port
 from saaslab.settings import Settings
 

@@ -3,10 +3,19 @@
 Run it with `saaslab serve`, or `uvicorn reference_impl.app:app_from_env --factory` with the
 `SAASLAB_*` environment set (or the embedded servers up: `saaslab services up`).
 
+The app owns what every request shares: pools, metrics, lab-mode faults, the admin guard, its own
+routes (health, readiness, metrics) and its own middleware. Each pattern with a service face in the
+registry (saaslab/patterns/) adds the rest through `install(ctx) -> ServiceParts`
+(reference_impl/common/service.py): routers, migrations, fault points, metrics, middleware,
+lifespan hooks. Patterns meet through the context (one provides, another needs), never by
+importing each other's service code.
+
 Requests pass, outermost first: MetricsMiddleware, ErrorMiddleware, BodyLimitMiddleware,
-TenantAuthMiddleware (only /v1), IdempotencyKeyMiddleware (only POST under /v1), then FastAPI's
-router. All five are pure ASGI. POST routes claim their Idempotency-Key themselves, through the
-design chosen by `SAASLAB_IDEMPOTENCY` (reference_impl/idempotency/http.py says why).
+TenantAuthMiddleware (only /v1; its API-key resolver and its one Redis round trip, `PerRequest`,
+come from the patterns), then the patterns' middleware in registry order (idempotency's
+IdempotencyKeyMiddleware, only POST under /v1), then FastAPI's router. All are pure ASGI. POST
+routes claim their Idempotency-Key themselves, through the design chosen by `SAASLAB_IDEMPOTENCY`
+(reference_impl/idempotency/http.py says why).
 
 A worker started from the environment (`app_from_env`: uvicorn, `saaslab serve`) also settles the
 garbage collector once it is up (`settle_gc`): the start-up heap is frozen out of the collector's
@@ -30,32 +39,33 @@ from pathlib import Path
 import redis.exceptions
 from fastapi import APIRouter, FastAPI
 from redis.asyncio import Redis
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from reference_impl.common.auth import TenantAuthMiddleware, admin_guard
+from reference_impl.common.auth import TenantAuthMiddleware, TenantResolver, admin_guard
 from reference_impl.common.db import DB_UNAVAILABLE_ERRORS, Pool, make_pool, migrate, ping
 from reference_impl.common.faults import Faults, faults_router
 from reference_impl.common.metrics import Metrics
 from reference_impl.common.middleware import BodyLimitMiddleware, ErrorMiddleware, MetricsMiddleware
 from reference_impl.common.per_request import PerRequest
-from reference_impl.common.problem import allowed_methods, install_problem_handlers, unavailable
+from reference_impl.common.problem import (
+    PROBLEM_RESPONSES,
+    allowed_methods,
+    install_problem_handlers,
+    unavailable,
+)
 from reference_impl.common.redis_client import make_redis
 from reference_impl.common.routing import DirectRoute
-from reference_impl.idempotency import http as idempotency_http
-from reference_impl.idempotency import postgres as idempotency_store
-from reference_impl.idempotency import provider
-from reference_impl.idempotency.designs import NoIdempotency, make_design
-from reference_impl.idempotency.http import IdempotencyKeyMiddleware, IdempotentRequests, policy_of, publisher
-from reference_impl.ratelimit.service import RateLimitService
-from reference_impl.tenancy import repository
-from reference_impl.tenancy.gate import Gate
-from reference_impl.tenancy.repository import TenantDirectory, make_store
-from reference_impl.tenancy.routes import admin_router, tenant_router
+from reference_impl.common.service import ServiceContext, ServiceParts
+from saaslab import patterns
 from saaslab.services import EmbeddedServices
 from saaslab.settings import Settings
 
-MIGRATIONS = (Path(__file__).parent / "tenancy" / "schema.sql", provider.SCHEMA, idempotency_store.SCHEMA)
+SERVICE_FACES = tuple(p.module("service") for p in patterns.with_face("service"))
+"""Every registered pattern's service face (reference_impl/<pattern>/wiring.py), in registry order."""
+MIGRATIONS: tuple[Path, ...] = tuple(path for face in SERVICE_FACES for path in getattr(face, "MIGRATIONS", ()))
+"""The service's SQL migrations, every pattern's in registry order; also what the completer and reaper apply."""
 READY_TIMEOUT_S = 1.0
 # Failures of a backing service: answered 503 (retry later), never 500.
 UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
@@ -101,93 +111,67 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
                          "`saaslab serve` fills them in (starting embedded servers if needed)")
     admin_token = settings.admin_token or secrets.token_urlsafe(32)
     metrics = Metrics()
-    faults = Faults({**repository.FAULT_POINTS, **idempotency_http.FAULT_POINTS}, metrics)
+    faults = Faults({}, metrics)
     pool = make_pool(settings)
     redis_client = make_redis(settings)
-    limiter = None if settings.ratelimit == "off" else RateLimitService(settings, redis_client)
-    per_request = PerRequest(settings.redis_url, settings.redis_prefix, limiter)
-    gate = Gate.from_settings(settings)
-    directory = TenantDirectory(pool)
-    store = make_store(settings.isolation, pool, faults)
-    require_admin = admin_guard(admin_token)
-    # Payments are recorded in the idempotency ledger and published to the store's payments table.
-    publish = publisher(store)
-    design = make_design(settings.idempotency, pool=pool, redis=redis_client, prefix=settings.redis_prefix,
-                         policy=policy_of(settings), publish=publish, redis_url=settings.redis_url)
-    idempotency = IdempotentRequests(design, unprotected=NoIdempotency(pool, publish=publish), faults=faults,
-                                     unavailable=UNAVAILABLE_ERRORS)
-
-    metrics.gauge("saaslab_scheduler_slots", "Request slots the scheduler hands out", lambda: gate.scheduler.slots)
-    metrics.gauge("saaslab_scheduler_busy_slots", "Slots held by running requests", lambda: gate.busy)
-    metrics.gauge("saaslab_scheduler_queued_requests", "Requests waiting for a slot", gate.queued)
-    metrics.counter("saaslab_scheduler_waits_total", "Requests that found no free slot and queued",
-                    lambda: gate.waits)
-    metrics.counter("saaslab_scheduler_wait_seconds", "Time granted requests spent queued for a slot, summed",
-                    lambda: gate.wait_seconds)
-    metrics.counter("saaslab_scheduler_holds", "Slots given back", lambda: gate.holds)
-    metrics.counter("saaslab_scheduler_hold_seconds", "Slot holds, grant to release, summed",
-                    lambda: gate.hold_seconds)
-    metrics.counter("saaslab_scheduler_hold_seconds_squared", "Squares of the slot holds in seconds, summed",
-                    lambda: gate.hold_seconds_squared)
-
-    if limiter is not None:
-        metrics.counter_family("saaslab_ratelimit_decisions_total", "Rate-limit decisions by outcome", "outcome",
-                               lambda: limiter.outcomes)
-        metrics.counter("saaslab_ratelimit_redis_calls_total", "Limiter calls the circuit breaker let through to Redis",
-                        lambda: limiter.redis_calls)
-        metrics.gauge("saaslab_ratelimit_breaker_open", "1 while the limiter's circuit breaker keeps calls off Redis",
-                      lambda: float(limiter.breaker.state.name != "closed"))
-
-    metrics.counter_family("saaslab_idempotency_decisions_total",
-                           "POSTs under /v1 by idempotency outcome (replay, conflict, mismatch, execute, recover, "
-                           "no_key, invalid_key)", "outcome", lambda: idempotency.decisions)
-    metrics.counter("saaslab_idempotency_provider_timeouts_total",
-                    "Payments answered 504 because the provider's answer was lost (nothing stored)",
-                    lambda: idempotency.provider_timeouts)
+    ctx = ServiceContext(settings, pool, redis_client, metrics, faults, admin_guard(admin_token), UNAVAILABLE_ERRORS)
+    installed: list[ServiceParts] = [face.install(ctx) for face in SERVICE_FACES]
+    for parts in installed:
+        faults.declare(parts.fault_points)
+        metrics.register(*parts.metrics)
+    # The request's one Redis round trip: a pattern's (the rate limiter's) if one provides it, else usage only.
+    per_request = ctx.find(PerRequest) or PerRequest(settings.redis_url, settings.redis_prefix)
+    on_start = [hook for parts in installed for hook in parts.on_start]
+    on_stop = [hook for parts in reversed(installed) for hook in parts.on_stop]
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await pool.open(timeout_s=30.0)
         try:
             await migrate(pool, MIGRATIONS)
-            await idempotency.load()
+            for start in on_start:
+                await start()
             if worker:
                 settle_gc()
             yield
         finally:
-            await idempotency.close()
+            for stop in on_stop:
+                await stop()
             await per_request.close()
             await redis_client.aclose()
             await pool.close()
 
-    app = FastAPI(title="saaslab reference service", version="1", lifespan=lifespan, **_NO_NATIVE_TELEMETRY)
+    middleware = [
+        Middleware(MetricsMiddleware, metrics=metrics),
+        Middleware(ErrorMiddleware, unavailable_errors=UNAVAILABLE_ERRORS),
+        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+        Middleware(TenantAuthMiddleware, resolver=ctx.need(TenantResolver), per_request=per_request),
+        *(layer for parts in installed for layer in parts.middleware),
+    ]
+    app = FastAPI(title="saaslab reference service", version="1", lifespan=lifespan, middleware=middleware,
+                  **_NO_NATIVE_TELEMETRY)
     app.state.settings = settings
     app.state.admin_token = admin_token
-    app.state.gate = gate
     app.state.faults = faults
-    app.state.store = store
-    app.state.idempotency = idempotency
+    app.state.metrics = metrics
+    for parts in installed:
+        for name, value in parts.state.items():
+            setattr(app.state, name, value)
 
     # FastAPI tries routes in order: the hot /v1 routes go first.
-    routers = [tenant_router(store, gate, faults, idempotency), _ops_router(pool, redis_client, metrics),
-               admin_router(directory, store, require_admin)]
+    routes = [parts.routes() for parts in installed]
+    routers = [*(r for rs in routes for r in rs.hot), _ops_router(pool, redis_client, metrics),
+               *(r for rs in routes for r in rs.rest)]
     if settings.lab_mode:
-        routers.append(faults_router(faults, require_admin))
+        routers.append(faults_router(faults, ctx.require_admin))
     install_problem_handlers(app, UNAVAILABLE_ERRORS, allow=allowed_methods(routers))
     for router in routers:
         app.include_router(router)
-
-    # add_middleware wraps: the last added runs first.
-    app.add_middleware(IdempotencyKeyMiddleware, requests=idempotency)
-    app.add_middleware(TenantAuthMiddleware, resolver=directory, per_request=per_request)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(ErrorMiddleware, unavailable_errors=UNAVAILABLE_ERRORS)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 
 
 def _ops_router(pool: Pool, redis_client: Redis, metrics: Metrics) -> APIRouter:
-    router = APIRouter(tags=["ops"])
+    router = APIRouter(tags=["ops"], responses=PROBLEM_RESPONSES)
 
     @router.get("/healthz")
     async def healthz() -> Response:
@@ -203,7 +187,7 @@ def _ops_router(pool: Pool, redis_client: Redis, metrics: Metrics) -> APIRouter:
                               f"({type(exc).__name__}).") from None
         return JSONResponse({"status": "ready"})
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=PlainTextResponse)
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 

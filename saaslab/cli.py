@@ -160,7 +160,7 @@ def _idempotency_process(kind: str, interval: float, once: bool) -> int:
     import asyncio
     import logging
 
-    from reference_impl.idempotency import background
+    from reference_impl import background
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     settings = Settings()

@@ -3,31 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import parse_qsl
 
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from reference_impl.common.identity import Tenant, reject_smuggled_tenant, same_secret
 from reference_impl.common.per_request import PerRequest
 from reference_impl.common.problem import tenant_in_request, unauthorized
-from reference_impl.tenancy.core import reject_smuggled_tenant, same_secret
 
 # Where the auth middleware leaves its findings for the routes.
 TENANT_SCOPE_KEY = "saaslab.tenant"
 ADMISSION_SCOPE_KEY = "saaslab.admission"
 
 
-@dataclass(frozen=True, slots=True)
-class Tenant:
-    id: str
-    name: str
-    plan: str
-    limits: dict[str, Any] | None
-
-
 class TenantResolver(Protocol):
+    """Finds the tenant an API key belongs to (tenancy's directory provides it: reference_impl/tenancy/wiring.py)."""
+
     async def by_api_key(self, api_key: str) -> Tenant | None: ...
 
 

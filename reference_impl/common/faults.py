@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response
 
 from reference_impl.common.metrics import Metrics
-from reference_impl.common.problem import Problem
+from reference_impl.common.problem import PROBLEM_RESPONSES, Problem
 
 log = logging.getLogger("saaslab.faults")
 
@@ -56,6 +56,10 @@ class Faults:
         self.armed: dict[str, Fault] = {}
         self._metrics = metrics
         self._rng = random.Random(seed)
+
+    def declare(self, points: Mapping[str, str]) -> None:
+        """Add named points (with what a fault there does), as each pattern's service face lists them."""
+        self.points.update(points)
 
     def arm(self, fault: Fault) -> None:
         if fault.point not in self.points:
@@ -121,7 +125,8 @@ class FaultIn(BaseModel):
 
 def faults_router(faults: Faults, require_admin: Callable[..., Awaitable[None]]) -> APIRouter:
     """/admin/faults; mount it only in lab mode, so that without it every such route is 404."""
-    router = APIRouter(prefix="/admin/faults", tags=["lab"], dependencies=[Depends(require_admin)])
+    router = APIRouter(prefix="/admin/faults", tags=["lab"], dependencies=[Depends(require_admin)],
+                       responses=PROBLEM_RESPONSES)
 
     @router.post("", status_code=201)
     async def arm_fault(body: FaultIn) -> JSONResponse:

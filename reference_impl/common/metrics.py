@@ -7,6 +7,8 @@ costs a dict lookup, a counter increment and a histogram observation.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Literal
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,6 +25,31 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 # Requests answered before routing (401, 413) or matching no route share one label, so random
 # paths cannot blow up the label set.
 UNROUTED = "unrouted"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A metric a pattern keeps as plain numbers and the registry reads at scrape time, declared so
+    that a pattern's service face can list its metrics (reference_impl/common/service.py)."""
+
+    kind: Literal["gauge", "counter", "counter_family"]
+    name: str
+    doc: str
+    read: Callable[[], float] | Callable[[], Mapping[str, float]]
+    label: str = ""
+    """The label of a `counter_family`'s values."""
+
+
+def gauge(name: str, doc: str, read: Callable[[], float]) -> Reading:
+    return Reading("gauge", name, doc, read)
+
+
+def counter(name: str, doc: str, read: Callable[[], float]) -> Reading:
+    return Reading("counter", name, doc, read)
+
+
+def counter_family(name: str, doc: str, label: str, read: Callable[[], Mapping[str, float]]) -> Reading:
+    return Reading("counter_family", name, doc, read, label)
 
 
 class Metrics:
@@ -59,6 +86,15 @@ class Metrics:
     def counter_family(self, name: str, doc: str, label: str, read: Callable[[], Mapping[str, float]]) -> None:
         """Counters kept elsewhere as a dict of plain numbers (one per `label` value), read at scrape time."""
         self.registry.register(_ReadCounterFamily(name, doc, label, read))
+
+    def register(self, *readings: Reading) -> None:
+        for r in readings:
+            if r.kind == "gauge":
+                self.gauge(r.name, r.doc, r.read)  # type: ignore[arg-type]
+            elif r.kind == "counter":
+                self.counter(r.name, r.doc, r.read)  # type: ignore[arg-type]
+            else:
+                self.counter_family(r.name, r.doc, r.label, r.read)  # type: ignore[arg-type]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

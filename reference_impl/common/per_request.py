@@ -11,15 +11,12 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from reference_impl.common.identity import Tenant
 from reference_impl.common.problem import Problem
 from reference_impl.common.redis_client import ScriptRunner
-from reference_impl.tenancy.core import usage_key, usage_period
-
-if TYPE_CHECKING:
-    from reference_impl.common.auth import Tenant
-    from reference_impl.ratelimit.service import RateLimitService
+from reference_impl.common.usage import usage_key, usage_period
 
 SCRIPT = (Path(__file__).parent / "per_request.lua").read_text()
 # Usage counters outlive their month long enough to bill it afterwards.
@@ -37,8 +34,17 @@ class Admission:
     """When set, the answer instead of the route's (429, or 503 from a fail-closed limiter)."""
 
 
+class Limiter(Protocol):
+    """What a rate limiter gives the request's round trip (reference_impl/ratelimit/service.py's
+    `RateLimitService`): a decision that also counts the request's usage."""
+
+    def admit(self, tenant: Tenant, period: str) -> Awaitable[Admission]: ...
+
+    async def close(self) -> None: ...
+
+
 class PerRequest:
-    def __init__(self, redis_url: str, prefix: str, limiter: RateLimitService | None = None) -> None:
+    def __init__(self, redis_url: str, prefix: str, limiter: Limiter | None = None) -> None:
         self._script = ScriptRunner(redis_url, SCRIPT)
         self._limiter = limiter
         self._prefix = prefix

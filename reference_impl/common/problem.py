@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import Send
 
-from reference_impl.tenancy.core import reject_smuggled_tenant
+from reference_impl.common.identity import reject_smuggled_tenant
 
 PROBLEM_BASE = "https://saaslab.dev/problems/"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -71,6 +71,27 @@ class Problem(Exception):
         headers += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+_PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "description": "RFC 9457 problem details; some problems add members (a validation error its `errors`).",
+    "properties": {
+        "type": {"type": "string", "description": PROBLEM_BASE + "<slug>"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
+    "required": ["type", "title", "status", "detail"],
+}
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "content": {PROBLEM_CONTENT_TYPE: {"schema": _PROBLEM_SCHEMA}}}
+    for status, text in (("4XX", "The request was refused; the problem says why."),
+                         ("5XX", "A backing service is unavailable or timed out (Retry-After says when to retry)."))
+}
+"""OpenAPI `responses` for every router: any 4xx or 5xx answer is a problem document. (FastAPI would
+otherwise document its own 422 body, which this service never sends.)"""
 
 
 def not_found(what: str) -> Problem:

@@ -21,10 +21,24 @@ class DirectRoute(APIRoute):
     errors it raises reach the app's exception handlers as usual; only the per-request handler
     differs: FastAPI's solves dependencies, parses query parameters and checks the return value,
     which on a hot route costs more than the route's own Python. Use it where there is nothing to
-    inject or validate: path parameters are read from `request.path_params` and parsed by the route.
+    inject or validate: path parameters are read from `request.path_params` and parsed by the route
+    (they are declared in the OpenAPI document all the same, as strings).
     Dependencies would never run, so a route that has any (its own or its router's) is refused;
     do not include a router of DirectRoutes with `include_router(..., dependencies=...)` either.
     """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        # The endpoint declares no parameters, so FastAPI's OpenAPI would leave the path's out:
+        # declare each as a string (the route parses it and answers 404 to one it cannot read).
+        # Only the document changes; the request path never reads `openapi_extra`.
+        extra = dict(self.openapi_extra or {})
+        declared = {p.get("name") for p in extra.get("parameters", ()) if p.get("in") == "path"}
+        missing = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                   for name in self.param_convertors if name not in declared]
+        if missing:
+            extra["parameters"] = [*extra.get("parameters", ()), *missing]
+            self.openapi_extra = extra
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         if self.dependant.dependencies or len(inspect.signature(self.endpoint).parameters) != 1:

@@ -26,7 +26,8 @@ the body (422), then the claim. None of those refusals reaches the store.
 Where payments live: the ledger's `idempotency_payments` stays the record of effects (one row per
 charge, keyed by charge, read by the checker through `ledger.read_state`), and the payments
 *resource* stays the tenancy store's `payments` table, wherever the isolation design keeps it
-(shared and filtered, shared under row-level security, or one per tenant schema). `publisher`
+(shared and filtered, shared under row-level security, or one per tenant schema). The tenancy
+store's `publisher` (reference_impl/tenancy/repository.py, handed over by the service's wiring)
 writes each recorded payment through `Store.put` (same id and creation time) before the request
 is finished, on every path that finishes it (the request, a retry, the completer), and `put` is a
 no-op for a row already there. So GET /v1/payments reads exactly the ledger's payments through
@@ -47,8 +48,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from reference_impl.common.auth import Tenant
 from reference_impl.common.faults import Faults, crash
+from reference_impl.common.identity import Tenant
 from reference_impl.common.problem import Problem
 from reference_impl.idempotency.core import (
     Claim,
@@ -61,9 +62,8 @@ from reference_impl.idempotency.core import (
     validate_key,
 )
 from reference_impl.idempotency.designs import IdempotencyDesign
-from reference_impl.idempotency.ledger import CHECKPOINTS, Payment, PaymentRequest, Publish, new_token
+from reference_impl.idempotency.ledger import CHECKPOINTS, PaymentRequest, new_token
 from reference_impl.idempotency.provider import ProviderFault, ProviderTimeout
-from reference_impl.tenancy.repository import PAYMENTS, Store
 from saaslab.settings import Settings
 
 log = logging.getLogger("saaslab.idempotency")
@@ -95,18 +95,6 @@ def wall_clock_us() -> int:
 
 def policy_of(settings: Settings) -> Policy:
     return Policy.from_seconds(settings.idempotency_retention_s, settings.idempotency_lock_timeout_s)
-
-
-def publisher(store: Store) -> Publish:
-    """Publish recorded payments to the tenants' payments resource (see "Where payments live")."""
-
-    async def publish(paid: Payment) -> None:
-        # The store reads only the tenant's id: the completer, which has nothing else, can publish too.
-        owner = Tenant(paid.tenant_id, name="", plan="", limits=None)
-        await store.put(owner, PAYMENTS, paid.id, paid.created_at,
-                        {"amount": paid.amount, "currency": paid.currency, "status": paid.status})
-
-    return publish
 
 
 def render(stored: StoredResponse, *, replayed: bool = False) -> Response:

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple, Protocol
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from reference_impl.common.usage import usage_key, usage_period
 from reference_impl.ratelimit.core import (
     ALGORITHMS,
     STRICT_ALGORITHMS,
@@ -45,7 +46,6 @@ from reference_impl.ratelimit.core import (
     TokenBucketState,
     fixed_window,
 )
-from reference_impl.tenancy.core import usage_key, usage_period
 
 SCRIPT_DIR = Path(__file__).parent
 USAGE_TTL_S = 62 * 24 * 3600

@@ -30,10 +30,11 @@ from dataclasses import dataclass
 import redis.exceptions
 from redis.asyncio import Redis
 
-from reference_impl.common.auth import Tenant
+from reference_impl.common.identity import Tenant
 from reference_impl.common.per_request import USAGE_TTL_S, Admission
 from reference_impl.common.problem import Problem
 from reference_impl.common.redis_client import ScriptRunner
+from reference_impl.common.usage import usage_key
 from reference_impl.ratelimit.breaker import FailurePolicy, redis_breaker
 from reference_impl.ratelimit.core import US_PER_S, Policy, ratelimit_headers, remaining_header, reset_header
 from reference_impl.ratelimit.invariants import DECIDED_AT_HEADER
@@ -46,7 +47,6 @@ from reference_impl.ratelimit.redis_store import (
     limiter_key,
     script_source,
 )
-from reference_impl.tenancy.core import usage_key
 from saaslab.settings import Settings
 
 OUTCOMES = ("allowed", "limited", "would_limit", "limiter_unavailable")

@@ -2,8 +2,8 @@
 
 Two kinds of decisions live here, each used by both the service and the SimPy model:
 
-* Who is the caller? `hash_api_key` and `reject_smuggled_tenant` decide identity and refuse a
-  tenant named anywhere but in the key.
+* Who is the caller? `new_api_key` and `hash_api_key` make and recognise a tenant's key (the rule
+  that the key alone names the tenant is reference_impl/common/identity.py's, shared by every route).
 * Who runs next? A *scheduler* owns `slots` concurrent work slots (the service's request slots,
   the simulation's workers) and decides which queued request takes a slot when one frees:
 
@@ -20,10 +20,9 @@ clock and the waiting: asyncio futures in the service, SimPy events in the simul
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,7 +31,6 @@ from typing import Any, Protocol
 
 
 API_KEY_PREFIX = "sk_"
-SMUGGLED_TENANT_FIELDS = frozenset({"tenant_id", "tenant"})
 
 
 def new_api_key() -> str:
@@ -43,25 +41,6 @@ def new_api_key() -> str:
 def hash_api_key(api_key: str) -> str:
     """SHA-256 of the key. Keys carry 256 bits of entropy, so a fast hash is enough (no salt needed)."""
     return hashlib.sha256(api_key.encode()).hexdigest()
-
-
-def same_secret(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
-
-
-def reject_smuggled_tenant(*sources: Mapping[str, Any] | Iterable[str] | None) -> str | None:
-    """The first field naming a tenant in a body or query string, or None.
-
-    The tenant comes from the API key alone; a request that tries to name one is refused (422)
-    rather than silently ignored, so a client bug surfaces instead of reading the wrong tenant.
-    """
-    for src in sources:
-        if not src:
-            continue
-        for name in src:
-            if str(name).lower() in SMUGGLED_TENANT_FIELDS:
-                return str(name)
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,19 +236,3 @@ def make_scheduler(design: str, slots: int, *, per_tenant: int = 2,
 PLANS = ("free", "pro", "enterprise")
 PLAN_WEIGHTS = {"free": 1, "pro": 2, "enterprise": 4}
 """A plan's share under weighted fair queuing (tiers, not per-tenant quotas: AWS SaaS Factory)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Metering
-
-
-def usage_period(epoch_s: float) -> str:
-    """The metering period ("YYYY-MM", UTC) an instant falls in."""
-    import time
-
-    return time.strftime("%Y-%m", time.gmtime(epoch_s))
-
-
-def usage_key(prefix: str, tenant_id: str, period: str) -> str:
-    """Redis key of a tenant's usage counter; the hash tag keeps a tenant's keys in one cluster slot."""
-    return f"{prefix}:{{{tenant_id}}}:usage:{period}"

@@ -39,9 +39,10 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from reference_impl.common.auth import Tenant
 from reference_impl.common.db import READ_TAG, PipelinedReads, Pool, Transaction
 from reference_impl.common.faults import Faults
+from reference_impl.common.identity import Tenant
+from reference_impl.common.service import PaymentSink, RecordedPayment
 from reference_impl.tenancy.core import hash_api_key, new_api_key
 
 COMMIT_POINT = "tenancy.commit"
@@ -383,6 +384,25 @@ def make_store(design: str, pool: Pool, faults: Faults) -> Store:
         return STORES[design](pool, faults)
     except KeyError:
         raise ValueError(f"unknown isolation design {design!r}; choose one of {', '.join(STORES)}") from None
+
+
+def publisher(store: Store) -> PaymentSink:
+    """Publish the payments the idempotency ledger records to the tenants' payments resource.
+
+    The ledger's `idempotency_payments` stays the record of effects; the resource is this store's
+    `payments` table, wherever the isolation design keeps it, so GET /v1/payments reads payments
+    through the same code, role and policies as every other tenant read (reference_impl/idempotency/
+    http.py, "Where payments live"). `put` keeps the ledger's id and creation time and is a no-op
+    for a row already there, so publishing again after a recovery changes nothing.
+    """
+
+    async def publish(paid: RecordedPayment) -> None:
+        # The store reads only the tenant's id: the completer, which has nothing else, can publish too.
+        owner = Tenant(paid.tenant_id, name="", plan="", limits=None)
+        await store.put(owner, PAYMENTS, paid.id, paid.created_at,
+                        {"amount": paid.amount, "currency": paid.currency, "status": paid.status})
+
+    return publish
 
 
 class TenantDirectory:

@@ -22,10 +22,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from starlette.responses import Response
 
-from reference_impl.common.auth import ADMISSION_SCOPE_KEY, TENANT_SCOPE_KEY, Tenant
+from reference_impl.common.auth import ADMISSION_SCOPE_KEY, TENANT_SCOPE_KEY
 from reference_impl.common.faults import Faults
+from reference_impl.common.identity import Tenant
 from reference_impl.common.per_request import Admission
-from reference_impl.common.problem import Problem, not_found, unavailable
+from reference_impl.common.problem import PROBLEM_RESPONSES, Problem, not_found, unavailable
 from reference_impl.common.routing import DirectRoute, body_schema, json_response, parse_body
 from reference_impl.idempotency.http import IdempotentRequests
 from reference_impl.idempotency.ledger import PaymentRequest
@@ -190,7 +191,8 @@ PageCursor = Annotated[str | None, Query(max_length=512)]
 
 
 def admin_router(directory: TenantDirectory, store: Store, require_admin: Callable[..., Awaitable[None]]) -> APIRouter:
-    router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+    router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
+                       responses=PROBLEM_RESPONSES)
 
     @router.post("/tenants", status_code=201, response_model=TenantOut)
     async def create_tenant(body: TenantIn) -> Response:
@@ -214,7 +216,7 @@ def tenant_router(store: Store, gate: Gate, faults: Faults, idempotency: Idempot
     """The /v1 routes. Routes by id read `{id}` from `request.path_params` instead of declaring it and
     are served as `DirectRoute`s (no dependency solving): the id is parsed by `parse_id` anyway.
     POST routes answer through `idempotency` (`pay` or `respond`), inside their scheduler slot."""
-    router = APIRouter(prefix="/v1", tags=["tenant"])
+    router = APIRouter(prefix="/v1", tags=["tenant"], responses=PROBLEM_RESPONSES)
 
     def direct(method: str, path: str, **route: Any) -> Callable[[Endpoint], Endpoint]:
         def register(endpoint: Endpoint) -> Endpoint:

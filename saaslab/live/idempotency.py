@@ -63,11 +63,11 @@ from reference_impl.common.db import Pool
 from reference_impl.common.faults import Faults
 from reference_impl.common.metrics import Metrics
 from reference_impl.idempotency import completer
-from reference_impl.idempotency.http import policy_of, publisher, wall_clock_us
+from reference_impl.idempotency.http import policy_of, wall_clock_us
 from reference_impl.idempotency.invariants import SUCCEEDED, check
 from reference_impl.idempotency.ledger import LedgerState, Payment, read_state
 from reference_impl.idempotency.provider import Charge
-from reference_impl.tenancy.repository import make_store
+from reference_impl.tenancy.repository import make_store, publisher
 from saaslab.history import CheckResult, Op, load, save
 from saaslab.live.harness import LocustRun, Progress, run_locust, service
 from saaslab.results import ALL_TENANTS, LatencyHistogram, Row, new_run_id, write_run

@@ -34,9 +34,10 @@ from typer.testing import CliRunner
 from reference_impl.common.db import Pool
 from reference_impl.idempotency import completer
 from reference_impl.idempotency.core import MAX_KEY_LENGTH, Outcome, fingerprint
-from reference_impl.idempotency.http import publisher, wall_clock_us
+from reference_impl.idempotency.http import wall_clock_us
 from reference_impl.idempotency.invariants import F_PAY, attempt_value, check, response_value
 from reference_impl.idempotency.ledger import CHECKPOINTS, PaymentRequest, read_state
+from reference_impl.tenancy.repository import publisher
 from saaslab.cli import app as cli_app
 from saaslab.history import History
 from saaslab.services import free_port

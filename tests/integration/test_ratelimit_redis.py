@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
+from reference_impl.common.usage import usage_key, usage_period
 from reference_impl.ratelimit.core import (
     ALGORITHMS,
     STRICT_ALGORITHMS,
@@ -42,7 +43,6 @@ from reference_impl.ratelimit.redis_store import (
     make_limiter,
     state_bytes,
 )
-from reference_impl.tenancy.core import usage_key, usage_period
 from saaslab.history import History
 from saaslab.settings import Settings
 

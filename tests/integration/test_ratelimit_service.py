@@ -25,8 +25,8 @@ import pytest
 import redis
 from live_app import LiveService, TenantHandle, live_service
 
+from reference_impl.common.usage import usage_key, usage_period
 from reference_impl.ratelimit.core import STRICT_ALGORITHMS
-from reference_impl.tenancy.core import usage_key, usage_period
 from saaslab.services import free_port, port_is_free, redis_server_bin
 from saaslab.settings import Settings
 

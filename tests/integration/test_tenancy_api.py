@@ -22,7 +22,7 @@ from live_app import LiveService, count_rows, live_service
 
 from reference_impl.app import create_app
 from reference_impl.common.faults import CRASH_EXIT_CODE
-from reference_impl.tenancy.core import usage_key, usage_period
+from reference_impl.common.usage import usage_key, usage_period
 from saaslab.services import port_is_free
 from saaslab.settings import Settings
 

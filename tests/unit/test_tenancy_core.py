@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reference_impl.common.identity import reject_smuggled_tenant, same_secret
 from reference_impl.tenancy.core import (
     API_KEY_PREFIX,
     PLAN_WEIGHTS,
@@ -18,8 +19,6 @@ from reference_impl.tenancy.core import (
     hash_api_key,
     make_scheduler,
     new_api_key,
-    reject_smuggled_tenant,
-    same_secret,
 )
 
 TENANTS = ("a", "b", "c", "d")

@@ -6,6 +6,8 @@ small pool, applies the service's migrations (idempotent; so it may start before
 and runs `run_once` (one pass, returning how many it handled) or `run_forever` until SIGINT or
 SIGTERM. The completer publishes the payments it finishes to the payments table of the isolation
 design in `SAASLAB_ISOLATION`, exactly as the service would have: run it with the service's settings.
+Like app.py it composes patterns (idempotency's completer, tenancy's store), so it sits beside it,
+above both.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from reference_impl.common.db import Pool, migrated_pool
 from reference_impl.common.faults import Faults
 from reference_impl.common.metrics import Metrics
 from reference_impl.idempotency import completer, reaper
-from reference_impl.idempotency.http import policy_of, publisher, wall_clock_us
-from reference_impl.tenancy.repository import make_store
+from reference_impl.idempotency.http import policy_of, wall_clock_us
+from reference_impl.tenancy.repository import make_store, publisher
 from saaslab.settings import Settings
 
 
