@@ -24,7 +24,8 @@ import secrets
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+
+from saaslab.scheduling import Job, Scheduler
 
 # ---------------------------------------------------------------------------------------------
 # Identity
@@ -47,30 +48,6 @@ def hash_api_key(api_key: str) -> str:
 # Schedulers
 
 
-@dataclass(slots=True)
-class Job:
-    """A request waiting for a slot. `token` is the caller's handle (a future, a SimPy event)."""
-
-    tenant: str
-    token: Any
-    arrival_us: int
-    cost_us: int = 1000
-    seq: int = 0
-    start_tag: int = 0
-
-
-class Scheduler(Protocol):
-    design: str
-    slots: int
-    busy: int
-
-    def submit(self, job: Job) -> None: ...
-
-    def dispatch(self) -> Job | None: ...
-
-    def release(self, tenant: str) -> None: ...
-
-    def withdraw(self, job: Job) -> bool: ...
 
     def queued(self) -> int: ...
 

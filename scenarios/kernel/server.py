@@ -1,8 +1,8 @@
 """A SimPy server whose admission decisions are made by the service's own scheduler code.
 
 The twin rule (docs/design.md): `Server` does not model FIFO or fair queuing itself. It owns `slots`
-workers through a scheduler from `reference_impl.tenancy.core.make_scheduler` and drives it
-exactly as the service does: `submit` a `Job` whose token is a SimPy event when a request
+workers through a scheduler (`saaslab.scheduling.Scheduler`; the designs are in
+reference_impl/tenancy/core.py) and drives it exactly as the service does: `submit` a `Job` whose token is a SimPy event when a request
 arrives, and whenever a request arrives or a slot frees, `dispatch` until it returns None and
 wake the requests it chose. Only the clock differs (`env.now`, integer microseconds).
 
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import simpy
 
-from reference_impl.tenancy.core import Job, Scheduler
+from saaslab.scheduling import Job, Scheduler
 from scenarios.kernel import US_PER_MS
 from scenarios.kernel.faults import Fault
 
