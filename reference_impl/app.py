@@ -104,7 +104,7 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
     faults = Faults({**repository.FAULT_POINTS, **idempotency_http.FAULT_POINTS}, metrics)
     pool = make_pool(settings)
     redis_client = make_redis(settings)
-    limiter = None if settings.ratelimit == "off" else RateLimitService(settings, redis_client)
+    limiter = None if settings.ratelimit == "off" else RateLimitService(settings)
     per_request = PerRequest(settings.redis_url, settings.redis_prefix, limiter)
     gate = Gate.from_settings(settings)
     directory = TenantDirectory(pool)

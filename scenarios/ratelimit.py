@@ -20,7 +20,7 @@ Experiments of one (design, load point, seed) and the metrics they write (tenant
     with load; read it with `accuracy_admitted_vs_exact_pct`.
   - `accuracy_max_window_ratio`: most admitted in any span of `window_us`, over `requests` (x_limit)
   - `memory_state_bytes_mean`, `memory_state_bytes_max`: estimated Redis bytes of the tenant's
-    limiter key, sampled at each decision (bytes; `redis_store.state_bytes`)
+    limiter key, sampled at each decision (bytes; `core.state_bytes`)
 * boundary: an idle tenant sends `load_point` x `requests` requests spread evenly over
   +-10% of a window around a window boundary:
   - `boundary_burst_ratio`: admitted over `requests` (x_limit); the fixed window reaches 2
@@ -60,9 +60,8 @@ from typing import Any
 import numpy as np
 import simpy
 
-from reference_impl.ratelimit.core import ALGORITHMS, Policy, fixed_window
+from reference_impl.ratelimit.core import ALGORITHMS, Policy, fixed_window, state_bytes
 from reference_impl.ratelimit.invariants import F_DECIDE, decision_value, no_over_admission
-from reference_impl.ratelimit.redis_store import state_bytes
 from saaslab.history import History
 from saaslab.results import ALL_TENANTS, Row, new_run_id, write_run
 from scenarios.kernel import US_PER_S

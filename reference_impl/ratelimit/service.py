@@ -1,9 +1,9 @@
 """Rate limiting as the service runs it: the glue between the auth middleware and the limiter.
 
 `RateLimitService.admit` is the /v1 request's one Redis round trip when rate limiting is on: the
-algorithm's script (prelude + `<algorithm>.lua`) by EVALSHA through a `ScriptRunner`, deciding and
-counting the tenant's usage together. (`naive` keeps its two redis-py round trips: it is the unsafe
-baseline.) It answers an `Admission` carrying the `RateLimit-*` headers and, when the request must
+algorithm's script (prelude + `<algorithm>.lua`) by EVALSHA through the limiter adapter
+(`redis_store.make_limiter`, the object the parity tests and the benchmark run too), deciding and
+counting the tenant's usage together. (`naive` keeps its two round trips: it is the unsafe baseline.) It answers an `Admission` carrying the `RateLimit-*` headers and, when the request must
 not pass, the problem to answer with (429, or 503 when failing closed).
 
 When Redis is slow or down: each call is bounded by `ratelimit_timeout_ms`, and one
@@ -28,25 +28,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import redis.exceptions
-from redis.asyncio import Redis
 
 from reference_impl.common.auth import Tenant
-from reference_impl.common.per_request import USAGE_TTL_S, Admission
+from reference_impl.common.per_request import Admission
 from reference_impl.common.problem import Problem
-from reference_impl.common.redis_client import ScriptRunner
 from reference_impl.ratelimit.breaker import FailurePolicy, redis_breaker
 from reference_impl.ratelimit.core import US_PER_S, Policy, ratelimit_headers, remaining_header, reset_header
 from reference_impl.ratelimit.invariants import DECIDED_AT_HEADER
 from reference_impl.ratelimit.policies import policy_for
 from reference_impl.ratelimit.redis_store import (
-    TTL_SLACK_MS,
-    USE_REDIS_TIME,
     LimitResult,
     NaiveRedisRateLimiter,
-    limiter_key,
-    script_source,
+    PreparedCall,
+    RedisRateLimiter,
+    make_limiter,
+    result,
 )
-from reference_impl.tenancy.core import usage_key
 from saaslab.settings import Settings
 
 OUTCOMES = ("allowed", "limited", "would_limit", "limiter_unavailable")
@@ -71,25 +68,21 @@ def _time_out(call: asyncio.Future[object]) -> None:
 
 @dataclass(slots=True)
 class _TenantLimit:
-    """Per tenant, worked out once per resolved `Tenant` rather than per request: the keys, the script's
-    arguments and the headers that do not change between decisions, encoded."""
+    """Per tenant, worked out once per resolved `Tenant` rather than per request: the policy, the
+    headers that do not change between decisions (encoded), and the limiter call of `period`."""
 
     tenant: Tenant
     policy: Policy
-    key: str
     policy_header: dict[str, str]
-    args: tuple[int, ...]
     limit_header: tuple[bytes, bytes]
     policy_header_encoded: tuple[bytes, bytes]
     period: str = ""
-    keys: tuple[str, str] = ("", "")
-    """The limiter key and the usage counter of `period`."""
-    packed: bytes = b""
-    """The EVALSHA command for `keys` and `args`, packed once a period."""
+    call: PreparedCall | None = None
+    """The limiter's call for `period`, packed once a period (the usage key changes once a month)."""
 
 
 class RateLimitService:
-    def __init__(self, settings: Settings, redis_client: Redis) -> None:
+    def __init__(self, settings: Settings) -> None:
         if settings.ratelimit == "off" or not settings.redis_url:
             raise ValueError("RateLimitService needs settings.ratelimit != 'off' and settings.redis_url")
         self.algorithm = settings.ratelimit
@@ -99,30 +92,21 @@ class RateLimitService:
         self.timeout_s = settings.ratelimit_timeout_ms / 1000
         self.breaker = redis_breaker(fail_max=settings.ratelimit_breaker_fail_max,
                                      reset_timeout_us=round(settings.ratelimit_breaker_reset_s * US_PER_S))
-        self._prefix = settings.redis_prefix
-        self._runner: ScriptRunner | None = None
-        self._naive: NaiveRedisRateLimiter | None = None
-        if self.algorithm == "naive":
-            self._naive = NaiveRedisRateLimiter(redis_client, self._prefix)
-        else:
-            self._runner = ScriptRunner(settings.redis_url, script_source(self.algorithm))
+        self.limiter = make_limiter(settings.redis_url, settings.redis_prefix, self.algorithm)
         self._tenants: dict[str, _TenantLimit] = {}
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.redis_calls = 0
         """Calls that went to Redis (the breaker let them through)."""
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.close()
+        await self.limiter.close()
 
     def _limit_of(self, tenant: Tenant) -> _TenantLimit:
         entry = self._tenants.get(tenant.id)
         if entry is None or entry.tenant is not tenant:  # a new Tenant object: maybe new limits
             policy = policy_for(tenant.plan, tenant.limits)
             header = ratelimit_headers(policy, allowed=True, remaining=0, reset_us=0, retry_after_us=0)
-            entry = _TenantLimit(tenant, policy, limiter_key(self._prefix, tenant.id, self.algorithm),
-                                 {"RateLimit-Policy": header["RateLimit-Policy"]},
-                                 (USE_REDIS_TIME, policy.requests, policy.window_us, 1, TTL_SLACK_MS, USAGE_TTL_S),
+            entry = _TenantLimit(tenant, policy, {"RateLimit-Policy": header["RateLimit-Policy"]},
                                  *_encode({name: header[name] for name in ("RateLimit-Limit", "RateLimit-Policy")}))
             if len(self._tenants) >= 10_000:
                 self._tenants.clear()
@@ -131,22 +115,21 @@ class RateLimitService:
 
     async def _decide(self, limit: _TenantLimit, period: str) -> LimitResult:
         """One decision from Redis, within `timeout_s` (else TimeoutError)."""
-        if self._naive is not None:
+        limiter = self.limiter
+        if isinstance(limiter, NaiveRedisRateLimiter):
             async with asyncio.timeout(self.timeout_s):
-                return await self._naive.decide(limit.tenant.id, limit.policy)
-        assert self._runner is not None
-        if limit.period != period:  # the usage key changes once a month
-            limit.period, limit.keys = period, (limit.key, usage_key(self._prefix, limit.tenant.id, period))
-            limit.packed = self._runner.pack(limit.keys, limit.args)
-        call = self._runner.call_packed(limit.packed, limit.keys, limit.args)
+                return await limiter.decide(limit.tenant.id, limit.policy)
+        assert isinstance(limiter, RedisRateLimiter)
+        if limit.period != period or limit.call is None:
+            limit.period, limit.call = period, limiter.prepare(limit.tenant.id, limit.policy, period)
+        call = limiter.send(limit.call)
         # A per-call deadline on the runner's own future (cheaper than asyncio.timeout, which reschedules
         # the task): the reply arriving later finds the future done and is dropped.
         deadline = asyncio.get_running_loop().call_later(self.timeout_s, _time_out, call)
         try:
-            allowed, remaining, reset_us, retry_after_us, usage, decided_us = await call  # hiredis gives ints
+            return result(await call)
         finally:
             deadline.cancel()
-        return LimitResult(allowed == 1, remaining, reset_us, retry_after_us, usage, decided_us)
 
     async def admit(self, tenant: Tenant, period: str) -> Admission:
         """Decide one /v1 request of `tenant`, counting it in the usage of `period`."""
