@@ -4,8 +4,9 @@ Run it with `saaslab serve`, or `uvicorn reference_impl.app:app_from_env --facto
 `SAASLAB_*` environment set (or the embedded servers up: `saaslab services up`).
 
 Requests pass, outermost first: MetricsMiddleware, ErrorMiddleware, BodyLimitMiddleware,
-TenantAuthMiddleware (only /v1), IdempotencyKeyMiddleware (only POST under /v1), then FastAPI's
-router. All five are pure ASGI. POST routes claim their Idempotency-Key themselves, through the
+LoadSheddingMiddleware (only /v1, only with `SAASLAB_SHED_CAPACITY`), TenantAuthMiddleware (only /v1),
+ConcurrencyMiddleware (tenants with `limits.concurrency`), IdempotencyKeyMiddleware (only POST under
+/v1), then FastAPI's router. All of them are pure ASGI. POST routes claim their Idempotency-Key themselves, through the
 design chosen by `SAASLAB_IDEMPOTENCY` (reference_impl/idempotency/http.py says why).
 
 A worker started from the environment (`app_from_env`: uvicorn, `saaslab serve`) also settles the
@@ -47,7 +48,10 @@ from reference_impl.idempotency import postgres as idempotency_store
 from reference_impl.idempotency import provider
 from reference_impl.idempotency.designs import NoIdempotency, make_design
 from reference_impl.idempotency.http import IdempotencyKeyMiddleware, IdempotentRequests, policy_of, publisher
+from reference_impl.ratelimit.admission import admission_control
+from reference_impl.ratelimit.concurrency import ConcurrencyMiddleware
 from reference_impl.ratelimit.service import RateLimitService
+from reference_impl.ratelimit.shedding import LoadSheddingMiddleware
 from reference_impl.tenancy import repository
 from reference_impl.tenancy.gate import Gate
 from reference_impl.tenancy.repository import TenantDirectory, make_store
@@ -106,6 +110,7 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
     redis_client = make_redis(settings)
     limiter = None if settings.ratelimit == "off" else RateLimitService(settings)
     per_request = PerRequest(settings.redis_url, settings.redis_prefix, limiter)
+    admission = admission_control(settings, metrics)
     gate = Gate.from_settings(settings)
     directory = TenantDirectory(pool)
     store = make_store(settings.isolation, pool, faults)
@@ -157,6 +162,7 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
         finally:
             await idempotency.close()
             await per_request.close()
+            await admission.close()
             await redis_client.aclose()
             await pool.close()
 
@@ -179,7 +185,10 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
 
     # add_middleware wraps: the last added runs first.
     app.add_middleware(IdempotencyKeyMiddleware, requests=idempotency)
+    app.add_middleware(ConcurrencyMiddleware, control=admission.concurrency)
     app.add_middleware(TenantAuthMiddleware, resolver=directory, per_request=per_request)
+    if admission.shedding is not None:
+        app.add_middleware(LoadSheddingMiddleware, shedding=admission.shedding)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ErrorMiddleware, unavailable_errors=UNAVAILABLE_ERRORS)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

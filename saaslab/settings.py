@@ -67,6 +67,15 @@ class Settings(BaseSettings):
     # A claim unfinished this long counts as abandoned: a retry or the completer may take it over.
     idempotency_lock_timeout_s: float = Field(default=90.0, gt=0)
 
+    # Concurrency limiter (CONTRACT.md: a tenant's `limits.concurrency`): how long a request's slot is leased.
+    # Set it above the longest request: when a worker dies mid-request, its slot comes back after this long.
+    concurrency_lease_ms: int = Field(default=30_000, ge=1, le=86_400_000)
+    # Priority load shedder (CONTRACT.md): /v1 requests in flight per worker at full capacity (0: no shedding),
+    # and the share of it (percent) up to which each route class is admitted; critical must be 100.
+    shed_capacity: int = Field(default=0, ge=0)
+    shed_shares_pct: dict[str, int] = Field(
+        default_factory=lambda: {"critical": 100, "default": 80, "sheddable": 50})
+
     @model_validator(mode="after")
     def _a_claim_outlives_its_lock(self) -> Settings:
         if self.idempotency_lock_timeout_s >= self.idempotency_retention_s:
