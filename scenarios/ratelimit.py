@@ -46,7 +46,9 @@ Experiments of one (design, load point, seed) and the metrics they write (tenant
   - `race_admitted` (requests), `race_admitted_ratio` (admitted over the limit, x_limit)
   - `race_no_over_admission`: 1 if `invariants.no_over_admission` holds on the run's history (bool)
 
-`run` sweeps DESIGNS x LOAD_POINTS x seeds; 95% confidence intervals come from the seeds.
+`run` sweeps DESIGNS x LOAD_POINTS x seeds; 95% confidence intervals come from the seeds. The same run
+then sweeps the load shedder's designs (`ratelimit_shedding.SHED_DESIGNS`) over the same load points,
+read there as offered utilisation, and appends their rows (scenarios/ratelimit_shedding.py lists them).
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ from scenarios.kernel import US_PER_S
 from scenarios.kernel.metrics import RunKey
 from scenarios.kernel.sweep import sweep
 from scenarios.kernel.workload import TenantSpec, Workload, arrivals
+from scenarios.ratelimit_shedding import SHED_DESIGNS
+from scenarios.ratelimit_shedding import parameters as shedding_parameters
+from scenarios.ratelimit_shedding import simulate_one as simulate_shedding
 
 PATTERN = "ratelimit"
 DESIGNS = tuple(ALGORITHMS)
@@ -402,6 +407,9 @@ def simulate_one(design: str, load_point: float, seed: int, *, quick: bool = Fal
 
 
 def _simulate(design: str, load_point: float, seed: int, params: Mapping[str, Any]) -> list[Row]:
+    if design in SHED_DESIGNS:
+        return simulate_shedding(design, load_point, seed, quick=params["quick"], run_id=params["run_id"],
+                                 pattern=PATTERN)
     return simulate_one(design, load_point, seed, quick=params["quick"], run_id=params["run_id"])
 
 
@@ -412,7 +420,7 @@ def run(out: Path, *, quick: bool = False, seeds: int = 5, jobs: int = 2,
     `quick` shortens the workloads (QUICK_DURATIONS_S); designs, load points and seeds are unchanged.
     """
     run_id = new_run_id(PATTERN, "sim")
-    rows = sweep(_simulate, designs=DESIGNS, load_points=LOAD_POINTS, seeds=range(seeds),
+    rows = sweep(_simulate, designs=(*DESIGNS, *SHED_DESIGNS), load_points=LOAD_POINTS, seeds=range(seeds),
                  params={"run_id": run_id, "quick": quick}, jobs=jobs, progress=progress)
     parameters = {
         "policy": {"requests": POLICY.requests, "window_s": POLICY.window_s},
@@ -431,5 +439,6 @@ def run(out: Path, *, quick: bool = False, seeds: int = 5, jobs: int = 2,
         "seeds": list(range(seeds)),
         "quick": quick,
         "jobs": jobs,
+        "shedding": shedding_parameters(quick),
     }
     return write_run(out / "sim", run_id=run_id, pattern=PATTERN, source="sim", rows=rows, parameters=parameters)

@@ -50,6 +50,7 @@ from saaslab.report import (
     ordered,
 )
 from saaslab.results import ALL_TENANTS
+from scenarios.ratelimit_shedding import SHED_DESIGNS
 
 PATTERN = "ratelimit"
 QUESTION = ("Which limiting algorithm keeps a tenant within its quota most accurately, at what memory cost, "
@@ -97,7 +98,9 @@ class View:
         values: dict[tuple[str, float, str, str], dict[int, float]] = defaultdict(dict)
         for r in run.rows:
             values[(r.design, load_key(r.load_point), r.tenant, r.metric)][r.seed] = r.value
-        return cls(run=run, values=dict(values), designs=_order(r.design for r in run.rows),
+        # The load shedder's designs (scenarios/ratelimit_shedding.py) share the run but not these tables.
+        return cls(run=run, values=dict(values), designs=_order(r.design for r in run.rows
+                                                                if r.design not in SHED_DESIGNS),
                    load_points=sorted({load_key(r.load_point) for r in run.rows}))
 
     def seeds(self, design: str, lp: float, tenant: str, metric: str) -> dict[int, float]:
