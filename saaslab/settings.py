@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from saaslab.patterns import axis
@@ -75,6 +75,20 @@ class Settings(BaseSettings):
     shed_capacity: int = Field(default=0, ge=0)
     shed_shares_pct: dict[str, int] = Field(
         default_factory=lambda: {"critical": 100, "default": 80, "sheddable": 50})
+
+    @field_validator("shed_shares_pct")
+    @classmethod
+    def _critical_is_shed_last(cls, shares: dict[str, int]) -> dict[str, int]:
+        # The rule reference_impl/ratelimit/core.py's LoadShedder enforces, checked here so a bad
+        # SAASLAB_SHED_SHARES_PCT is a one-line settings error rather than a failed start-up.
+        order = ("critical", "default", "sheddable")
+        if set(shares) != set(order):
+            raise ValueError(f"name exactly the route classes {', '.join(order)}")
+        values = [shares[c] for c in order]
+        if values[0] != 100 or not all(0 < b <= a for a, b in zip(values, values[1:], strict=False)):
+            raise ValueError("critical must be 100 and shares (1 to 100) must not grow from critical to default "
+                             "to sheddable")
+        return shares
 
     @model_validator(mode="after")
     def _a_claim_outlives_its_lock(self) -> Settings:
