@@ -6,8 +6,9 @@ Run it with `saaslab serve`, or `uvicorn reference_impl.app:app_from_env --facto
 Requests pass, outermost first: MetricsMiddleware, ErrorMiddleware, BodyLimitMiddleware,
 LoadSheddingMiddleware (only /v1, only with `SAASLAB_SHED_CAPACITY`), TenantAuthMiddleware (only /v1),
 ConcurrencyMiddleware (tenants with `limits.concurrency`), IdempotencyKeyMiddleware (only POST under
-/v1), then FastAPI's router. All of them are pure ASGI. POST routes claim their Idempotency-Key themselves, through the
-design chosen by `SAASLAB_IDEMPOTENCY` (reference_impl/idempotency/http.py says why).
+/v1), then FastAPI's router. All of them are pure ASGI. POST routes claim their Idempotency-Key
+themselves, through the design chosen by `SAASLAB_IDEMPOTENCY` (reference_impl/idempotency/http.py
+says why).
 
 A worker started from the environment (`app_from_env`: uvicorn, `saaslab serve`) also settles the
 garbage collector once it is up (`settle_gc`): the start-up heap is frozen out of the collector's
@@ -108,9 +109,9 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
     faults = Faults({**repository.FAULT_POINTS, **idempotency_http.FAULT_POINTS}, metrics)
     pool = make_pool(settings)
     redis_client = make_redis(settings)
-    limiter = None if settings.ratelimit == "off" else RateLimitService(settings)
-    per_request = PerRequest(settings.redis_url, settings.redis_prefix, limiter)
     admission = admission_control(settings, metrics)
+    limiter = None if settings.ratelimit == "off" else RateLimitService(settings, admission.concurrency)
+    per_request = PerRequest(settings.redis_url, settings.redis_prefix, limiter)
     gate = Gate.from_settings(settings)
     directory = TenantDirectory(pool)
     store = make_store(settings.isolation, pool, faults)

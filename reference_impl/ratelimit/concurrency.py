@@ -1,12 +1,14 @@
 """The concurrency limiter in the service: at most `limits.concurrency` of a tenant's /v1 requests in
 flight at once, across all service workers (CONTRACT.md, "Rate limiting").
 
-`ConcurrencyMiddleware` sits inside the tenant auth middleware (it reads the resolved `Tenant` from
-the scope). A tenant without `limits.concurrency` costs it one dict lookup and no Redis call, so the
-request keeps its one round trip. A tenant with one gets a lease before its request runs
-(`concurrency.lua` through `redis_store.RedisConcurrencyLimiter`, one EVALSHA) and gives it back with
-a ZREM once the response is sent; that release runs as a task of its own, so a client that goes
-away mid-request cannot cancel it. A worker killed mid-request never releases: its lease expires
+`ConcurrencyMiddleware` sits inside the tenant auth middleware (it reads the resolved `Tenant` and
+its `Admission` from the scope). A tenant without `limits.concurrency` costs it one dict lookup and
+no Redis call, so the request keeps its one round trip. A tenant with one gets a lease before its
+request runs: in the rate limiter's own round trip (`service.RateLimitService`, which then answers
+the excess itself), else (rate limiting off, `naive`, or the limiter's call failed) by a call of
+its own here (`concurrency.lua` through `redis_store.RedisConcurrencyLimiter`). The lease is given
+back with a ZREM once the response is sent, the request's second call; that release runs as a task
+of its own, so a client that goes away mid-request cannot cancel it. A worker killed mid-request never releases: its lease expires
 after `concurrency_lease_ms` and the slot comes back.
 
 The excess is answered 429 problem+json, type `/concurrency-limit`, with `Retry-After: 1`: a slot
@@ -20,12 +22,14 @@ When Redis cannot decide within `ratelimit_timeout_ms`, the rate limiter's failu
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import secrets
 
 import redis.exceptions
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from reference_impl.common.auth import TENANT_SCOPE_KEY
+from reference_impl.common.auth import ADMISSION_SCOPE_KEY, TENANT_SCOPE_KEY
 from reference_impl.common.problem import Problem
 from reference_impl.ratelimit.breaker import FailurePolicy
 from reference_impl.ratelimit.redis_store import RedisConcurrencyLimiter
@@ -53,11 +57,23 @@ class ConcurrencyControl:
         self.in_flight = 0
         """This worker's requests holding a lease now."""
         self._releases: set[asyncio.Task[None]] = set()
+        self._lease_prefix = secrets.token_hex(8) + "-"
+        self._lease_numbers = itertools.count()
 
     async def close(self) -> None:
         if self._releases:
             await asyncio.gather(*self._releases, return_exceptions=True)
         await self.limiter.close()
+
+    def new_lease_id(self) -> str:
+        """Unique across workers and machines: a random prefix per process, then a counter."""
+        return f"{self._lease_prefix}{next(self._lease_numbers)}"
+
+    def refusal(self, limit: int, headers: dict[str, str] | None = None) -> Problem:
+        """The answer over the limit: 429 `/concurrency-limit` (plus the rate limiter's headers, if any)."""
+        return Problem(429, "concurrency-limit",
+                       f"This tenant may have {limit} requests in flight at once; retry once one has finished.",
+                       headers={**(headers or {}), "Retry-After": str(RETRY_AFTER_S)})
 
     def release_later(self, tenant_id: str, lease_id: str) -> None:
         task = asyncio.ensure_future(self._release(tenant_id, lease_id))
@@ -71,13 +87,6 @@ class ConcurrencyControl:
             log.warning("could not release a concurrency lease of tenant %s: %r", tenant_id, exc)
 
 
-def limit_of(limits: dict | None) -> int | None:
-    """The tenant's `limits.concurrency`, or None when it has none."""
-    if not limits:
-        return None
-    return limits.get("concurrency")
-
-
 class ConcurrencyMiddleware:
     """Leases a slot for each /v1 request of a tenant with `limits.concurrency` (pure ASGI)."""
 
@@ -86,33 +95,37 @@ class ConcurrencyMiddleware:
         self.control = control
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        tenant = scope.get(TENANT_SCOPE_KEY) if scope["type"] == "http" else None
-        limit = limit_of(tenant.limits) if tenant is not None else None
-        if limit is None:
+        # Set by the tenant auth middleware on /v1 requests only.
+        tenant = scope.get(TENANT_SCOPE_KEY)
+        limits = tenant.limits if tenant is not None else None
+        if not limits or (limit := limits.get("concurrency")) is None:
             await self.app(scope, receive, send)
             return
         control = self.control
-        try:
-            async with asyncio.timeout(control.timeout_s):
-                lease = await control.limiter.acquire(tenant.id, limit)
-        except LIMITER_ERRORS:
-            control.outcomes["limiter_unavailable"] += 1
-            if control.failure.admits:
-                await self.app(scope, receive, send)
+        admission = scope.get(ADMISSION_SCOPE_KEY)
+        lease_id = admission.lease if admission is not None else None
+        if lease_id is None:  # the rate limiter did not take it: rate limiting off, `naive`, or Redis failed
+            try:
+                async with asyncio.timeout(control.timeout_s):
+                    lease = await control.limiter.acquire(tenant.id, limit, lease_id=control.new_lease_id())
+            except LIMITER_ERRORS:
+                control.outcomes["limiter_unavailable"] += 1
+                if control.failure.admits:
+                    await self.app(scope, receive, send)
+                    return
+                await Problem(503, "ratelimit-unavailable",
+                              "The concurrency limiter cannot decide right now; retry later.",
+                              headers={"Retry-After": str(RETRY_AFTER_S)}).send(send)
                 return
-            await Problem(503, "ratelimit-unavailable", "The concurrency limiter cannot decide right now; retry later.",
-                          headers={"Retry-After": str(RETRY_AFTER_S)}).send(send)
-            return
-        if not lease.allowed:
-            control.outcomes["limited"] += 1
-            await Problem(429, "concurrency-limit",
-                          f"This tenant may have {limit} requests in flight at once; retry once one has finished.",
-                          headers={"Retry-After": str(RETRY_AFTER_S)}).send(send)
-            return
-        control.outcomes["admitted"] += 1
+            if not lease.allowed:
+                control.outcomes["limited"] += 1
+                await control.refusal(limit).send(send)
+                return
+            control.outcomes["admitted"] += 1
+            lease_id = lease.lease_id
         control.in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
             control.in_flight -= 1
-            control.release_later(tenant.id, lease.lease_id)
+            control.release_later(tenant.id, lease_id)

@@ -111,11 +111,21 @@ class LimitCall(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseRequest:
+    """A concurrency lease for the limiter's script to take when it admits the request (prelude.lua's
+    `finish`): one round trip for both limiters."""
+
+    lease_id: str
+    limit: int
+    lease_us: int
+
+
+@dataclass(frozen=True, slots=True)
 class PreparedCall:
     """One limiter call's keys and arguments, and its EVALSHA command packed once."""
 
-    keys: tuple[str, str]
-    args: tuple[int, ...]
+    keys: tuple[str, ...]
+    args: tuple[int | str, ...]
     packed: bytes
 
 
@@ -153,18 +163,26 @@ class RedisRateLimiter:
         await self.runner.close()
 
     def invocation(self, tenant_id: str, policy: Policy, period: str, now_us: int = USE_REDIS_TIME, cost: int = 1,
-                   route_class: str | None = None) -> tuple[tuple[str, str], tuple[int, ...]]:
+                   route_class: str | None = None, lease: LeaseRequest | None = None
+                   ) -> tuple[tuple[str, ...], tuple[int | str, ...]]:
         """The script's keys and arguments (the layout `prelude.lua` and `<algorithm>.lua` read):
         the limiter key and the usage counter of `period`; now_us (-1: Redis TIME), requests,
-        window_us, cost, ttl_slack_ms, usage_ttl_s."""
+        window_us, cost, ttl_slack_ms, usage_ttl_s. With `lease`, also the tenant's lease ZSET and
+        lease_id, limit, lease_us."""
         policy.check_cost(cost)
         keys = (limiter_key(self.prefix, tenant_id, self.algorithm, route_class),
                 usage_key(self.prefix, tenant_id, period))
-        return keys, (now_us, policy.requests, policy.window_us, cost, *self._tail)
+        args = (now_us, policy.requests, policy.window_us, cost, *self._tail)
+        if lease is None:
+            return keys, args
+        if lease.limit < 1 or lease.lease_us < 1:
+            raise ValueError("a lease's limit and lease_us must be >= 1")
+        return ((*keys, concurrency_key(self.prefix, tenant_id, route_class)),
+                (*args, lease.lease_id, lease.limit, lease.lease_us))
 
     def prepare(self, tenant_id: str, policy: Policy, period: str, now_us: int = USE_REDIS_TIME, cost: int = 1,
-                route_class: str | None = None) -> PreparedCall:
-        keys, args = self.invocation(tenant_id, policy, period, now_us, cost, route_class)
+                route_class: str | None = None, lease: LeaseRequest | None = None) -> PreparedCall:
+        keys, args = self.invocation(tenant_id, policy, period, now_us, cost, route_class, lease)
         return PreparedCall(keys, args, self.runner.pack(keys, args))
 
     def send(self, call: PreparedCall) -> asyncio.Future[Any]:
@@ -184,6 +202,12 @@ class RedisRateLimiter:
                      route_class: str | None = None) -> LimitResult:
         return result(await self.send(self._prepare(LimitCall(tenant_id, policy, now_us, cost, route_class))))
 
+    async def decide_and_lease(self, tenant_id: str, policy: Policy, lease: LeaseRequest, now_us: int,
+                               cost: int = 1) -> tuple[LimitResult, ConcurrencyResult | None]:
+        """One decision that also takes `lease` when it admits (None when the limiter refused)."""
+        call = self.prepare(tenant_id, policy, usage_period(now_us / 1e6), now_us, cost, lease=lease)
+        return leased_result(await self.send(call), lease.lease_id)
+
     async def decide_many(self, calls: Sequence[LimitCall]) -> list[LimitResult]:
         """Many decisions sent together (one write), applied in order (replays)."""
         sent = [self.send(self._prepare(c)) for c in calls]
@@ -199,6 +223,15 @@ def result(reply: Sequence[int]) -> LimitResult:
     """A limiter script's reply {allowed, remaining, reset_us, retry_after_us, usage, decided_us}."""
     allowed, remaining, reset_us, retry_after_us, usage, decided_us = reply  # hiredis gives ints
     return LimitResult(allowed == 1, remaining, reset_us, retry_after_us, usage, decided_us)
+
+
+def leased_result(reply: Sequence[int], lease_id: str) -> tuple[LimitResult, ConcurrencyResult | None]:
+    """The reply of a call with a `LeaseRequest`: the decision, and the lease when the limiter admitted."""
+    decision = result(reply[:6])
+    if len(reply) == 6:
+        return decision, None
+    leased, in_flight, retry = reply[6:]
+    return decision, ConcurrencyResult(leased == 1, in_flight, retry, lease_id)
 
 
 async def read_state(runner: ScriptRunner, key: str, algorithm: str) -> Any:

@@ -15,6 +15,12 @@ admits with only `RateLimit-Policy` and does not count usage (the count lives in
 The tenant's policy is read from the `Tenant` the directory resolved (its `limits` or its plan's
 default), so a `PATCH /admin/tenants/{id}` reaches a worker when its tenant cache entry expires.
 
+A tenant with `limits.concurrency` gets its concurrency lease in the same round trip: the call carries
+a `LeaseRequest` and the script, when it admits, takes the lease too (prelude.lua's `finish`). The
+admission then carries the lease, which `concurrency.ConcurrencyMiddleware` gives back after the
+response; over the concurrency limit the answer is its 429 `/concurrency-limit`. (`naive` leaves
+the lease to the middleware's own call.)
+
 In lab mode every decided answer, allowed or refused, also carries `Saaslab-Decided-At`: the
 limiter's own clock at the decision in µs (Redis TIME, or the app's clock for `naive`), which a
 load test records so the checker can judge aligned windows and refill on the limiter's time.
@@ -23,6 +29,7 @@ load test records so the checker can judge aligned windows and refill on the lim
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,14 +40,18 @@ from reference_impl.common.auth import Tenant
 from reference_impl.common.per_request import Admission
 from reference_impl.common.problem import Problem
 from reference_impl.ratelimit.breaker import FailurePolicy, redis_breaker
+from reference_impl.ratelimit.concurrency import ConcurrencyControl
 from reference_impl.ratelimit.core import US_PER_S, Policy, ratelimit_headers, remaining_header, reset_header
 from reference_impl.ratelimit.invariants import DECIDED_AT_HEADER
 from reference_impl.ratelimit.policies import policy_for
 from reference_impl.ratelimit.redis_store import (
+    ConcurrencyResult,
+    LeaseRequest,
     LimitResult,
     NaiveRedisRateLimiter,
     PreparedCall,
     RedisRateLimiter,
+    leased_result,
     make_limiter,
     result,
 )
@@ -76,13 +87,15 @@ class _TenantLimit:
     policy_header: dict[str, str]
     limit_header: tuple[bytes, bytes]
     policy_header_encoded: tuple[bytes, bytes]
+    concurrency: int | None
+    """The tenant's `limits.concurrency`."""
     period: str = ""
     call: PreparedCall | None = None
     """The limiter's call for `period`, packed once a period (the usage key changes once a month)."""
 
 
 class RateLimitService:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, concurrency: ConcurrencyControl | None = None) -> None:
         if settings.ratelimit == "off" or not settings.redis_url:
             raise ValueError("RateLimitService needs settings.ratelimit != 'off' and settings.redis_url")
         self.algorithm = settings.ratelimit
@@ -93,6 +106,8 @@ class RateLimitService:
         self.breaker = redis_breaker(fail_max=settings.ratelimit_breaker_fail_max,
                                      reset_timeout_us=round(settings.ratelimit_breaker_reset_s * US_PER_S))
         self.limiter = make_limiter(settings.redis_url, settings.redis_prefix, self.algorithm)
+        # Leases in the limiter's round trip need its script: not `naive`'s.
+        self.concurrency = concurrency if isinstance(self.limiter, RedisRateLimiter) else None
         self._tenants: dict[str, _TenantLimit] = {}
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.redis_calls = 0
@@ -107,7 +122,8 @@ class RateLimitService:
             policy = policy_for(tenant.plan, tenant.limits)
             header = ratelimit_headers(policy, allowed=True, remaining=0, reset_us=0, retry_after_us=0)
             entry = _TenantLimit(tenant, policy, {"RateLimit-Policy": header["RateLimit-Policy"]},
-                                 *_encode({name: header[name] for name in ("RateLimit-Limit", "RateLimit-Policy")}))
+                                 *_encode({name: header[name] for name in ("RateLimit-Limit", "RateLimit-Policy")}),
+                                 concurrency=tenant.limits.get("concurrency") if tenant.limits else None)
             if len(self._tenants) >= 10_000:
                 self._tenants.clear()
             self._tenants[tenant.id] = entry
@@ -131,18 +147,37 @@ class RateLimitService:
         finally:
             deadline.cancel()
 
+    async def _decide_leased(self, limit: _TenantLimit, period: str, concurrency: ConcurrencyControl
+                             ) -> tuple[LimitResult, ConcurrencyResult | None]:
+        """One decision that also takes the tenant's concurrency lease when it admits, within `timeout_s`."""
+        limiter = self.limiter
+        assert isinstance(limiter, RedisRateLimiter) and limit.concurrency is not None
+        lease = LeaseRequest(concurrency.new_lease_id(), limit.concurrency, concurrency.limiter.lease_us)
+        call = limiter.send(limiter.prepare(limit.tenant.id, limit.policy, period, lease=lease))
+        deadline = asyncio.get_running_loop().call_later(self.timeout_s, _time_out, call)
+        try:
+            return leased_result(await call, lease.lease_id)
+        finally:
+            deadline.cancel()
+
     async def admit(self, tenant: Tenant, period: str) -> Admission:
         """Decide one /v1 request of `tenant`, counting it in the usage of `period`."""
         limit = self._limit_of(tenant)
         if not self.breaker.allow(_now_us()):
             return self._unavailable(limit, period)
         self.redis_calls += 1
+        lease = None
         try:
-            result = await self._decide(limit, period)
+            if limit.concurrency is None or self.concurrency is None:
+                result = await self._decide(limit, period)
+            else:
+                result, lease = await self._decide_leased(limit, period, self.concurrency)
         except LIMITER_ERRORS:
             self.breaker.record_failure(_now_us())
             return self._unavailable(limit, period)
         self.breaker.record_success(_now_us())
+        if lease is not None:
+            return self._leased(limit, period, result, lease)
         if result.allowed and not self.lab_mode:
             # The common answer, built from the encoded constant headers plus the two that change.
             self.outcomes["allowed"] += 1
@@ -151,6 +186,21 @@ class RateLimitService:
                 (b"ratelimit-remaining", remaining_header(result.remaining).encode()),
                 (b"ratelimit-reset", reset_header(result.reset_us).encode()),
                 limit.policy_header_encoded))
+        return self._answer(limit, period, result)
+
+    def _leased(self, limit: _TenantLimit, period: str, result: LimitResult, lease: ConcurrencyResult) -> Admission:
+        """An admitted request's answer when its call also asked for a lease: with it, or over the concurrency limit."""
+        assert self.concurrency is not None and limit.concurrency is not None
+        admission = self._answer(limit, period, result)
+        if lease.allowed:
+            self.concurrency.outcomes["admitted"] += 1
+            return dataclasses.replace(admission, lease=lease.lease_id)
+        self.concurrency.outcomes["limited"] += 1
+        return Admission(period, result.usage, refusal=self.concurrency.refusal(
+            limit.concurrency, {name.decode(): value.decode() for name, value in admission.headers}))
+
+    def _answer(self, limit: _TenantLimit, period: str, result: LimitResult) -> Admission:
+        """Any decided answer (the allowed one without lab mode is built faster in `admit`)."""
         refused = not result.allowed and not self.shadow
         headers = ratelimit_headers(limit.policy, allowed=not refused, remaining=result.remaining,
                                     reset_us=result.reset_us, retry_after_us=result.retry_after_us)

@@ -33,10 +33,11 @@ from reference_impl.ratelimit.core import (
     release,
     state_bytes,
 )
-from reference_impl.ratelimit.invariants import F_DECIDE, decision_value, no_over_admission
+from reference_impl.ratelimit.invariants import F_DECIDE, decision_time, decision_value, no_over_admission
 from reference_impl.ratelimit.redis_store import (
     TTL_SLACK_MS,
     USAGE_TTL_S,
+    LeaseRequest,
     LimitCall,
     LimitResult,
     NaiveRedisRateLimiter,
@@ -348,3 +349,45 @@ async def test_concurrency_limiter_matches_the_core_and_reclaims_expired_leases(
         if got.allowed and lease not in held:
             held.append(lease)
     assert await limiter.leases("t") == (state or Leases())
+
+
+@pytest.mark.parametrize("algorithm", STRICT_ALGORITHMS)
+async def test_a_limiter_call_with_a_lease_decides_as_the_core_then_core_acquire(algorithm: str, url: str,
+                                                                                  prefix: str) -> None:
+    """One round trip for both limiters: the script decides as its core, and when it admits, takes the
+    lease exactly as `core.acquire` would at the decision's time; releases go through the service's ZREM."""
+    store = RedisRateLimiter(url, prefix, algorithm, ttl_slack_ms=REPLAY_SLACK_MS)
+    leases = RedisConcurrencyLimiter(url, prefix, lease_us=5_000, ttl_slack_ms=REPLAY_SLACK_MS)
+    rng = random.Random(STRICT_ALGORITHMS.index(algorithm))
+    policy, limit = Policy(100, 100_000), 3
+    state: Any = None
+    held_state: Leases | None = None
+    held: list[str] = []
+    now = EPOCH
+    outcomes: Counter[str] = Counter()
+    for i in range(1_500):
+        now += rng.choice([0, 10, 100, 1_000, 3_000]) if rng.random() > 0.05 else -rng.randrange(1, 20_000)
+        if held and rng.random() < 0.3:
+            lease = held.pop(rng.randrange(len(held)))
+            held_state = release(held_state, lease)
+            await leases.release("t", lease)
+            continue
+        d = decide(algorithm, state, now, policy)
+        state = d.state
+        got, got_lease = await store.decide_and_lease("t", policy, LeaseRequest(f"l{i}", limit, 5_000), now)
+        assert (got.allowed, got.remaining, got.reset_us, got.retry_after_us, got.decided_us) == (
+            d.allowed, d.remaining, d.reset_us, d.retry_after_us, decision_time(algorithm, d.state, now)), i
+        if not d.allowed:
+            assert got_lease is None
+            outcomes["rate-limited"] += 1
+            continue
+        expected = acquire(held_state, got.decided_us, f"l{i}", limit, 5_000)
+        held_state = expected.state
+        assert got_lease is not None
+        assert (got_lease.allowed, got_lease.in_flight, got_lease.retry_after_us) == (
+            expected.allowed, expected.in_flight, expected.retry_after_us), i
+        outcomes["leased" if expected.allowed else "concurrency-limited"] += 1
+        if expected.allowed:
+            held.append(f"l{i}")
+    assert await leases.leases("t") == (held_state or Leases())
+    assert min(outcomes.values()) > 50 and len(outcomes) == 3, outcomes
