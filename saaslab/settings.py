@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from saaslab.patterns import axis
@@ -71,24 +71,17 @@ class Settings(BaseSettings):
     # Set it above the longest request: when a worker dies mid-request, its slot comes back after this long.
     concurrency_lease_ms: int = Field(default=30_000, ge=1, le=86_400_000)
     # Priority load shedder (CONTRACT.md): /v1 requests in flight per worker at full capacity (0: no shedding),
-    # and the share of it (percent) up to which each route class is admitted; critical must be 100.
+    # and the share of it (percent) up to which `default` and `sheddable` requests are admitted (`critical`: all).
     shed_capacity: int = Field(default=0, ge=0)
-    shed_shares_pct: dict[str, int] = Field(
-        default_factory=lambda: {"critical": 100, "default": 80, "sheddable": 50})
+    shed_default_pct: int = Field(default=80, ge=1, le=100)
+    shed_sheddable_pct: int = Field(default=50, ge=1, le=100)
 
-    @field_validator("shed_shares_pct")
-    @classmethod
-    def _critical_is_shed_last(cls, shares: dict[str, int]) -> dict[str, int]:
-        # The rule reference_impl/ratelimit/core.py's LoadShedder enforces, checked here so a bad
-        # SAASLAB_SHED_SHARES_PCT is a one-line settings error rather than a failed start-up.
-        order = ("critical", "default", "sheddable")
-        if set(shares) != set(order):
-            raise ValueError(f"name exactly the route classes {', '.join(order)}")
-        values = [shares[c] for c in order]
-        if values[0] != 100 or not all(0 < b <= a for a, b in zip(values, values[1:], strict=False)):
-            raise ValueError("critical must be 100 and shares (1 to 100) must not grow from critical to default "
-                             "to sheddable")
-        return shares
+    @model_validator(mode="after")
+    def _sheddable_is_shed_first(self) -> Settings:
+        if self.shed_sheddable_pct > self.shed_default_pct:
+            raise ValueError(f"SAASLAB_SHED_SHEDDABLE_PCT ({self.shed_sheddable_pct}) must not exceed "
+                             f"SAASLAB_SHED_DEFAULT_PCT ({self.shed_default_pct}): sheddable requests go first")
+        return self
 
     @model_validator(mode="after")
     def _a_claim_outlives_its_lock(self) -> Settings:

@@ -52,7 +52,8 @@ class Shedding:
         """None when shedding is off (`shed_capacity` 0)."""
         if settings.shed_capacity == 0:
             return None
-        return cls(settings.shed_capacity, settings.shed_shares_pct)
+        return cls(settings.shed_capacity, {"critical": 100, "default": settings.shed_default_pct,
+                                            "sheddable": settings.shed_sheddable_pct})
 
 
 class LoadSheddingMiddleware:

@@ -24,7 +24,9 @@ def test_shedding_is_off_by_default_and_its_shares_are_checked() -> None:
     assert Shedding.from_settings(Settings()) is None
     on = Shedding.from_settings(Settings(shed_capacity=10))
     assert on is not None and on.core.limit("sheddable") == 5 and on.core.limit("critical") == 10
-    for bad in ({"critical": 90, "default": 80, "sheddable": 50}, {"critical": 100, "default": 50, "sheddable": 80},
-                {"critical": 100}, {"critical": 100, "default": 80, "sheddable": 0}):
-        with pytest.raises(ValidationError, match="shed_shares_pct"):
-            Settings(shed_capacity=10, shed_shares_pct=bad)
+    assert Shedding.from_settings(Settings(shed_capacity=10, shed_default_pct=50, shed_sheddable_pct=50)) is not None
+    with pytest.raises(ValidationError, match="sheddable requests go first"):
+        Settings(shed_capacity=10, shed_default_pct=50, shed_sheddable_pct=80)
+    for bad in ({"shed_default_pct": 0}, {"shed_sheddable_pct": 101}, {"shed_capacity": -1}):
+        with pytest.raises(ValidationError):
+            Settings(**bad)
