@@ -16,7 +16,8 @@ frees as soon as any of the tenant's requests ends, usually long before the olde
 expire (the core's `retry_after_us` is only that upper bound).
 
 When Redis cannot decide within `ratelimit_timeout_ms`, the rate limiter's failure policy applies:
-`open` admits without a lease, `closed` answers 503 `/ratelimit-unavailable`.
+`open` admits without a lease, `closed` answers 503 `/ratelimit-unavailable`. Shadow mode
+(`ratelimit_mode`) concerns the rate limit only: the concurrency limit is always enforced.
 """
 
 from __future__ import annotations
