@@ -2,8 +2,8 @@
 
 Three ratios, each measured in one run on one machine:
 
-1. Redis: the token bucket's EVALSHA rate (keys and arguments exactly as `RateLimitService` passes
-   them, through the service's `ScriptRunner`) against the same Redis server's plain SET rate,
+1. Redis: the token bucket's EVALSHA rate (through the limiter adapter the service runs,
+   `redis_store.RedisRateLimiter`, with the calls it prepares) against the same Redis server's plain SET rate,
    sent the same way: one auto-pipelined hiredis connection, the same number of concurrent callers
    and the same tenants. Target: at least 0.6x.
 2. Service: throughput of `GET /v1/projects/{id}` with the limiter on (`token_bucket`, under a
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import hashlib
 import json
 import os
 import re
@@ -43,7 +42,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import hiredis
 import httpx
 import psutil
 from redis import Redis as SyncRedis
@@ -59,15 +57,9 @@ from bench.tenancy import (
     stop_server,
 )
 from reference_impl.common.redis_client import Arg, ScriptRunner, make_redis
-from reference_impl.common.usage import usage_key, usage_period
+from reference_impl.common.usage import usage_period
 from reference_impl.ratelimit.core import Policy
-from reference_impl.ratelimit.redis_store import (
-    TTL_SLACK_MS,
-    USAGE_TTL_S,
-    USE_REDIS_TIME,
-    limiter_key,
-    script_source,
-)
+from reference_impl.ratelimit.redis_store import RedisRateLimiter
 from saaslab.services import ServiceError, free_port
 from saaslab.settings import Settings
 
@@ -99,13 +91,7 @@ class _SetRunner(ScriptRunner):
         super().__init__(url, "")
 
     def __call__(self, keys: Sequence[Arg], args: Sequence[Arg]) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        result: asyncio.Future[Any] = loop.create_future()
-        self._queued.append((hiredis.pack_command(("SET", keys[0], args[0])), (result, None)))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        return result
+        return self.command("SET", keys[0], args[0])
 
 
 async def _redis_cpu_s(redis: Any) -> float:
@@ -137,15 +123,13 @@ async def _redis_pairs(settings: Settings, prefix: str, seconds: float) -> list[
     tenants = [uuid.uuid4().hex for _ in range(TENANTS)]
     policy = Policy.from_limits(UNREACHABLE_LIMIT["requests"], UNREACHABLE_LIMIT["window_s"])
     period = usage_period(time.time())
-    # Exactly the (keys, args) RateLimitService._decide sends for a tenant with this policy.
+    limiter = RedisRateLimiter(settings.redis_url, prefix, ALGORITHM)
+    # The calls RateLimitService prepares for a tenant with this policy.
     calls: dict[str, list[Call]] = {
-        "evalsha": [((limiter_key(prefix, t, ALGORITHM), usage_key(prefix, t, period)),
-                     (USE_REDIS_TIME, policy.requests, policy.window_us, 1, TTL_SLACK_MS, USAGE_TTL_S))
-                    for t in tenants],
+        "evalsha": [limiter.invocation(t, policy, period) for t in tenants],
         "set": [((f"{prefix}:{{{t}}}:set",), (b"1",)) for t in tenants],
     }
-    runners = {"evalsha": ScriptRunner(settings.redis_url, script_source(ALGORITHM)),
-               "set": _SetRunner(settings.redis_url)}
+    runners = {"evalsha": limiter.runner, "set": _SetRunner(settings.redis_url)}
     redis = make_redis(settings)
     client = psutil.Process()
     try:
@@ -208,14 +192,12 @@ def bench_redis_benchmark(settings: Settings, prefix: str) -> dict | None:
     if binary is None or not settings.redis_url:
         return None
     policy = Policy.from_limits(UNREACHABLE_LIMIT["requests"], UNREACHABLE_LIMIT["window_s"])
-    sha = hashlib.sha1(script_source(ALGORITHM).encode()).hexdigest()
+    limiter = RedisRateLimiter(settings.redis_url, prefix, ALGORITHM)
     tenant = "__rand_int__"  # redis-benchmark's placeholder: TENANTS distinct tenants, keyed as the service keys them
+    keys, args = limiter.invocation(tenant, policy, usage_period(time.time()))
     commands = {
         "set": ("SET", f"{prefix}:{{{tenant}}}:set", "1"),
-        "evalsha": ("EVALSHA", sha, "2", limiter_key(prefix, tenant, ALGORITHM),
-                    usage_key(prefix, tenant, usage_period(time.time())),
-                    str(USE_REDIS_TIME), str(policy.requests), str(policy.window_us), "1", str(TTL_SLACK_MS),
-                    str(USAGE_TTL_S)),
+        "evalsha": ("EVALSHA", limiter.runner.sha, str(len(keys)), *keys, *(str(a) for a in args)),
     }
     rows = {}
     for mode, flags in REDIS_BENCHMARK_MODES.items():

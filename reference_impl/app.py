@@ -10,9 +10,11 @@ registry (saaslab/patterns/) adds the rest through `install(ctx) -> ServiceParts
 lifespan hooks. Patterns meet through the context (one provides, another needs), never by
 importing each other's service code.
 
-Requests pass, outermost first: MetricsMiddleware, ErrorMiddleware, BodyLimitMiddleware,
+Requests pass, outermost first: MetricsMiddleware, ErrorMiddleware, BodyLimitMiddleware, the
+patterns' outer middleware (ratelimit's LoadSheddingMiddleware, with `SAASLAB_SHED_CAPACITY`),
 TenantAuthMiddleware (only /v1; its API-key resolver and its one Redis round trip, `PerRequest`,
-come from the patterns), then the patterns' middleware in registry order (idempotency's
+come from the patterns), then the patterns' middleware in registry order (ratelimit's
+ConcurrencyMiddleware, for tenants with `limits.concurrency`; idempotency's
 IdempotencyKeyMiddleware, only POST under /v1), then FastAPI's router. All are pure ASGI. POST
 routes claim their Idempotency-Key themselves, through the design chosen by `SAASLAB_IDEMPOTENCY`
 (reference_impl/idempotency/http.py says why).
@@ -145,6 +147,7 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
         Middleware(MetricsMiddleware, metrics=metrics),
         Middleware(ErrorMiddleware, unavailable_errors=UNAVAILABLE_ERRORS),
         Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+        *(layer for parts in installed for layer in parts.outer_middleware),
         Middleware(TenantAuthMiddleware, resolver=ctx.need(TenantResolver), per_request=per_request),
         *(layer for parts in installed for layer in parts.middleware),
     ]

@@ -20,7 +20,7 @@ Experiments of one (design, load point, seed) and the metrics they write (tenant
     with load; read it with `accuracy_admitted_vs_exact_pct`.
   - `accuracy_max_window_ratio`: most admitted in any span of `window_us`, over `requests` (x_limit)
   - `memory_state_bytes_mean`, `memory_state_bytes_max`: estimated Redis bytes of the tenant's
-    limiter key, sampled at each decision (bytes; `redis_store.state_bytes`)
+    limiter key, sampled at each decision (bytes; `core.state_bytes`)
 * boundary: an idle tenant sends `load_point` x `requests` requests spread evenly over
   +-10% of a window around a window boundary:
   - `boundary_burst_ratio`: admitted over `requests` (x_limit); the fixed window reaches 2
@@ -46,7 +46,9 @@ Experiments of one (design, load point, seed) and the metrics they write (tenant
   - `race_admitted` (requests), `race_admitted_ratio` (admitted over the limit, x_limit)
   - `race_no_over_admission`: 1 if `invariants.no_over_admission` holds on the run's history (bool)
 
-`run` sweeps DESIGNS x LOAD_POINTS x seeds; 95% confidence intervals come from the seeds.
+`run` sweeps DESIGNS x LOAD_POINTS x seeds; 95% confidence intervals come from the seeds. The same run
+then sweeps the load shedder's designs (`ratelimit_shedding.SHED_DESIGNS`) over the same load points,
+read there as offered utilisation, and appends their rows (scenarios/ratelimit_shedding.py lists them).
 """
 
 from __future__ import annotations
@@ -60,15 +62,17 @@ from typing import Any
 import numpy as np
 import simpy
 
-from reference_impl.ratelimit.core import ALGORITHMS, Policy, fixed_window
+from reference_impl.ratelimit.core import ALGORITHMS, Policy, fixed_window, state_bytes
 from reference_impl.ratelimit.invariants import F_DECIDE, decision_value, no_over_admission
-from reference_impl.ratelimit.redis_store import state_bytes
 from saaslab.history import History
 from saaslab.results import ALL_TENANTS, Row, new_run_id, write_run
 from scenarios.kernel import US_PER_S
 from scenarios.kernel.metrics import RunKey
 from scenarios.kernel.sweep import sweep
 from scenarios.kernel.workload import TenantSpec, Workload, arrivals
+from scenarios.ratelimit_shedding import SHED_DESIGNS
+from scenarios.ratelimit_shedding import parameters as shedding_parameters
+from scenarios.ratelimit_shedding import simulate_one as simulate_shedding
 
 PATTERN = "ratelimit"
 DESIGNS = tuple(ALGORITHMS)
@@ -403,6 +407,9 @@ def simulate_one(design: str, load_point: float, seed: int, *, quick: bool = Fal
 
 
 def _simulate(design: str, load_point: float, seed: int, params: Mapping[str, Any]) -> list[Row]:
+    if design in SHED_DESIGNS:
+        return simulate_shedding(design, load_point, seed, quick=params["quick"], run_id=params["run_id"],
+                                 pattern=PATTERN)
     return simulate_one(design, load_point, seed, quick=params["quick"], run_id=params["run_id"])
 
 
@@ -413,7 +420,7 @@ def run(out: Path, *, quick: bool = False, seeds: int = 5, jobs: int = 2,
     `quick` shortens the workloads (QUICK_DURATIONS_S); designs, load points and seeds are unchanged.
     """
     run_id = new_run_id(PATTERN, "sim")
-    rows = sweep(_simulate, designs=DESIGNS, load_points=LOAD_POINTS, seeds=range(seeds),
+    rows = sweep(_simulate, designs=(*DESIGNS, *SHED_DESIGNS), load_points=LOAD_POINTS, seeds=range(seeds),
                  params={"run_id": run_id, "quick": quick}, jobs=jobs, progress=progress)
     parameters = {
         "policy": {"requests": POLICY.requests, "window_s": POLICY.window_s},
@@ -432,5 +439,6 @@ def run(out: Path, *, quick: bool = False, seeds: int = 5, jobs: int = 2,
         "seeds": list(range(seeds)),
         "quick": quick,
         "jobs": jobs,
+        "shedding": shedding_parameters(quick),
     }
     return write_run(out / "sim", run_id=run_id, pattern=PATTERN, source="sim", rows=rows, parameters=parameters)

@@ -32,6 +32,9 @@ class Admission:
     """Added to the response (the `RateLimit-*` headers)."""
     refusal: Problem | None = None
     """When set, the answer instead of the route's (429, or 503 from a fail-closed limiter)."""
+    lease: str | None = None
+    """A concurrency lease the rate limiter's script took in the same round trip, for a tenant with
+    `limits.concurrency` (reference_impl/ratelimit/concurrency.py gives it back after the response)."""
 
 
 class Limiter(Protocol):

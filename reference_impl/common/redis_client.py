@@ -21,7 +21,7 @@ import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from saaslab.settings import Settings
@@ -32,6 +32,25 @@ _Waiter = tuple[asyncio.Future[Any], tuple[Sequence[Arg], Sequence[Arg]] | None]
 CONNECT_TIMEOUT_S = 2.0
 # A Redis that has not answered for this long is treated as down: its callers get TimeoutError.
 REPLY_TIMEOUT_S = 2.0
+
+
+class Script:
+    """A Lua script run by SHA through a redis-py client: EVALSHA, and on NOSCRIPT (a restarted or
+    flushed Redis) load it and retry. For callers off the hot path; the hot path uses `ScriptRunner`."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def load(self, redis: Redis) -> None:
+        await redis.script_load(self.source)
+
+    async def __call__(self, redis: Redis, keys: Sequence[str], args: Sequence[int | str]) -> Any:
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.load(redis)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
 
 
 def make_redis(settings: Settings) -> Redis:
@@ -81,9 +100,24 @@ class ScriptRunner:
 
     def call_packed(self, packed: bytes, keys: Sequence[Arg], args: Sequence[Arg]) -> asyncio.Future[Any]:
         """`self(keys, args)` with its command already packed (`pack(keys, args)`)."""
+        return self._enqueue(packed, (keys, args))
+
+    def command(self, *args: Arg) -> asyncio.Future[Any]:
+        """Any other command (SCRIPT LOAD, a read, a ZREM), on the same connection, in call order."""
+        return self._enqueue(hiredis.pack_command(args), None)
+
+    async def load(self) -> None:
+        """SCRIPT LOAD once (at startup), so the first calls do not pay the NOSCRIPT detour."""
+        await self.command("SCRIPT", "LOAD", self._script)
+
+    @property
+    def script(self) -> str:
+        return self._script
+
+    def _enqueue(self, packed: bytes, call: tuple[Sequence[Arg], Sequence[Arg]] | None) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         result: asyncio.Future[Any] = loop.create_future()
-        self._queued.append((packed, (result, (keys, args))))
+        self._queued.append((packed, (result, call)))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)

@@ -95,6 +95,9 @@ class ServiceParts:
     """Pure-ASGI layers, outermost first. They run inside the app's own layers (metrics, errors,
     body limit, tenant auth: a /v1 request has its tenant and admission in its scope by then), and
     the patterns' layers nest in registry order."""
+    outer_middleware: Sequence[Middleware] = ()
+    """Pure-ASGI layers that run before tenant auth (inside metrics, errors and body limit): a layer
+    that refuses requests wholesale (the load shedder) does so before auth spends a Redis round trip."""
     fault_points: Mapping[str, str] = field(default_factory=dict)
     """Lab-mode fault points, each with what a fault there does."""
     metrics: Sequence[Reading] = ()

@@ -27,7 +27,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from reference_impl.common.db import Pool
-from reference_impl.common.redis_client import ScriptRunner
+from reference_impl.common.redis_client import Script, ScriptRunner
 from reference_impl.idempotency.core import Claim, Outcome, Policy, Record, State, StoredResponse
 from reference_impl.idempotency.ledger import (
     ChargeThenRecord,
@@ -40,7 +40,6 @@ from reference_impl.idempotency.ledger import (
     new_token,
 )
 from reference_impl.idempotency.provider import ProviderFault
-from reference_impl.ratelimit.redis_store import Script
 
 SCRIPT_DIR = Path(__file__).parent
 TTL_SLACK_MS = 1000

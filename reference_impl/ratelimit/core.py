@@ -34,13 +34,16 @@ All intermediates stay below 2**53, because the Lua twins compute in doubles: `P
 requests * window_us above `MAX_REQUESTS_X_WINDOW`.
 
 Beside them, after Stripe's limiters: `acquire`/`release` (at most N requests in flight per
-tenant, with leases that expire so a crashed worker's slot comes back) and `LoadShedder`
-(critical traffic may use all capacity; lower priorities are shed first as utilisation grows).
+tenant, with leases that expire so a crashed worker's slot comes back; `concurrency.lua` is the
+twin of `acquire`) and `LoadShedder` (critical traffic may use all capacity; the `default` and
+`sheddable` route classes are shed first as utilisation grows). `state_bytes` estimates a limiter
+key's memory in Redis, for the simulation.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -382,31 +385,66 @@ def release(state: Leases | None, lease_id: str) -> Leases:
 # Priority load shedder
 
 
-PRIORITIES = ("critical", "high", "normal", "low")
-DEFAULT_THRESHOLDS_PCT: Mapping[str, int] = {"critical": 100, "high": 90, "normal": 80, "low": 60}
-"""Utilisation (percent of capacity) up to which each priority is admitted; critical gets it all."""
+ROUTE_CLASSES = ("critical", "default", "sheddable")
+"""Route classes, most important first (CONTRACT.md): payments and saga commands, other writes, reads and lists."""
+DEFAULT_SHARES_PCT: Mapping[str, int] = {"critical": 100, "default": 80, "sheddable": 50}
+"""Share of capacity (percent) up to which each class is admitted; critical may use all of it."""
 
 
 @dataclass(frozen=True)
 class LoadShedder:
-    """Stripe's load shedder: admit a request only while capacity used stays within its priority's share.
+    """Stripe's fleet usage load shedder: admit a request only while the work in flight stays within
+    its class's share of capacity.
 
-    `in_use` counts what the fleet (or a worker) is serving now. Lower priorities hit their
-    threshold first, so as the fleet fills they are shed while critical traffic keeps the rest.
+    `in_flight` counts what is being served now. Lower classes reach their share first, so as the
+    service fills they are shed while critical traffic keeps the rest; critical is shed only when
+    the whole capacity is in use.
     """
 
     capacity: int
-    thresholds_pct: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS_PCT))
+    shares_pct: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_SHARES_PCT))
 
     def __post_init__(self) -> None:
         if self.capacity < 1:
             raise ValueError("capacity must be >= 1")
-        if self.thresholds_pct.get("critical") != 100:
-            raise ValueError("critical traffic must be allowed all of the capacity (threshold 100)")
+        if set(self.shares_pct) != set(ROUTE_CLASSES):
+            raise ValueError(f"shares must name exactly the route classes {', '.join(ROUTE_CLASSES)}, "
+                             f"got {', '.join(self.shares_pct) or 'none'}")
+        shares = [self.shares_pct[c] for c in ROUTE_CLASSES]
+        if shares[0] != 100:
+            raise ValueError("critical traffic must be allowed all of the capacity (share 100)")
+        if not all(0 < b <= a for a, b in itertools.pairwise(shares)):
+            raise ValueError("shares must be above 0 and must not grow from critical to default to sheddable "
+                             f"(critical is shed last), got {dict(self.shares_pct)}")
 
-    def admit(self, in_use: int, priority: str) -> bool:
+    def limit(self, route_class: str) -> int:
+        """Requests in flight up to which `route_class` is admitted (at least 1)."""
         try:
-            pct = self.thresholds_pct[priority]
+            pct = self.shares_pct[route_class]
         except KeyError:
-            raise ValueError(f"unknown priority {priority!r}; choose one of {', '.join(self.thresholds_pct)}") from None
-        return (in_use + 1) * 100 <= self.capacity * pct
+            raise ValueError(f"unknown route class {route_class!r}; choose one of {', '.join(ROUTE_CLASSES)}") from None
+        return max(1, self.capacity * pct // 100)
+
+    def admit(self, in_flight: int, route_class: str) -> bool:
+        """Whether one more request of `route_class` may start while `in_flight` are being served."""
+        return in_flight < self.limit(route_class)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory per tenant
+
+
+# Measured with MEMORY USAGE on Redis 7.0 (a quicklist for the log), less the key name; the packed
+# STRING states (16 or 24 bytes, with a TTL) measure 76 to 88 bytes, by the key name's length.
+_BASE_BYTES = {"fixed_window": 80, "naive": 80, "sliding_counter": 80, "token_bucket": 80, "gcra": 48,
+               "sliding_log": 150}
+_LOG_ENTRY_BYTES_X4 = 41  # 10.25 bytes per list entry
+
+
+def state_bytes(algorithm: str, state: Any, key_len: int = 40) -> int:
+    """Estimated Redis memory of one limiter key holding `state` (0 when the key is absent)."""
+    if state is None:
+        return 0
+    if algorithm == "sliding_log":
+        return _BASE_BYTES[algorithm] + key_len + _LOG_ENTRY_BYTES_X4 * len(state.entries) // 4
+    return _BASE_BYTES[algorithm] + key_len

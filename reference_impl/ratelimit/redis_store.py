@@ -1,11 +1,17 @@
 """Rate limiting on Redis: the decision cores of `core.py` as atomic Lua scripts, one EVALSHA each.
 
-`RedisRateLimiter.decide` is the whole per-request cost: one round trip that decides, updates the
-limiter state with its TTL and counts the request in the tenant's usage for the period (allowed
-or not), so `GET /v1/usage` costs the hot path nothing extra. Each algorithm's script
-(`<algorithm>.lua`, with `prelude.lua` in front) is the twin of its Python core; the parity test
-replays traces through both and requires identical decisions. A state of several integers is one
-STRING of packed int64s (`PACKED_STATES`), read with GET and written with `SET ... PX`.
+`RedisRateLimiter` is the one limiter adapter: the service (`service.RateLimitService`), the parity
+tests and the benchmark (`bench/ratelimit.py`) all run it. Its `decide` is the whole per-request
+cost: one round trip that decides, updates the limiter state with its TTL and counts the request
+in the tenant's usage for the period (allowed or not), so `GET /v1/usage` costs the hot path
+nothing extra. A call's keys and arguments are built in one place, `invocation`; `prepare` packs
+them once, so the service can reuse the packed command for a tenant all month (`send`). Each
+algorithm's script (`<algorithm>.lua`, with `prelude.lua` in front) is the twin of its Python core;
+the parity test replays traces through both and requires identical decisions. A state of several
+integers is one STRING of packed int64s (`PACKED_STATES`), read with GET and written with `SET ... PX`.
+
+Every adapter here talks to Redis through its own `ScriptRunner` (reference_impl/common/redis_client.py):
+one auto-pipelined hiredis connection, calls made in one loop turn leaving in one write.
 
 The clock: pass `now_us` (the app's clock, which lets tests replay traces), or leave it None and
 the script reads Redis's own `TIME`, so app servers whose clocks disagree still share one clock.
@@ -15,13 +21,13 @@ Keys carry the tenant as a hash tag, so a Redis Cluster keeps all of a tenant's 
 
 `NaiveRedisRateLimiter` is the deliberately unsafe design: it reads the state, decides in Python
 and writes it back in a second round trip, so concurrent requests read the same count and all
-pass. `RedisConcurrencyLimiter` bounds requests in flight per tenant with expiring leases.
+pass. `RedisConcurrencyLimiter` bounds requests in flight per tenant with expiring leases
+(`concurrency.lua`, the twin of `core.acquire`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import struct
 import time
 import uuid
@@ -30,9 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
-
+from reference_impl.common.redis_client import ScriptRunner
 from reference_impl.common.usage import usage_key, usage_period
 from reference_impl.ratelimit.core import (
     ALGORITHMS,
@@ -79,24 +83,6 @@ def script_source(name: str) -> str:
     return (SCRIPT_DIR / "prelude.lua").read_text() + "\n" + (SCRIPT_DIR / f"{name}.lua").read_text()
 
 
-class Script:
-    """A Lua script run by SHA: EVALSHA, and on NOSCRIPT (a restarted or flushed Redis) load it and retry."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    async def load(self, redis: Redis) -> None:
-        await redis.script_load(self.source)
-
-    async def __call__(self, redis: Redis, keys: Sequence[str], args: Sequence[int | str]) -> Any:
-        try:
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await self.load(redis)
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
-
-
 @dataclass(frozen=True, slots=True)
 class LimitResult:
     """A decision as the service sees it; durations in µs from the decision's clock."""
@@ -122,12 +108,33 @@ class LimitCall(NamedTuple):
     route_class: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseRequest:
+    """A concurrency lease for the limiter's script to take when it admits the request (prelude.lua's
+    `finish`): one round trip for both limiters."""
+
+    lease_id: str
+    limit: int
+    lease_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedCall:
+    """One limiter call's keys and arguments, and its EVALSHA command packed once."""
+
+    keys: tuple[str, ...]
+    args: tuple[int | str, ...]
+    packed: bytes
+
+
 class RateLimiter(Protocol):
     """What the service calls, whichever design the settings pick (`make_limiter`)."""
 
     algorithm: str
 
     async def load(self) -> None: ...
+
+    async def close(self) -> None: ...
 
     async def decide(self, tenant_id: str, policy: Policy, now_us: int | None = None, cost: int = 1,
                      route_class: str | None = None) -> LimitResult: ...
@@ -136,87 +143,106 @@ class RateLimiter(Protocol):
 
 
 class RedisRateLimiter:
-    """A strict algorithm decided atomically in Redis, one EVALSHA per request."""
+    """A strict algorithm decided atomically in Redis, one EVALSHA per request, through a `ScriptRunner`."""
 
-    def __init__(self, redis: Redis, prefix: str, algorithm: str, *, ttl_slack_ms: int = TTL_SLACK_MS,
+    def __init__(self, redis_url: str, prefix: str, algorithm: str, *, ttl_slack_ms: int = TTL_SLACK_MS,
                  usage_ttl_s: int = USAGE_TTL_S) -> None:
         if algorithm not in STRICT_ALGORITHMS:
             raise ValueError(f"no Lua script for {algorithm!r}; choose one of {', '.join(STRICT_ALGORITHMS)}")
-        self.redis = redis
         self.prefix = prefix
         self.algorithm = algorithm
-        self.script = Script(script_source(algorithm))
+        self.runner = ScriptRunner(redis_url, script_source(algorithm))
         self._tail = (ttl_slack_ms, usage_ttl_s)
 
     async def load(self) -> None:
-        """SCRIPT LOAD once (at startup), so the first request does not pay the NOSCRIPT detour."""
-        await self.script.load(self.redis)
+        await self.runner.load()
 
-    def _invocation(self, call: LimitCall) -> tuple[list[str], list[int]]:
-        call.policy.check_cost(call.cost)
+    async def close(self) -> None:
+        await self.runner.close()
+
+    def invocation(self, tenant_id: str, policy: Policy, period: str, now_us: int = USE_REDIS_TIME, cost: int = 1,
+                   route_class: str | None = None, lease: LeaseRequest | None = None
+                   ) -> tuple[tuple[str, ...], tuple[int | str, ...]]:
+        """The script's keys and arguments (the layout `prelude.lua` and `<algorithm>.lua` read):
+        the limiter key and the usage counter of `period`; now_us (-1: Redis TIME), requests,
+        window_us, cost, ttl_slack_ms, usage_ttl_s. With `lease`, also the tenant's lease ZSET and
+        lease_id, limit, lease_us."""
+        policy.check_cost(cost)
+        keys = (limiter_key(self.prefix, tenant_id, self.algorithm, route_class),
+                usage_key(self.prefix, tenant_id, period))
+        args = (now_us, policy.requests, policy.window_us, cost, *self._tail)
+        if lease is None:
+            return keys, args
+        if lease.limit < 1 or lease.lease_us < 1:
+            raise ValueError("a lease's limit and lease_us must be >= 1")
+        return ((*keys, concurrency_key(self.prefix, tenant_id, route_class)),
+                (*args, lease.lease_id, lease.limit, lease.lease_us))
+
+    def prepare(self, tenant_id: str, policy: Policy, period: str, now_us: int = USE_REDIS_TIME, cost: int = 1,
+                route_class: str | None = None, lease: LeaseRequest | None = None) -> PreparedCall:
+        keys, args = self.invocation(tenant_id, policy, period, now_us, cost, route_class, lease)
+        return PreparedCall(keys, args, self.runner.pack(keys, args))
+
+    def send(self, call: PreparedCall) -> asyncio.Future[Any]:
+        """The raw reply of one call, as a future (the service puts its own deadline on it); `result` reads it."""
+        return self.runner.call_packed(call.packed, call.keys, call.args)
+
+    def _prepare(self, call: LimitCall) -> PreparedCall:
         if call.now_us is None:
-            now, period = USE_REDIS_TIME, usage_period(time.time())
-        elif call.now_us < 0:
+            return self.prepare(call.tenant_id, call.policy, usage_period(time.time()), USE_REDIS_TIME, call.cost,
+                                call.route_class)
+        if call.now_us < 0:
             raise ValueError(f"now_us must be >= 0 (or None for Redis TIME), got {call.now_us}")
-        else:
-            now, period = call.now_us, usage_period(call.now_us / 1e6)
-        keys = [limiter_key(self.prefix, call.tenant_id, self.algorithm, call.route_class),
-                usage_key(self.prefix, call.tenant_id, period)]
-        return keys, [now, call.policy.requests, call.policy.window_us, call.cost, *self._tail]
+        return self.prepare(call.tenant_id, call.policy, usage_period(call.now_us / 1e6), call.now_us, call.cost,
+                            call.route_class)
 
     async def decide(self, tenant_id: str, policy: Policy, now_us: int | None = None, cost: int = 1,
                      route_class: str | None = None) -> LimitResult:
-        keys, args = self._invocation(LimitCall(tenant_id, policy, now_us, cost, route_class))
-        return _result(await self.script(self.redis, keys, args))
+        return result(await self.send(self._prepare(LimitCall(tenant_id, policy, now_us, cost, route_class))))
+
+    async def decide_and_lease(self, tenant_id: str, policy: Policy, lease: LeaseRequest, now_us: int,
+                               cost: int = 1) -> tuple[LimitResult, ConcurrencyResult | None]:
+        """One decision that also takes `lease` when it admits (None when the limiter refused)."""
+        call = self.prepare(tenant_id, policy, usage_period(now_us / 1e6), now_us, cost, lease=lease)
+        return leased_result(await self.send(call), lease.lease_id)
 
     async def decide_many(self, calls: Sequence[LimitCall]) -> list[LimitResult]:
-        """Many decisions in one pipelined round trip, applied in order (replays, benchmarks)."""
-        invocations = [self._invocation(c) for c in calls]
-        replies: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for attempt in range(2):
-            pipe = self.redis.pipeline(transaction=False)
-            for i in todo:
-                keys, args = invocations[i]
-                pipe.evalsha(self.script.sha, len(keys), *keys, *args)
-            out = await pipe.execute(raise_on_error=False)
-            failed = []
-            for i, reply in zip(todo, out, strict=True):
-                if isinstance(reply, NoScriptError) and attempt == 0:
-                    failed.append(i)
-                elif isinstance(reply, Exception):
-                    raise reply
-                else:
-                    replies[i] = reply
-            if not failed:
-                break
-            # NOSCRIPT means the call did nothing; a flush mid-batch reorders only the calls it hit.
-            await self.load()
-            todo = failed
-        return [_result(r) for r in replies]
+        """Many decisions sent together (one write), applied in order (replays)."""
+        sent = [self.send(self._prepare(c)) for c in calls]
+        return [result(r) for r in await asyncio.gather(*sent)]
 
     async def state(self, tenant_id: str, route_class: str | None = None) -> Any:
         """The limiter state as stored, in the core's form (None when absent)."""
-        return await read_state(self.redis, limiter_key(self.prefix, tenant_id, self.algorithm, route_class),
+        return await read_state(self.runner, limiter_key(self.prefix, tenant_id, self.algorithm, route_class),
                                 self.algorithm)
 
 
-def _result(reply: Sequence[int]) -> LimitResult:
-    allowed, remaining, reset_us, retry_after_us, usage, decided_us = (int(v) for v in reply)
+def result(reply: Sequence[int]) -> LimitResult:
+    """A limiter script's reply {allowed, remaining, reset_us, retry_after_us, usage, decided_us}."""
+    allowed, remaining, reset_us, retry_after_us, usage, decided_us = reply  # hiredis gives ints
     return LimitResult(allowed == 1, remaining, reset_us, retry_after_us, usage, decided_us)
 
 
-async def read_state(redis: Redis, key: str, algorithm: str) -> Any:
+def leased_result(reply: Sequence[int], lease_id: str) -> tuple[LimitResult, ConcurrencyResult | None]:
+    """The reply of a call with a `LeaseRequest`: the decision, and the lease when the limiter admitted."""
+    decision = result(reply[:6])
+    if len(reply) == 6:
+        return decision, None
+    leased, in_flight, retry = reply[6:]
+    return decision, ConcurrencyResult(leased == 1, in_flight, retry, lease_id)
+
+
+async def read_state(runner: ScriptRunner, key: str, algorithm: str) -> Any:
     """Read a limiter key into its core state; the inverse of what the scripts write."""
     if algorithm in PACKED_STATES:
         layout, state = PACKED_STATES[algorithm]
-        packed = await redis.get(key)
+        packed = await runner.command("GET", key)
         return None if packed is None else state(*layout.unpack(packed))
     if algorithm == "gcra":
-        tat = await redis.get(key)
+        tat = await runner.command("GET", key)
         return None if tat is None else GcraState(int(tat))
     if algorithm == "sliding_log":
-        entries = await redis.lrange(key, 0, -1)
+        entries = await runner.command("LRANGE", key, 0, -1)
         return SlidingLogState(tuple(int(e) for e in entries)) if entries else None
     raise ValueError(f"unknown rate-limit algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
 
@@ -235,16 +261,19 @@ class NaiveRedisRateLimiter:
 
     algorithm = "naive"
 
-    def __init__(self, redis: Redis, prefix: str, *, race_delay_s: float = 0.0,
+    def __init__(self, redis_url: str, prefix: str, *, race_delay_s: float = 0.0,
                  ttl_slack_ms: int = TTL_SLACK_MS, usage_ttl_s: int = USAGE_TTL_S) -> None:
-        self.redis = redis
         self.prefix = prefix
         self.race_delay_s = race_delay_s
+        self.runner = ScriptRunner(redis_url, "")
         self._ttl_slack_ms = ttl_slack_ms
         self._usage_ttl_s = usage_ttl_s
 
     async def load(self) -> None:
         """Nothing to load: this design runs no script."""
+
+    async def close(self) -> None:
+        await self.runner.close()
 
     async def decide(self, tenant_id: str, policy: Policy, now_us: int | None = None, cost: int = 1,
                      route_class: str | None = None) -> LimitResult:
@@ -252,53 +281,30 @@ class NaiveRedisRateLimiter:
         key = limiter_key(self.prefix, tenant_id, self.algorithm, route_class)
         ukey = usage_key(self.prefix, tenant_id, usage_period(now / 1e6))
         layout, _ = PACKED_STATES[self.algorithm]
-        read = self.redis.pipeline(transaction=False)
-        read.get(key)
-        read.incr(ukey)
-        packed, used = await read.execute()
+        # Both reads leave in one write: one round trip.
+        packed, used = await asyncio.gather(self.runner.command("GET", key), self.runner.command("INCR", ukey))
         if self.race_delay_s > 0:
             await asyncio.sleep(self.race_delay_s)
         state = None if packed is None else FixedWindowState(*layout.unpack(packed))
         d = fixed_window(state, now, policy, cost)
-        write = self.redis.pipeline(transaction=False)
-        write.set(key, layout.pack(d.state.window_start_us, d.state.count),
-                  px=-(-d.reset_us // 1000) + self._ttl_slack_ms)
+        writes = [self.runner.command("SET", key, layout.pack(d.state.window_start_us, d.state.count),
+                                      "PX", -(-d.reset_us // 1000) + self._ttl_slack_ms)]
         if used == 1:
-            write.expire(ukey, self._usage_ttl_s)
-        await write.execute()
+            writes.append(self.runner.command("EXPIRE", ukey, self._usage_ttl_s))
+        await asyncio.gather(*writes)
         return LimitResult(d.allowed, d.remaining, d.reset_us, d.retry_after_us, int(used),
                            max(now, d.state.window_start_us))
 
     async def state(self, tenant_id: str, route_class: str | None = None) -> Any:
-        return await read_state(self.redis, limiter_key(self.prefix, tenant_id, self.algorithm, route_class),
+        return await read_state(self.runner, limiter_key(self.prefix, tenant_id, self.algorithm, route_class),
                                 self.algorithm)
 
 
-def make_limiter(redis: Redis, prefix: str, algorithm: str, **options: Any) -> RateLimiter:
-    """The store for a design name (`core.ALGORITHMS`); the one factory the service uses."""
+def make_limiter(redis_url: str, prefix: str, algorithm: str, **options: Any) -> RedisRateLimiter | NaiveRedisRateLimiter:
+    """The adapter for a design name (`core.ALGORITHMS`): the one factory the service, tests and bench use."""
     if algorithm == "naive":
-        return NaiveRedisRateLimiter(redis, prefix, **options)
-    return RedisRateLimiter(redis, prefix, algorithm, **options)
-
-
-# ---------------------------------------------------------------------------------------------
-# Memory per tenant
-
-
-# Measured with MEMORY USAGE on Redis 7.0 (a quicklist for the log), less the key name; the packed
-# STRING states (16 or 24 bytes, with a TTL) measure 76 to 88 bytes, by the key name's length.
-_BASE_BYTES = {"fixed_window": 80, "naive": 80, "sliding_counter": 80, "token_bucket": 80, "gcra": 48,
-               "sliding_log": 150}
-_LOG_ENTRY_BYTES_X4 = 41  # 10.25 bytes per list entry
-
-
-def state_bytes(algorithm: str, state: Any, key_len: int = 40) -> int:
-    """Estimated Redis memory of one limiter key holding `state` (0 when the key is absent)."""
-    if state is None:
-        return 0
-    if algorithm == "sliding_log":
-        return _BASE_BYTES[algorithm] + key_len + _LOG_ENTRY_BYTES_X4 * len(state.entries) // 4
-    return _BASE_BYTES[algorithm] + key_len
+        return NaiveRedisRateLimiter(redis_url, prefix, **options)
+    return RedisRateLimiter(redis_url, prefix, algorithm, **options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,40 +325,49 @@ class ConcurrencyResult:
 
 
 class RedisConcurrencyLimiter:
-    """At most `limit` requests in flight per tenant: a ZSET of leases, acquired atomically in Lua.
+    """At most `limit` requests in flight per tenant: a ZSET of leases, acquired atomically in Lua
+    (`concurrency.lua`, the twin of `core.acquire`) and released with one ZREM.
 
     A lease expires after `lease_us`, so a worker that crashes mid-request gives its slot back;
     set it above the longest request the service allows.
     """
 
-    def __init__(self, redis: Redis, prefix: str, *, lease_us: int, ttl_slack_ms: int = TTL_SLACK_MS) -> None:
+    def __init__(self, redis_url: str, prefix: str, *, lease_us: int, ttl_slack_ms: int = TTL_SLACK_MS) -> None:
         if lease_us < 1:
             raise ValueError("lease_us must be >= 1")
-        self.redis = redis
         self.prefix = prefix
         self.lease_us = lease_us
         self._ttl_slack_ms = ttl_slack_ms
-        self.script = Script(script_source("concurrency"))
+        self.runner = ScriptRunner(redis_url, script_source("concurrency"))
 
     async def load(self) -> None:
-        await self.script.load(self.redis)
+        await self.runner.load()
+
+    async def close(self) -> None:
+        await self.runner.close()
+
+    def invocation(self, tenant_id: str, limit: int, lease_id: str, now_us: int = USE_REDIS_TIME,
+                   route_class: str | None = None) -> tuple[tuple[str], tuple[int | str, ...]]:
+        """`concurrency.lua`'s keys and arguments: the lease ZSET; now_us (-1: Redis TIME), lease_id,
+        limit, lease_us, ttl_slack_ms."""
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        return ((concurrency_key(self.prefix, tenant_id, route_class),),
+                (now_us, lease_id, limit, self.lease_us, self._ttl_slack_ms))
 
     async def acquire(self, tenant_id: str, limit: int, *, lease_id: str | None = None,
                       now_us: int | None = None, route_class: str | None = None) -> ConcurrencyResult:
-        if limit < 1:
-            raise ValueError("limit must be >= 1")
         lease = lease_id or uuid.uuid4().hex
-        reply = await self.script(self.redis, [concurrency_key(self.prefix, tenant_id, route_class)],
-                                  [USE_REDIS_TIME if now_us is None else now_us, lease, limit, self.lease_us,
-                                   self._ttl_slack_ms])
-        allowed, in_flight, retry = (int(v) for v in reply)
+        keys, args = self.invocation(tenant_id, limit, lease, USE_REDIS_TIME if now_us is None else now_us,
+                                     route_class)
+        allowed, in_flight, retry = await self.runner(keys, args)
         return ConcurrencyResult(allowed == 1, in_flight, retry, lease)
 
     async def release(self, tenant_id: str, lease_id: str, *, route_class: str | None = None) -> bool:
         """Give the slot back; False if the lease had already expired (or was never held)."""
-        return bool(await self.redis.zrem(concurrency_key(self.prefix, tenant_id, route_class), lease_id))
+        return bool(await self.runner.command("ZREM", concurrency_key(self.prefix, tenant_id, route_class), lease_id))
 
     async def leases(self, tenant_id: str, route_class: str | None = None) -> Leases:
-        entries = await self.redis.zrange(concurrency_key(self.prefix, tenant_id, route_class), 0, -1,
-                                          withscores=True)
-        return Leases(tuple((int(score), m.decode() if isinstance(m, bytes) else m) for m, score in entries))
+        flat = await self.runner.command("ZRANGE", concurrency_key(self.prefix, tenant_id, route_class), 0, -1,
+                                         "WITHSCORES")
+        return Leases(tuple(sorted((int(flat[i + 1]), flat[i].decode()) for i in range(0, len(flat), 2))))

@@ -1,9 +1,9 @@
 """Rate limiting as the service runs it: the glue between the auth middleware and the limiter.
 
 `RateLimitService.admit` is the /v1 request's one Redis round trip when rate limiting is on: the
-algorithm's script (prelude + `<algorithm>.lua`) by EVALSHA through a `ScriptRunner`, deciding and
-counting the tenant's usage together. (`naive` keeps its two redis-py round trips: it is the unsafe
-baseline.) It answers an `Admission` carrying the `RateLimit-*` headers and, when the request must
+algorithm's script (prelude + `<algorithm>.lua`) by EVALSHA through the limiter adapter
+(`redis_store.make_limiter`, the object the parity tests and the benchmark run too), deciding and
+counting the tenant's usage together. (`naive` keeps its two round trips: it is the unsafe baseline.) It answers an `Admission` carrying the `RateLimit-*` headers and, when the request must
 not pass, the problem to answer with (429, or 503 when failing closed).
 
 When Redis is slow or down: each call is bounded by `ratelimit_timeout_ms`, and one
@@ -15,6 +15,12 @@ admits with only `RateLimit-Policy` and does not count usage (the count lives in
 The tenant's policy is read from the `Tenant` the directory resolved (its `limits` or its plan's
 default), so a `PATCH /admin/tenants/{id}` reaches a worker when its tenant cache entry expires.
 
+A tenant with `limits.concurrency` gets its concurrency lease in the same round trip: the call carries
+a `LeaseRequest` and the script, when it admits, takes the lease too (prelude.lua's `finish`). The
+admission then carries the lease, which `concurrency.ConcurrencyMiddleware` gives back after the
+response; over the concurrency limit the answer is its 429 `/concurrency-limit`. (`naive` leaves
+the lease to the middleware's own call.)
+
 In lab mode every decided answer, allowed or refused, also carries `Saaslab-Decided-At`: the
 limiter's own clock at the decision in µs (Redis TIME, or the app's clock for `naive`), which a
 load test records so the checker can judge aligned windows and refill on the limiter's time.
@@ -23,29 +29,31 @@ load test records so the checker can judge aligned windows and refill on the lim
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import redis.exceptions
-from redis.asyncio import Redis
 
 from reference_impl.common.identity import Tenant
-from reference_impl.common.per_request import USAGE_TTL_S, Admission
+from reference_impl.common.per_request import Admission
 from reference_impl.common.problem import Problem
-from reference_impl.common.redis_client import ScriptRunner
-from reference_impl.common.usage import usage_key
 from reference_impl.ratelimit.breaker import FailurePolicy, redis_breaker
+from reference_impl.ratelimit.concurrency import ConcurrencyControl
 from reference_impl.ratelimit.core import US_PER_S, Policy, ratelimit_headers, remaining_header, reset_header
 from reference_impl.ratelimit.invariants import DECIDED_AT_HEADER
 from reference_impl.ratelimit.policies import policy_for
 from reference_impl.ratelimit.redis_store import (
-    TTL_SLACK_MS,
-    USE_REDIS_TIME,
+    ConcurrencyResult,
+    LeaseRequest,
     LimitResult,
     NaiveRedisRateLimiter,
-    limiter_key,
-    script_source,
+    PreparedCall,
+    RedisRateLimiter,
+    leased_result,
+    make_limiter,
+    result,
 )
 from saaslab.settings import Settings
 
@@ -71,25 +79,23 @@ def _time_out(call: asyncio.Future[object]) -> None:
 
 @dataclass(slots=True)
 class _TenantLimit:
-    """Per tenant, worked out once per resolved `Tenant` rather than per request: the keys, the script's
-    arguments and the headers that do not change between decisions, encoded."""
+    """Per tenant, worked out once per resolved `Tenant` rather than per request: the policy, the
+    headers that do not change between decisions (encoded), and the limiter call of `period`."""
 
     tenant: Tenant
     policy: Policy
-    key: str
     policy_header: dict[str, str]
-    args: tuple[int, ...]
     limit_header: tuple[bytes, bytes]
     policy_header_encoded: tuple[bytes, bytes]
+    concurrency: int | None
+    """The tenant's `limits.concurrency`."""
     period: str = ""
-    keys: tuple[str, str] = ("", "")
-    """The limiter key and the usage counter of `period`."""
-    packed: bytes = b""
-    """The EVALSHA command for `keys` and `args`, packed once a period."""
+    call: PreparedCall | None = None
+    """The limiter's call for `period`, packed once a period (the usage key changes once a month)."""
 
 
 class RateLimitService:
-    def __init__(self, settings: Settings, redis_client: Redis) -> None:
+    def __init__(self, settings: Settings, concurrency: ConcurrencyControl | None = None) -> None:
         if settings.ratelimit == "off" or not settings.redis_url:
             raise ValueError("RateLimitService needs settings.ratelimit != 'off' and settings.redis_url")
         self.algorithm = settings.ratelimit
@@ -99,31 +105,25 @@ class RateLimitService:
         self.timeout_s = settings.ratelimit_timeout_ms / 1000
         self.breaker = redis_breaker(fail_max=settings.ratelimit_breaker_fail_max,
                                      reset_timeout_us=round(settings.ratelimit_breaker_reset_s * US_PER_S))
-        self._prefix = settings.redis_prefix
-        self._runner: ScriptRunner | None = None
-        self._naive: NaiveRedisRateLimiter | None = None
-        if self.algorithm == "naive":
-            self._naive = NaiveRedisRateLimiter(redis_client, self._prefix)
-        else:
-            self._runner = ScriptRunner(settings.redis_url, script_source(self.algorithm))
+        self.limiter = make_limiter(settings.redis_url, settings.redis_prefix, self.algorithm)
+        # Leases in the limiter's round trip need its script: not `naive`'s.
+        self.concurrency = concurrency if isinstance(self.limiter, RedisRateLimiter) else None
         self._tenants: dict[str, _TenantLimit] = {}
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.redis_calls = 0
         """Calls that went to Redis (the breaker let them through)."""
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.close()
+        await self.limiter.close()
 
     def _limit_of(self, tenant: Tenant) -> _TenantLimit:
         entry = self._tenants.get(tenant.id)
         if entry is None or entry.tenant is not tenant:  # a new Tenant object: maybe new limits
             policy = policy_for(tenant.plan, tenant.limits)
             header = ratelimit_headers(policy, allowed=True, remaining=0, reset_us=0, retry_after_us=0)
-            entry = _TenantLimit(tenant, policy, limiter_key(self._prefix, tenant.id, self.algorithm),
-                                 {"RateLimit-Policy": header["RateLimit-Policy"]},
-                                 (USE_REDIS_TIME, policy.requests, policy.window_us, 1, TTL_SLACK_MS, USAGE_TTL_S),
-                                 *_encode({name: header[name] for name in ("RateLimit-Limit", "RateLimit-Policy")}))
+            entry = _TenantLimit(tenant, policy, {"RateLimit-Policy": header["RateLimit-Policy"]},
+                                 *_encode({name: header[name] for name in ("RateLimit-Limit", "RateLimit-Policy")}),
+                                 concurrency=tenant.limits.get("concurrency") if tenant.limits else None)
             if len(self._tenants) >= 10_000:
                 self._tenants.clear()
             self._tenants[tenant.id] = entry
@@ -131,22 +131,34 @@ class RateLimitService:
 
     async def _decide(self, limit: _TenantLimit, period: str) -> LimitResult:
         """One decision from Redis, within `timeout_s` (else TimeoutError)."""
-        if self._naive is not None:
+        limiter = self.limiter
+        if isinstance(limiter, NaiveRedisRateLimiter):
             async with asyncio.timeout(self.timeout_s):
-                return await self._naive.decide(limit.tenant.id, limit.policy)
-        assert self._runner is not None
-        if limit.period != period:  # the usage key changes once a month
-            limit.period, limit.keys = period, (limit.key, usage_key(self._prefix, limit.tenant.id, period))
-            limit.packed = self._runner.pack(limit.keys, limit.args)
-        call = self._runner.call_packed(limit.packed, limit.keys, limit.args)
+                return await limiter.decide(limit.tenant.id, limit.policy)
+        assert isinstance(limiter, RedisRateLimiter)
+        if limit.period != period or limit.call is None:
+            limit.period, limit.call = period, limiter.prepare(limit.tenant.id, limit.policy, period)
+        call = limiter.send(limit.call)
         # A per-call deadline on the runner's own future (cheaper than asyncio.timeout, which reschedules
         # the task): the reply arriving later finds the future done and is dropped.
         deadline = asyncio.get_running_loop().call_later(self.timeout_s, _time_out, call)
         try:
-            allowed, remaining, reset_us, retry_after_us, usage, decided_us = await call  # hiredis gives ints
+            return result(await call)
         finally:
             deadline.cancel()
-        return LimitResult(allowed == 1, remaining, reset_us, retry_after_us, usage, decided_us)
+
+    async def _decide_leased(self, limit: _TenantLimit, period: str, concurrency: ConcurrencyControl
+                             ) -> tuple[LimitResult, ConcurrencyResult | None]:
+        """One decision that also takes the tenant's concurrency lease when it admits, within `timeout_s`."""
+        limiter = self.limiter
+        assert isinstance(limiter, RedisRateLimiter) and limit.concurrency is not None
+        lease = LeaseRequest(concurrency.new_lease_id(), limit.concurrency, concurrency.limiter.lease_us)
+        call = limiter.send(limiter.prepare(limit.tenant.id, limit.policy, period, lease=lease))
+        deadline = asyncio.get_running_loop().call_later(self.timeout_s, _time_out, call)
+        try:
+            return leased_result(await call, lease.lease_id)
+        finally:
+            deadline.cancel()
 
     async def admit(self, tenant: Tenant, period: str) -> Admission:
         """Decide one /v1 request of `tenant`, counting it in the usage of `period`."""
@@ -154,12 +166,18 @@ class RateLimitService:
         if not self.breaker.allow(_now_us()):
             return self._unavailable(limit, period)
         self.redis_calls += 1
+        lease = None
         try:
-            result = await self._decide(limit, period)
+            if limit.concurrency is None or self.concurrency is None:
+                result = await self._decide(limit, period)
+            else:
+                result, lease = await self._decide_leased(limit, period, self.concurrency)
         except LIMITER_ERRORS:
             self.breaker.record_failure(_now_us())
             return self._unavailable(limit, period)
         self.breaker.record_success(_now_us())
+        if lease is not None:
+            return self._leased(limit, period, result, lease)
         if result.allowed and not self.lab_mode:
             # The common answer, built from the encoded constant headers plus the two that change.
             self.outcomes["allowed"] += 1
@@ -168,6 +186,21 @@ class RateLimitService:
                 (b"ratelimit-remaining", remaining_header(result.remaining).encode()),
                 (b"ratelimit-reset", reset_header(result.reset_us).encode()),
                 limit.policy_header_encoded))
+        return self._answer(limit, period, result)
+
+    def _leased(self, limit: _TenantLimit, period: str, result: LimitResult, lease: ConcurrencyResult) -> Admission:
+        """An admitted request's answer when its call also asked for a lease: with it, or over the concurrency limit."""
+        assert self.concurrency is not None and limit.concurrency is not None
+        admission = self._answer(limit, period, result)
+        if lease.allowed:
+            self.concurrency.outcomes["admitted"] += 1
+            return dataclasses.replace(admission, lease=lease.lease_id)
+        self.concurrency.outcomes["limited"] += 1
+        return Admission(period, result.usage, refusal=self.concurrency.refusal(
+            limit.concurrency, {name.decode(): value.decode() for name, value in admission.headers}))
+
+    def _answer(self, limit: _TenantLimit, period: str, result: LimitResult) -> Admission:
+        """Any decided answer (the allowed one without lab mode is built faster in `admit`)."""
         refused = not result.allowed and not self.shadow
         headers = ratelimit_headers(limit.policy, allowed=not refused, remaining=result.remaining,
                                     reset_us=result.reset_us, retry_after_us=result.retry_after_us)

@@ -74,6 +74,8 @@ class _Input(BaseModel):
 class LimitsIn(_Input):
     requests: int = Field(gt=0, le=1_000_000_000)
     window_s: float = Field(gt=0, le=366 * 86400, allow_inf_nan=False)
+    # At most this many of the tenant's requests in flight at once (reference_impl/ratelimit/concurrency.py).
+    concurrency: int | None = Field(default=None, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _a_valid_policy(self) -> LimitsIn:
@@ -196,7 +198,7 @@ def admin_router(directory: TenantDirectory, store: Store, require_admin: Callab
 
     @router.post("/tenants", status_code=201, response_model=TenantOut)
     async def create_tenant(body: TenantIn) -> Response:
-        limits = body.limits.model_dump() if body.limits is not None else None
+        limits = body.limits.model_dump(exclude_none=True) if body.limits is not None else None
         tenant, api_key = await directory.create(body.name, body.plan, limits)
         await store.provision(tenant)
         return json_response({"tenant_id": tenant.id, "api_key": api_key, "plan": tenant.plan}, status_code=201)
@@ -204,7 +206,7 @@ def admin_router(directory: TenantDirectory, store: Store, require_admin: Callab
     @router.patch("/tenants/{tenant_id}")
     async def set_tenant_limits(tenant_id: str, body: TenantLimitsIn) -> Response:
         """Change a tenant's rate-limit override live; workers see it once their tenant cache expires (~1 s)."""
-        limits = body.limits.model_dump() if body.limits is not None else None
+        limits = body.limits.model_dump(exclude_none=True) if body.limits is not None else None
         if not await directory.set_limits(parse_id(tenant_id, "tenant"), limits):
             raise not_found("tenant")
         return json_response({"tenant_id": tenant_id, "limits": limits})

@@ -1,8 +1,8 @@
-"""ratelimit: five limiting algorithms, the concurrency limiter and the priority load shedder."""
+"""ratelimit: five limiting algorithms, the concurrency limiter and the priority load shedder (docs/contract.md)."""
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from saaslab.patterns.base import Axis, Design, Pattern
 
@@ -28,6 +28,22 @@ class RateLimitSettings(BaseModel):
     # The limiter's circuit breaker: consecutive failures that open it, and how long it stays open.
     ratelimit_breaker_fail_max: int = Field(default=5, ge=1)
     ratelimit_breaker_reset_s: float = Field(default=1.0, gt=0)
+
+    # Concurrency limiter (a tenant's `limits.concurrency`): how long a request's slot is leased. Set it above
+    # the longest request: when a worker dies mid-request, its slot comes back after this long.
+    concurrency_lease_ms: int = Field(default=30_000, ge=1, le=86_400_000)
+    # Priority load shedder: /v1 requests in flight per worker at full capacity (0: no shedding), and the
+    # share of it (percent) up to which `default` and `sheddable` requests are admitted (`critical`: all).
+    shed_capacity: int = Field(default=0, ge=0)
+    shed_default_pct: int = Field(default=80, ge=1, le=100)
+    shed_sheddable_pct: int = Field(default=50, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _sheddable_is_shed_first(self) -> "RateLimitSettings":
+        if self.shed_sheddable_pct > self.shed_default_pct:
+            raise ValueError(f"SAASLAB_SHED_SHEDDABLE_PCT ({self.shed_sheddable_pct}) must not exceed "
+                             f"SAASLAB_SHED_DEFAULT_PCT ({self.shed_default_pct}): sheddable requests go first")
+        return self
 
 
 PATTERN = Pattern(

@@ -56,7 +56,8 @@ def _trace(seed: int, n: int) -> list[int]:
 @pytest.mark.parametrize("algorithm", STRICT_ALGORITHMS)
 async def test_the_scripts_decision_time_is_the_cores(algorithm: str, redis: Redis, settings: Settings) -> None:
     clocks = _trace(seed=STRICT_ALGORITHMS.index(algorithm), n=3_000)
-    store = RedisRateLimiter(redis, f"{settings.redis_prefix}:da{uuid.uuid4().hex[:8]}", algorithm,
+    assert settings.redis_url
+    store = RedisRateLimiter(settings.redis_url, f"{settings.redis_prefix}:da{uuid.uuid4().hex[:8]}", algorithm,
                              ttl_slack_ms=600_000)
     await store.load()
     got = await store.decide_many([LimitCall("t", POLICY, now) for now in clocks])
@@ -73,7 +74,8 @@ async def test_the_scripts_decision_time_is_the_cores(algorithm: str, redis: Red
 
 
 async def test_the_naive_store_reports_its_own_clock(redis: Redis, settings: Settings) -> None:
-    store = NaiveRedisRateLimiter(redis, f"{settings.redis_prefix}:da{uuid.uuid4().hex[:8]}")
+    assert settings.redis_url
+    store = NaiveRedisRateLimiter(settings.redis_url, f"{settings.redis_prefix}:da{uuid.uuid4().hex[:8]}")
     before = time.time_ns() // 1000
     first = await store.decide("t", POLICY)
     assert before <= first.decided_us <= time.time_ns() // 1000

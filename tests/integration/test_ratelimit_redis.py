@@ -1,5 +1,8 @@
 """Rate limiting on real Redis: the Lua scripts decide exactly as the Python cores, event by event,
-and under concurrency the strict designs admit exactly the limit while the naive one does not."""
+and under concurrency the strict designs admit exactly the limit while the naive one does not.
+
+Every test drives the adapters the service runs (`redis_store.make_limiter`, `RedisConcurrencyLimiter`),
+each on its own `ScriptRunner` connection."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
+from reference_impl.common.redis_client import ScriptRunner
 from reference_impl.common.usage import usage_key, usage_period
 from reference_impl.ratelimit.core import (
     ALGORITHMS,
@@ -28,20 +32,20 @@ from reference_impl.ratelimit.core import (
     acquire,
     decide,
     release,
+    state_bytes,
 )
-from reference_impl.ratelimit.invariants import F_DECIDE, decision_value, no_over_admission
+from reference_impl.ratelimit.invariants import F_DECIDE, decision_time, decision_value, no_over_admission
 from reference_impl.ratelimit.redis_store import (
     TTL_SLACK_MS,
     USAGE_TTL_S,
+    LeaseRequest,
     LimitCall,
     LimitResult,
     NaiveRedisRateLimiter,
     RedisConcurrencyLimiter,
     RedisRateLimiter,
-    Script,
     limiter_key,
     make_limiter,
-    state_bytes,
 )
 from saaslab.history import History
 from saaslab.settings import Settings
@@ -63,6 +67,12 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
     client = Redis.from_url(settings.redis_url, max_connections=300)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def url(settings: Settings) -> str:
+    assert settings.redis_url
+    return settings.redis_url
 
 
 @pytest_asyncio.fixture
@@ -123,10 +133,10 @@ def _tuple(r: LimitResult) -> tuple[bool, int, int, int, int]:
 
 
 @pytest.mark.parametrize("algorithm", STRICT_ALGORITHMS)
-async def test_lua_decides_exactly_as_the_python_core(algorithm: str, redis: Redis, prefix: str) -> None:
+async def test_lua_decides_exactly_as_the_python_core(algorithm: str, redis: Redis, url: str, prefix: str) -> None:
     calls = _trace(seed=STRICT_ALGORITHMS.index(algorithm), n=10_000)
     expected, states = _python(algorithm, calls)
-    store = RedisRateLimiter(redis, prefix, algorithm, ttl_slack_ms=REPLAY_SLACK_MS)
+    store = RedisRateLimiter(url, prefix, algorithm, ttl_slack_ms=REPLAY_SLACK_MS)
     await store.load()
     got: list[LimitResult] = []
     for i in range(0, len(calls), 1_000):
@@ -138,10 +148,10 @@ async def test_lua_decides_exactly_as_the_python_core(algorithm: str, redis: Red
         assert await store.state(tenant, route_class) == state
 
 
-async def test_the_naive_store_decides_as_the_fixed_window_when_alone(redis: Redis, prefix: str) -> None:
+async def test_the_naive_store_decides_as_the_fixed_window_when_alone(redis: Redis, url: str, prefix: str) -> None:
     calls = _trace(seed=11, n=1_000)
     expected, states = _python("fixed_window", calls)
-    store = NaiveRedisRateLimiter(redis, prefix, ttl_slack_ms=REPLAY_SLACK_MS)
+    store = NaiveRedisRateLimiter(url, prefix, ttl_slack_ms=REPLAY_SLACK_MS)
     for i, c in enumerate(calls):
         got = await store.decide(c.tenant_id, c.policy, c.now_us, c.cost, c.route_class)
         assert _tuple(got) == expected[i], (i, c)
@@ -150,8 +160,8 @@ async def test_the_naive_store_decides_as_the_fixed_window_when_alone(redis: Red
 
 
 @pytest.mark.parametrize("algorithm", STRICT_ALGORITHMS)
-async def test_redis_time_is_the_clock_when_none_is_given(algorithm: str, redis: Redis, prefix: str) -> None:
-    store = RedisRateLimiter(redis, prefix, algorithm)
+async def test_redis_time_is_the_clock_when_none_is_given(algorithm: str, redis: Redis, url: str, prefix: str) -> None:
+    store = RedisRateLimiter(url, prefix, algorithm)
     policy = Policy(3, 60 * S)
     results = [await store.decide("t", policy) for _ in range(4)]
     assert [r.allowed for r in results] == [True, True, True, False]
@@ -170,8 +180,8 @@ def _newest_time(state: Any) -> int:
     return int(state.entries[-1])
 
 
-async def test_keys_are_hash_tagged_and_expire_with_their_state(redis: Redis, prefix: str) -> None:
-    store = RedisRateLimiter(redis, prefix, "fixed_window")
+async def test_keys_are_hash_tagged_and_expire_with_their_state(redis: Redis, url: str, prefix: str) -> None:
+    store = RedisRateLimiter(url, prefix, "fixed_window")
     policy = Policy(2, 10 * S)
     now = EPOCH + 3 * S
     for _ in range(3):
@@ -185,10 +195,10 @@ async def test_keys_are_hash_tagged_and_expire_with_their_state(redis: Redis, pr
 
 
 @pytest.mark.parametrize("algorithm", STRICT_ALGORITHMS)
-async def test_the_expiry_travels_with_the_state(algorithm: str, redis: Redis, prefix: str) -> None:
+async def test_the_expiry_travels_with_the_state(algorithm: str, redis: Redis, url: str, prefix: str) -> None:
     """Each write of the state sets the key's TTL to its reset plus slack; a refusal that writes
     nothing leaves the TTL the last write set, which runs to the same time."""
-    store = RedisRateLimiter(redis, prefix, algorithm)
+    store = RedisRateLimiter(url, prefix, algorithm)
     policy = Policy(2, 10 * S)
     results = [await store.decide("acme", policy, now_us=EPOCH + 3 * S) for _ in range(3)]
     assert [r.allowed for r in results] == [True, True, False]
@@ -196,22 +206,22 @@ async def test_the_expiry_travels_with_the_state(algorithm: str, redis: Redis, p
     assert ttl_ms - 500 < await redis.pttl(limiter_key(prefix, "acme", algorithm)) <= ttl_ms
 
 
-async def test_a_flushed_script_is_loaded_again(redis: Redis, prefix: str) -> None:
-    store = RedisRateLimiter(redis, prefix, "gcra")
+async def test_a_flushed_script_is_loaded_again(redis: Redis, url: str, prefix: str) -> None:
+    store = RedisRateLimiter(url, prefix, "gcra")
     # A source no Redis has seen stands in for a flushed script cache (without flushing a shared server).
-    store.script = Script(store.script.source + f"\n-- {uuid.uuid4().hex}")
-    assert (await redis.script_exists(store.script.sha)) == [False]
+    store.runner = ScriptRunner(url, store.runner.script + f"\n-- {uuid.uuid4().hex}")
+    assert (await redis.script_exists(store.runner.sha)) == [False]
     assert (await store.decide("t", Policy(2, S), now_us=EPOCH)).allowed
-    assert (await redis.script_exists(store.script.sha)) == [True]
-    store.script = Script(store.script.source + f"\n-- {uuid.uuid4().hex}")
+    assert (await redis.script_exists(store.runner.sha)) == [True]
+    store.runner = ScriptRunner(url, store.runner.script + f"\n-- {uuid.uuid4().hex}")
     results = await store.decide_many([LimitCall("u", Policy(2, S), EPOCH)] * 3)
     assert [r.allowed for r in results] == [True, True, False]
 
 
-async def test_memory_estimate_matches_memory_usage(redis: Redis, prefix: str) -> None:
+async def test_memory_estimate_matches_memory_usage(redis: Redis, url: str, prefix: str) -> None:
     policy = Policy(200, 60 * S)
     for algorithm in ALGORITHMS:
-        store = make_limiter(redis, prefix, algorithm)
+        store = make_limiter(url, prefix, algorithm)
         for i in range(150):
             await store.decide("tenant-0001", policy, now_us=EPOCH + i * 1_000)
         key = limiter_key(prefix, "tenant-0001", algorithm)
@@ -242,9 +252,9 @@ def _history(algorithm: str, tenant: str, allowed: list[bool]) -> History:
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-async def test_200_concurrent_requests_admit_exactly_the_limit(algorithm: str, redis: Redis, prefix: str) -> None:
-    await asyncio.gather(*(redis.ping() for _ in range(200)))  # 200 open connections before the burst
-    limiter = make_limiter(redis, prefix, algorithm)
+async def test_200_concurrent_requests_admit_exactly_the_limit(algorithm: str, redis: Redis, url: str, prefix: str) -> None:
+    limiter = make_limiter(url, prefix, algorithm)
+    await limiter.runner.command("PING")  # connected before the burst
     allowed = await _burst(limiter, "burst", 200)
     check = no_over_admission(_history(algorithm, "burst", allowed).ops)
     if algorithm == "naive":
@@ -254,9 +264,9 @@ async def test_200_concurrent_requests_admit_exactly_the_limit(algorithm: str, r
         assert sum(allowed) == 50 and check.valid
 
 
-async def test_the_naive_race_delay_widens_the_window_between_read_and_write(redis: Redis, prefix: str) -> None:
+async def test_the_naive_race_delay_widens_the_window_between_read_and_write(redis: Redis, url: str, prefix: str) -> None:
     """The lab knob for slower networks: every read lands before the first write, whatever the timing."""
-    limiter = NaiveRedisRateLimiter(redis, prefix, race_delay_s=0.02)
+    limiter = NaiveRedisRateLimiter(url, prefix, race_delay_s=0.02)
     results = await asyncio.gather(*(limiter.decide("slow", Policy(1, 60 * S), now_us=NOW) for _ in range(10)))
     assert all(r.allowed for r in results)
     assert await limiter.state("slow") == FixedWindowState(NOW - NOW % (60 * S), 1)
@@ -264,7 +274,6 @@ async def test_the_naive_race_delay_widens_the_window_between_read_and_write(red
 
 CHILD = """
 import asyncio, json, sys, time
-from redis.asyncio import Redis
 from reference_impl.ratelimit.core import Policy
 from reference_impl.ratelimit.redis_store import make_limiter
 
@@ -272,16 +281,15 @@ url, prefix, start_at, now = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(s
 algorithms = sys.argv[5].split(",")
 
 async def main():
-    redis = Redis.from_url(url, max_connections=100)
-    await asyncio.gather(*(redis.ping() for _ in range(100)))
     admitted = {}
     for i, algorithm in enumerate(algorithms):
-        limiter = make_limiter(redis, prefix, algorithm)
+        limiter = make_limiter(url, prefix, algorithm)
+        await limiter.runner.command("PING")  # connected before the burst
         await asyncio.sleep(max(0.0, start_at + 0.2 * i - time.time()))
         results = await asyncio.gather(*(limiter.decide("procs", Policy(50, 60_000_000), now_us=now)
                                          for _ in range(100)))
         admitted[algorithm] = sum(r.allowed for r in results)
-    await redis.aclose()
+        await limiter.close()
     print(json.dumps(admitted))
 
 asyncio.run(main())
@@ -305,9 +313,9 @@ def test_two_processes_sharing_redis_admit_exactly_the_limit(settings: Settings,
             assert total == 50, algorithm
 
 
-async def test_concurrency_limiter_holds_exactly_n_in_flight(redis: Redis, prefix: str) -> None:
-    limiter = RedisConcurrencyLimiter(redis, prefix, lease_us=30 * S)
-    await asyncio.gather(*(redis.ping() for _ in range(200)))
+async def test_concurrency_limiter_holds_exactly_n_in_flight(redis: Redis, url: str, prefix: str) -> None:
+    limiter = RedisConcurrencyLimiter(url, prefix, lease_us=30 * S)
+    await limiter.runner.command("PING")
     results = await asyncio.gather(*(limiter.acquire("t", 50) for _ in range(200)))
     held = [r for r in results if r.allowed]
     assert len(held) == 50 and max(r.in_flight for r in results) == 50
@@ -319,8 +327,8 @@ async def test_concurrency_limiter_holds_exactly_n_in_flight(redis: Redis, prefi
     assert len((await limiter.leases("t")).entries) == 50
 
 
-async def test_concurrency_limiter_matches_the_core_and_reclaims_expired_leases(redis: Redis, prefix: str) -> None:
-    limiter = RedisConcurrencyLimiter(redis, prefix, lease_us=5_000, ttl_slack_ms=REPLAY_SLACK_MS)
+async def test_concurrency_limiter_matches_the_core_and_reclaims_expired_leases(redis: Redis, url: str, prefix: str) -> None:
+    limiter = RedisConcurrencyLimiter(url, prefix, lease_us=5_000, ttl_slack_ms=REPLAY_SLACK_MS)
     rng = random.Random(5)
     state: Leases | None = None
     now = EPOCH
@@ -341,3 +349,45 @@ async def test_concurrency_limiter_matches_the_core_and_reclaims_expired_leases(
         if got.allowed and lease not in held:
             held.append(lease)
     assert await limiter.leases("t") == (state or Leases())
+
+
+@pytest.mark.parametrize("algorithm", STRICT_ALGORITHMS)
+async def test_a_limiter_call_with_a_lease_decides_as_the_core_then_core_acquire(algorithm: str, url: str,
+                                                                                  prefix: str) -> None:
+    """One round trip for both limiters: the script decides as its core, and when it admits, takes the
+    lease exactly as `core.acquire` would at the decision's time; releases go through the service's ZREM."""
+    store = RedisRateLimiter(url, prefix, algorithm, ttl_slack_ms=REPLAY_SLACK_MS)
+    leases = RedisConcurrencyLimiter(url, prefix, lease_us=5_000, ttl_slack_ms=REPLAY_SLACK_MS)
+    rng = random.Random(STRICT_ALGORITHMS.index(algorithm))
+    policy, limit = Policy(100, 100_000), 3
+    state: Any = None
+    held_state: Leases | None = None
+    held: list[str] = []
+    now = EPOCH
+    outcomes: Counter[str] = Counter()
+    for i in range(1_500):
+        now += rng.choice([0, 10, 100, 1_000, 3_000]) if rng.random() > 0.05 else -rng.randrange(1, 20_000)
+        if held and rng.random() < 0.3:
+            lease = held.pop(rng.randrange(len(held)))
+            held_state = release(held_state, lease)
+            await leases.release("t", lease)
+            continue
+        d = decide(algorithm, state, now, policy)
+        state = d.state
+        got, got_lease = await store.decide_and_lease("t", policy, LeaseRequest(f"l{i}", limit, 5_000), now)
+        assert (got.allowed, got.remaining, got.reset_us, got.retry_after_us, got.decided_us) == (
+            d.allowed, d.remaining, d.reset_us, d.retry_after_us, decision_time(algorithm, d.state, now)), i
+        if not d.allowed:
+            assert got_lease is None
+            outcomes["rate-limited"] += 1
+            continue
+        expected = acquire(held_state, got.decided_us, f"l{i}", limit, 5_000)
+        held_state = expected.state
+        assert got_lease is not None
+        assert (got_lease.allowed, got_lease.in_flight, got_lease.retry_after_us) == (
+            expected.allowed, expected.in_flight, expected.retry_after_us), i
+        outcomes["leased" if expected.allowed else "concurrency-limited"] += 1
+        if expected.allowed:
+            held.append(f"l{i}")
+    assert await leases.leases("t") == (held_state or Leases())
+    assert min(outcomes.values()) > 50 and len(outcomes) == 3, outcomes

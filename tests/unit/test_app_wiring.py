@@ -18,7 +18,14 @@ def test_middleware_runs_in_the_order_the_requests_need() -> None:
     app = create_app(OFFLINE)
     assert [m.cls.__name__ for m in app.user_middleware] == [
         "MetricsMiddleware", "ErrorMiddleware", "BodyLimitMiddleware", "TenantAuthMiddleware",
-        "IdempotencyKeyMiddleware"]
+        "ConcurrencyMiddleware", "IdempotencyKeyMiddleware"]
+
+
+def test_the_load_shedder_refuses_before_tenant_auth() -> None:
+    app = create_app(OFFLINE.model_copy(update={"shed_capacity": 8}))
+    names = [m.cls.__name__ for m in app.user_middleware]
+    assert names.index("BodyLimitMiddleware") < names.index("LoadSheddingMiddleware") < names.index(
+        "TenantAuthMiddleware")
 
 
 def test_the_hot_v1_routes_come_first_then_the_app_s_own_then_admin() -> None:

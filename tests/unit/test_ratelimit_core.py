@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from reference_impl.ratelimit.core import (
     ALGORITHMS,
-    DEFAULT_THRESHOLDS_PCT,
-    PRIORITIES,
+    DEFAULT_SHARES_PCT,
+    ROUTE_CLASSES,
     STRICT_ALGORITHMS,
     GcraState,
     LoadShedder,
@@ -235,23 +235,43 @@ def test_concurrency_limiter_counts_leases_and_reclaims_expired_ones() -> None:
     assert late.state.entries == ((EPOCH + 1_002, "w2"), (EPOCH + 1_011, "w3"), (EPOCH + 2_000, "w4"))
 
 
-def test_load_shedder_sheds_low_priorities_first_and_keeps_capacity_for_critical() -> None:
+def test_load_shedder_sheds_lower_classes_first_and_keeps_capacity_for_critical() -> None:
     shedder = LoadShedder(capacity=10)
-    admitted_up_to = {p: max(n for n in range(11) if shedder.admit(n - 1, p)) for p in PRIORITIES}
-    assert admitted_up_to == {"critical": 10, "high": 9, "normal": 8, "low": 6}
-    assert DEFAULT_THRESHOLDS_PCT["critical"] == 100
-    # A flood of normal traffic stops at 80%; critical traffic still gets the remaining 20%.
-    in_use = 0
+    admitted_up_to = {c: max(n for n in range(11) if shedder.admit(n - 1, c)) for c in ROUTE_CLASSES}
+    assert admitted_up_to == {"critical": 10, "default": 8, "sheddable": 5}
+    assert DEFAULT_SHARES_PCT["critical"] == 100
+    # A flood of reads stops at 50%, other writes at 80%; critical traffic still gets the rest.
+    in_flight = 0
     for _ in range(50):
-        in_use += shedder.admit(in_use, "normal")
-    assert in_use == 8
+        in_flight += shedder.admit(in_flight, "sheddable")
+    assert in_flight == 5
+    for _ in range(50):
+        in_flight += shedder.admit(in_flight, "default")
+    assert in_flight == 8
     for _ in range(5):
-        in_use += shedder.admit(in_use, "critical")
-    assert in_use == 10
+        in_flight += shedder.admit(in_flight, "critical")
+    assert in_flight == 10
+    assert not shedder.admit(10, "critical")
+    # A tiny capacity still admits one request of every class when idle.
+    assert all(LoadShedder(capacity=1).admit(0, c) for c in ROUTE_CLASSES)
+
+
+@pytest.mark.parametrize("shares", [
+    {"critical": 90, "default": 80, "sheddable": 50},  # critical must get everything
+    {"critical": 100, "default": 50, "sheddable": 80},  # sheddable above default: not shed first
+    {"critical": 100, "default": 80},  # a class missing
+    {"critical": 100, "default": 80, "sheddable": 0},
+])
+def test_load_shedder_refuses_shares_that_would_not_shed_critical_last(shares: dict[str, int]) -> None:
     with pytest.raises(ValueError):
-        LoadShedder(capacity=10, thresholds_pct={"critical": 90})
-    with pytest.raises(ValueError, match="unknown priority"):
-        shedder.admit(0, "urgent")
+        LoadShedder(capacity=10, shares_pct=shares)
+
+
+def test_load_shedder_refuses_unknown_classes_and_capacities() -> None:
+    with pytest.raises(ValueError, match="unknown route class"):
+        LoadShedder(capacity=10).admit(0, "urgent")
+    with pytest.raises(ValueError, match="capacity"):
+        LoadShedder(capacity=0)
 
 
 def test_headers_follow_the_contract() -> None:

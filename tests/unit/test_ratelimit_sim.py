@@ -28,6 +28,7 @@ from scenarios.ratelimit import (
     run,
     simulate_one,
 )
+from scenarios.ratelimit_shedding import SHED_DESIGNS
 
 RUN_METRICS = {
     "accuracy_offered": "requests", "accuracy_admitted": "requests", "accuracy_admitted_vs_exact_pct": "percent",
@@ -122,14 +123,19 @@ def test_run_writes_rows_and_parameters(tmp_path: Path, monkeypatch: pytest.Monk
     csv_path = run(tmp_path, quick=True, seeds=1, jobs=2, progress=lambda d, n: calls.append((d, n)))
     assert csv_path == tmp_path / "sim" / "results.csv"
     rows = read_rows(csv_path)
-    tasks = len(DESIGNS) * len(LOAD_POINTS)
-    assert len(rows) == tasks * (len(RUN_METRICS) + 5 * len(TENANT_METRICS))
+    limiter_tasks = len(DESIGNS) * len(LOAD_POINTS)
+    shed_tasks = len(SHED_DESIGNS) * len(LOAD_POINTS)
+    tasks = limiter_tasks + shed_tasks
+    assert len(rows) == limiter_tasks * (len(RUN_METRICS) + 5 * len(TENANT_METRICS)) + shed_tasks * 16
+    # The algorithms' rows first, as they were before the shedder's were appended.
+    assert {r.design for r in rows[:limiter_tasks * (len(RUN_METRICS) + 5 * len(TENANT_METRICS))]} == set(DESIGNS)
     assert calls[-1] == (tasks, tasks) and len(calls) == tasks
     meta = json.loads((tmp_path / "sim" / "run.json").read_text())
     assert meta["run_id"] == rows[0].run_id and meta["pattern"] == "ratelimit" and meta["source"] == "sim"
     p = meta["parameters"]
     assert (p["designs"], p["load_points"], p["seeds"], p["quick"]) == (list(DESIGNS), list(LOAD_POINTS), [0], True)
     assert p["policy"] == {"requests": 100, "window_s": 1.0} and p["durations_s"]["skew"] == 1.0
+    assert p["shedding"]["designs"] == list(SHED_DESIGNS) and p["shedding"]["duration_s"] == 5.0
     naive_race = [r.value for r in rows if r.design == "naive" and r.metric == "race_no_over_admission"]
     strict_race = [r.value for r in rows if r.design != "naive" and r.metric == "race_no_over_admission"]
     assert naive_race == [1.0, 1.0, 0.0, 0.0] and set(strict_race) == {1.0}

@@ -10,6 +10,7 @@ from typing import Any
 from saaslab import patterns
 from saaslab.report import MISSING, Cells, RunData, Summary, fmt_g, fmt_num, ordered
 from saaslab.results import ALL_TENANTS
+from scenarios.ratelimit_shedding import SHED_DESIGNS
 
 DESIGN_ORDER = tuple(d.name for d in patterns.get("ratelimit").designs)
 UNSAFE = next(d.name for d in patterns.get("ratelimit").designs if d.unsafe)
@@ -41,7 +42,8 @@ class View(Cells):
 
     @classmethod
     def of(cls, run: RunData) -> View:
-        return cls.from_run(run, DESIGN_ORDER)
+        # The load shedder's designs share the run but not these tables (see shedding.py).
+        return cls.from_run(run, DESIGN_ORDER, keep=lambda r: r.design not in SHED_DESIGNS)
 
     def run_seeds(self, design: str, metric: str, lp: float) -> dict[int, float]:
         """A run-level ("*") metric per seed; `lp` last, for `partial`."""
