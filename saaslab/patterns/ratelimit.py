@@ -14,6 +14,11 @@ ALGORITHM = Axis("ratelimit", (
     Design("gcra", "the generic cell rate algorithm: one theoretical arrival time"),
     Design("naive", "fixed_window read and written in two round trips", unsafe=True),
 ), default="token_bucket", extra_choices=("off",))
+SHEDDING = Axis(None, (  # compared in simulation; the service's shedder is Stripe's, sized by `shed_*` below
+    Design("shed_priority", "Stripe's shedder: each route class admitted up to its share of capacity"),
+    Design("shed_uniform", "one in-flight cap for every class"),
+    Design("shed_none", "no shedding: every request queues"),
+), default="shed_priority")
 
 
 class RateLimitSettings(BaseModel):
@@ -51,7 +56,7 @@ PATTERN = Pattern(
     title="Tenant rate limiting",
     question=("Which limiting algorithm keeps a tenant within its quota most accurately, at what memory cost, "
               "and which ones stay correct under concurrency and clock skew?"),
-    axes=(ALGORITHM,),
+    axes=(ALGORITHM, SHEDDING),
     core="reference_impl.ratelimit.core",
     invariants="reference_impl.ratelimit.invariants",
     service="reference_impl.ratelimit.wiring",

@@ -286,3 +286,19 @@ def test_a_real_simulation_beside_a_live_run_fills_the_table(quick_sim: Path, tm
                if k[2] == "noisy")
     assert any(c.startswith(("The largest relative gap", "Measured refusals")) for c in report.conclusions)
     assert ratelimit.NO_LIVE not in str(report.sim_vs_live)
+
+
+def test_a_real_simulation_reports_whether_critical_traffic_keeps_flowing(quick_sim: Path) -> None:
+    """Stripe's question, answered from the shedding rows of the same sweep: critical keeps flowing under
+    priority shedding, and the other designs fail it with the rest."""
+    report = report_for(quick_sim)
+    priority = _conclusion(report, "With priority shedding")
+    assert re.search(r"critical requests kept at least 95\.0% success up to \d+x capacity", priority), priority
+    assert priority.endswith("shed in priority order in every seed.")
+    others = _conclusion(report, "At the same 10x load, critical success without priorities")
+    assert "shed_uniform" in others and "shed_none" in others
+    table = next(t for t in report.tables if t.title.startswith("Priority load shedding"))
+    assert {r[0] for r in table.rows} == {"shed_priority", "shed_uniform", "shed_none"}
+    critical_success = {(r[0], r[1]): float(r[2].split("%")[0]) for r in table.rows}
+    assert critical_success[("shed_priority", "10")] > critical_success[("shed_uniform", "10")]
+    assert critical_success[("shed_priority", "10")] > critical_success[("shed_none", "10")]

@@ -15,9 +15,9 @@ The live run.json's `race` (simultaneous requests of one tenant across the servi
 gives one more conclusion, and its `policy` and `duration_s` are checked against the simulated
 neighbour experiment's, so a comparison that is not like for like says so.
 
-Each experiment is one `Section` of `REPORT`: another experiment of the simulation (the concurrency
-limiter, the load shedder: its rows, sentences, tables and figures) is one more section in that tuple,
-its rules written over the simulation's `View` and wrapped with `_over_sim`.
+Each experiment is one `Section` of `REPORT`: another experiment of the simulation (its rows,
+sentences, tables and figures) is one more section in that tuple, as the priority load shedder's
+(scenarios/ratelimit_shedding.py, shedding.py here) is.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from saaslab.report.evidence import (
     seeds_note,
 )
 from saaslab.reports.ratelimit import conclusions as said
-from saaslab.reports.ratelimit import figures, tables
+from saaslab.reports.ratelimit import figures, shedding, tables
 from saaslab.reports.ratelimit.concurrency import naive_sentence, race_sentence, skew_sentence
 from saaslab.reports.ratelimit.live import (
     Comparison,
@@ -48,6 +48,7 @@ from saaslab.reports.ratelimit.live import (
     sim_vs_live_table,
 )
 from saaslab.reports.ratelimit.setup import designs, workload
+from saaslab.reports.ratelimit.shedding import ShedView
 from saaslab.reports.ratelimit.view import GROUP_LABELS, NO_LIVE, View, sim_rejected_pct
 
 PATTERN = "ratelimit"
@@ -62,12 +63,15 @@ class Ratelimit:
     sim: View | None
     live: View | None
     comps: list[Comparison] = field(default_factory=list)
+    shed: ShedView | None = None
+    """The load shedder's simulated rows, which share the simulation's run but not its tables."""
 
     @classmethod
     def of(cls, data: PatternData) -> Ratelimit:
         sim = View.of(data.sim) if data.sim and data.sim.rows else None
         live = View.of(data.live) if data.live and data.live.rows else None
-        return cls(data, sim, live, comparisons(sim, live) if (sim or live) else [])
+        shed = ShedView.of(data.sim) if data.sim and data.sim.rows else None
+        return cls(data, sim, live, comparisons(sim, live) if (sim or live) else [], shed)
 
     @property
     def simulated(self) -> View:
@@ -142,6 +146,9 @@ REPORT = PatternReport(
         Section("concurrency and clock skew", when=has_sim,
                 conclusions=_over_sim(race_sentence, skew_sentence, naive_sentence),
                 tables=_over_sim(tables.concurrency_table), figures=_over_sim(figures.race_skew_figure)),
+        Section("priority load shedding", when=lambda c: c.shed is not None,
+                conclusions=(on("shed", shedding.shedding_sentences),),
+                tables=(on("shed", shedding.shedding_table),), figures=(on("shed", shedding.shedding_figure),)),
         Section("no live run", when=no_live, conclusions=(_no_live,)),
         Section("simulated versus measured", when=sim_and_live,
                 conclusions=(_agreement, _same_seed), figures=(lambda c: figures.live_figure(c.comps),)),
