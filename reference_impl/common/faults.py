@@ -1,4 +1,4 @@
-"""Lab mode: faults armed over HTTP at named points in the service (CONTRACT.md, "Lab mode").
+"""Lab mode: faults armed over HTTP at named points in the service (docs/contract.md, "Lab mode").
 
 Code marks a point with `await faults.before(point)` before its effect and `faults.after(point)`
 once the effect is done; an effect with failure modes of its own (the lab's payment provider)

@@ -1,4 +1,4 @@
-"""The single Redis round trip of a /v1 request (DESIGN.md: at most one for all per-request patterns).
+"""The single Redis round trip of a /v1 request (docs/design.md: at most one for all per-request patterns).
 
 With rate limiting off it only meters usage (per_request.lua). With it on, the limiter's own script
 decides and meters in the same round trip (`reference_impl.ratelimit.service`), never both.

@@ -1,7 +1,7 @@
 """A tenant's usage counter in Redis: its key and its metering period.
 
 Shared by the per-request script (reference_impl/common/per_request.py) and the rate limiter's
-scripts, which count usage in the same round trip as their decision (DESIGN.md: at most one
+scripts, which count usage in the same round trip as their decision (docs/design.md: at most one
 Redis round trip per request), so both must name the same counter.
 """
 

@@ -1,6 +1,6 @@
-"""The idempotency decision core: pure code, integer microseconds, the clock passed in (DESIGN.md).
+"""The idempotency decision core: pure code, integer microseconds, the clock passed in (docs/design.md).
 
-What the middleware does with a POST that carries `Idempotency-Key` (CONTRACT.md, "Idempotency"):
+What the middleware does with a POST that carries `Idempotency-Key` (docs/contract.md, "Idempotency"):
 
 1. `validate_key(header)`: 1 to 255 printable ASCII characters, else `InvalidIdempotencyKey` (400).
 2. Validate the request itself (authentication, rate limit, body) BEFORE claiming the key: a

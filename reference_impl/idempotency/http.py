@@ -1,4 +1,4 @@
-"""Idempotency over HTTP: every POST under /v1 that carries `Idempotency-Key` (CONTRACT.md, "Idempotency").
+"""Idempotency over HTTP: every POST under /v1 that carries `Idempotency-Key` (docs/contract.md, "Idempotency").
 
 The per-request recipe is designs.py's; this module carries it out in two pieces, each placed
 where the facts it needs are known:
@@ -20,7 +20,7 @@ and a handler's `Response` is at hand to store. The price is one call per POST r
 
 Order within a request: authentication and the rate limit come first, so that an anonymous caller
 gets its 401 whatever its key, and every tenant's response, a 400 for a bad key included, carries
-the `RateLimit-*` headers and is counted (CONTRACT.md, "Rate limiting"); then the key (400), then
+the `RateLimit-*` headers and is counted (docs/contract.md, "Rate limiting"); then the key (400), then
 the body (422), then the claim. None of those refusals reaches the store.
 
 Where payments live: the ledger's `idempotency_payments` stays the record of effects (one row per

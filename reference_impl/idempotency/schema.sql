@@ -2,7 +2,7 @@
 -- (common/db.py), so every statement here must be idempotent. It does not depend on provider.sql:
 -- the provider is reached through its API (provider.py), never joined.
 --
--- Times are integer microseconds from the caller's clock (the cores' clock, DESIGN.md), never
+-- Times are integer microseconds from the caller's clock (the cores' clock, docs/design.md), never
 -- now(): the completer and reaper are then testable at any instant, and Redis and PostgreSQL
 -- records mean the same thing.
 

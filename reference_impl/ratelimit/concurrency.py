@@ -1,5 +1,5 @@
 """The concurrency limiter in the service: at most `limits.concurrency` of a tenant's /v1 requests in
-flight at once, across all service workers (CONTRACT.md, "Rate limiting").
+flight at once, across all service workers (docs/contract.md, "Rate limiting").
 
 `ConcurrencyMiddleware` sits inside the tenant auth middleware (it reads the resolved `Tenant` and
 its `Admission` from the scope). A tenant without `limits.concurrency` costs it one dict lookup and

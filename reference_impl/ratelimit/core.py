@@ -1,6 +1,6 @@
-"""The rate-limiting decision cores: pure code, integer microseconds, the clock passed in (DESIGN.md).
+"""The rate-limiting decision cores: pure code, integer microseconds, the clock passed in (docs/design.md).
 
-A `Policy` says "at most `requests` per `window_us`" (CONTRACT.md's `limits`). Each algorithm maps
+A `Policy` says "at most `requests` per `window_us`" (docs/contract.md's `limits`). Each algorithm maps
 it to its own parameters and decides one request with
 
     decide(state, now_us, policy, cost=1) -> Decision(allowed, state, remaining, reset_us, retry_after_us)
@@ -74,7 +74,7 @@ class Policy:
 
     @classmethod
     def from_limits(cls, requests: int, window_s: float) -> Policy:
-        """From CONTRACT.md's `limits: {requests, window_s}`."""
+        """From docs/contract.md's `limits: {requests, window_s}`."""
         return cls(requests, round(window_s * US_PER_S))
 
     @property
@@ -315,7 +315,7 @@ def decide(algorithm: str, state: Any, now_us: int, policy: Policy, cost: int = 
 
 
 # ---------------------------------------------------------------------------------------------
-# HTTP headers (CONTRACT.md, "Rate limiting")
+# HTTP headers (docs/contract.md, "Rate limiting")
 
 
 def remaining_header(remaining: int) -> str:
@@ -386,7 +386,7 @@ def release(state: Leases | None, lease_id: str) -> Leases:
 
 
 ROUTE_CLASSES = ("critical", "default", "sheddable")
-"""Route classes, most important first (CONTRACT.md): payments and saga commands, other writes, reads and lists."""
+"""Route classes, most important first (docs/contract.md): payments and saga commands, other writes, reads and lists."""
 DEFAULT_SHARES_PCT: Mapping[str, int] = {"critical": 100, "default": 80, "sheddable": 50}
 """Share of capacity (percent) up to which each class is admitted; critical may use all of it."""
 

@@ -6,7 +6,7 @@ the tenant is one of the workload's quiet ones. The same checks run on simulated
 load-test histories and in pytest.
 
 `no_over_admission`: per tenant (and policy), the admitted requests never exceed what the
-algorithm promises (CONTRACT.md, "Rate limiting"):
+algorithm promises (docs/contract.md, "Rate limiting"):
 
 * sliding_log: at most `requests` in any span of `window_us`.
 * fixed_window, naive: at most `requests` in any epoch-aligned window, and so at most 2x

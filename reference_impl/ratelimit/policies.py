@@ -1,4 +1,4 @@
-"""Which `Policy` a tenant gets: its `limits` override when set (CONTRACT.md), else its plan's."""
+"""Which `Policy` a tenant gets: its `limits` override when set (docs/contract.md), else its plan's."""
 
 from __future__ import annotations
 

@@ -202,7 +202,8 @@ class RedisRateLimiter:
 
     async def decide_and_lease(self, tenant_id: str, policy: Policy, lease: LeaseRequest, now_us: int,
                                cost: int = 1) -> tuple[LimitResult, ConcurrencyResult | None]:
-        """One decision that also takes `lease` when it admits (None when the limiter refused)."""
+        """One decision that also takes `lease` when it admits (None when the limiter refused): the call
+        the service makes for a tenant with `limits.concurrency` (service.py), as one method for the parity tests."""
         call = self.prepare(tenant_id, policy, usage_period(now_us / 1e6), now_us, cost, lease=lease)
         return leased_result(await self.send(call), lease.lease_id)
 
@@ -300,7 +301,7 @@ class NaiveRedisRateLimiter:
                                 self.algorithm)
 
 
-def make_limiter(redis_url: str, prefix: str, algorithm: str, **options: Any) -> RedisRateLimiter | NaiveRedisRateLimiter:
+def make_limiter(redis_url: str, prefix: str, algorithm: str, **options: Any) -> RateLimiter:
     """The adapter for a design name (`core.ALGORITHMS`): the one factory the service, tests and bench use."""
     if algorithm == "naive":
         return NaiveRedisRateLimiter(redis_url, prefix, **options)
@@ -368,6 +369,7 @@ class RedisConcurrencyLimiter:
         return bool(await self.runner.command("ZREM", concurrency_key(self.prefix, tenant_id, route_class), lease_id))
 
     async def leases(self, tenant_id: str, route_class: str | None = None) -> Leases:
+        """The leases as stored, in the core's form: what the parity tests compare with `core.acquire`."""
         flat = await self.runner.command("ZRANGE", concurrency_key(self.prefix, tenant_id, route_class), 0, -1,
                                          "WITHSCORES")
         return Leases(tuple(sorted((int(flat[i + 1]), flat[i].decode()) for i in range(0, len(flat), 2))))

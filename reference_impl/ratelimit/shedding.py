@@ -1,4 +1,4 @@
-"""The priority load shedder in the service (Stripe's fleet usage load shedder; CONTRACT.md, "Rate limiting").
+"""The priority load shedder in the service (Stripe's fleet usage load shedder; docs/contract.md, "Rate limiting").
 
 Every /v1 route has a class, declared here on the server (`ROUTE_CLASSES_DECLARED`; a route not named
 is `sheddable` when it only reads, `default` when it writes). `LoadSheddingMiddleware` counts the /v1

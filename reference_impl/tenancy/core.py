@@ -45,11 +45,7 @@ def hash_api_key(api_key: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Schedulers
-
-
-
-    def queued(self) -> int: ...
+# Schedulers (the job they queue and the calls they answer: saaslab/scheduling.py)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from saaslab import patterns
 from saaslab.report.content import Figure, Report, Table
@@ -37,10 +37,6 @@ from saaslab.report.evidence import (
 )
 
 ANSWER_SENTENCES = 5
-
-
-class Context(Protocol):
-    data: PatternData
 
 
 Rule = Callable[[Any], str | Sequence[str] | None]

@@ -1,4 +1,4 @@
-"""Idempotency in the reference service (CONTRACT.md "Idempotency"), on real PostgreSQL and Redis.
+"""Idempotency in the reference service (docs/contract.md "Idempotency"), on real PostgreSQL and Redis.
 
 In-process apps, one per design, for the contract: 50 simultaneous payments with one key (exactly one
 charge and one payment on `redis` and `postgres`, one per request on `none`), byte-identical replays,

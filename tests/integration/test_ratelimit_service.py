@@ -1,4 +1,4 @@
-"""Rate limiting in the reference service (CONTRACT.md "Rate limiting"), on real PostgreSQL and Redis.
+"""Rate limiting in the reference service (docs/contract.md "Rate limiting"), on real PostgreSQL and Redis.
 
 In-process apps for the contract (headers, 429, shadow mode, live policy changes, usage) and for a
 Redis that stalls and dies mid-run; real `uvicorn --workers 2` processes for the concurrency test.

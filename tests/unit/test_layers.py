@@ -1,7 +1,7 @@
 """The pure layers stay pure: a core, a checker or a simulation never loads a driver or a web framework.
 
 Each module is imported in a fresh interpreter and its `sys.modules` inspected, so whatever it pulls
-in counts, directly or through any chain of imports, static or at import time (DESIGN.md, "A pattern
+in counts, directly or through any chain of imports, static or at import time (docs/design.md, "A pattern
 is one registration"; pyproject.toml's [tool.importlinter] contracts state the same layers for
 `make lint`). The modules come from the registry, so a new pattern is checked as soon as it is listed.
 """
