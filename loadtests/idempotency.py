@@ -353,10 +353,13 @@ class DoubleClickPay(LabUser):
     def drive(self) -> None:
         cfg, plan = self.config, self.config.plan
         schedule = shard(arrivals(cfg.workload(), cfg.seed), self.index, self.lab.workers)
-        start = self.start_monotonic()
         if plan.faults and self.index == 0:
             self.keeper = FaultKeeper(self.environment.host or "", admin_token_from_env(), plan)
             self.keeper.arm_first()
+        # The schedule's clock starts once the first fault is armed: arming it while the clock ran would
+        # make the first payments late (the generator's send lag), not the service.
+        start = self.start_monotonic()
+        if self.keeper is not None:
             self.keeper.start(start)
         self.start = start
         self.driver = OpenModelDriver(schedule, self.pay, duration_s=plan.duration_s,

@@ -46,27 +46,35 @@ ROOT = Path(__file__).resolve().parent.parent
 # Subprocesses (the service here, Locust in the harness)
 
 
-def _child_setup(cpus: Collection[int] | None) -> Callable[[], None]:
+def _child_setup(cpus: Collection[int] | None, niceness: int | None) -> Callable[[], None]:
     def setup() -> None:
         # PR_SET_PDEATHSIG: SIGTERM when the parent dies, however it dies (Linux; elsewhere nothing).
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
         if cpus and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, set(cpus))
+        if niceness is not None:
+            # Raising a priority needs CAP_SYS_NICE: without it the child runs at the default one. With
+            # autogroup scheduling (Linux, per session) a process's nice value only weighs within its
+            # session, and a spawned child leads a session of its own, so the session's value is set too.
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, 0, niceness)
+            with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as autogroup:
+                autogroup.write(str(niceness))
 
     return setup
 
 
 def spawn(cmd: list[str], env: Mapping[str, str], log_path: Path | None, *,
-          cpus: Collection[int] | None = None) -> subprocess.Popen[bytes]:
+          cpus: Collection[int] | None = None, niceness: int | None = None) -> subprocess.Popen[bytes]:
     """Start `cmd` from the checkout in a process group of its own, its output to `log_path` (None: ours)."""
     if log_path is None:
         return subprocess.Popen(cmd, env=dict(env), cwd=ROOT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=_child_setup(cpus))
+                                preexec_fn=_child_setup(cpus, niceness))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         return subprocess.Popen(cmd, env=dict(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_child_setup(cpus))
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_child_setup(cpus, niceness))
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:

@@ -29,6 +29,7 @@ locustfiles, never from the orchestrator (it uses `provision` and `openmodel`).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -187,6 +188,7 @@ class LabUser(FastHttpUser):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
         self.history = History(path=path, process=f"{self.load_run.label}:{stem}")
+        gc.collect()  # now, rather than in the middle of the schedule (`OpenModelDriver.run` freezes the rest)
         try:
             self.drive()
         except gevent.GreenletExit:
