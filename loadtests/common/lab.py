@@ -94,8 +94,7 @@ _configs: dict[str, LoadRun] = {}
 
 def run_config(environment: Environment) -> LoadRun:
     """The run `--saaslab-run` names (read once per process), or the defaults."""
-    options = environment.parsed_options
-    path = str(getattr(options, OPTION.lstrip("-").replace("-", "_"), "") or "") if options else ""
+    path = getattr(environment.parsed_options, "saaslab_run", "") or ""  # `--saaslab-run`, as argparse names it
     if path not in _configs:
         _configs[path] = LoadRun.read(path or None)
     return _configs[path]
