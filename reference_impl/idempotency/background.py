@@ -30,10 +30,10 @@ from reference_impl.tenancy.repository import make_store
 from saaslab.settings import Settings
 
 
-def _pool(settings: Settings) -> AbstractAsyncContextManager[Pool]:
+def _pool(settings: Settings, *, migrate: bool = True) -> AbstractAsyncContextManager[Pool]:
     if not settings.database_url:
         raise ValueError("settings.database_url is not set")
-    return migrated_pool(settings.database_url, MIGRATIONS)
+    return migrated_pool(settings.database_url, MIGRATIONS if migrate else ())
 
 
 async def _until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -68,10 +68,11 @@ class Completer:
 
 
 @asynccontextmanager
-async def completer_for(settings: Settings) -> AsyncIterator[Completer]:
-    """The completer for `settings`: its own small migrated pool, the settings' lock policy, and the
-    payments publisher of their isolation design."""
-    async with _pool(settings) as pool:
+async def completer_for(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Completer]:
+    """The completer for `settings`: its own small pool (on a migrated database; `migrate` False when a
+    service runs on it already, whose migrations would otherwise take their locks again under its load),
+    the settings' lock policy, and the payments publisher of their isolation design."""
+    async with _pool(settings, migrate=migrate) as pool:
         # Nothing is ever armed in this process: the store's fault points stay inert.
         store = make_store(settings.isolation, pool, Faults({}, Metrics()))
         yield Completer(pool, policy_of(settings), publisher(store))

@@ -206,7 +206,7 @@ async def _settle(settings: Settings, cells: Sequence[Cell], not_before: float) 
 
     Returns how many claims the completer finished or rolled back (of any tenant: it takes what it finds).
     """
-    async with completer_for(_database(settings)) as c:
+    async with completer_for(_database(settings), migrate=False) as c:
         await asyncio.sleep(max(0.0, not_before - time.monotonic()))
         for cell in cells:
             async with c.pool.connection() as conn:
@@ -296,7 +296,7 @@ class _Completer(threading.Thread):
             self.error = e
 
     async def _passes(self) -> None:
-        async with completer_for(_database(self.settings)) as c:
+        async with completer_for(_database(self.settings), migrate=False) as c:
             while not self._halt.is_set():
                 self.handled += await _complete(c)
                 until = time.monotonic() + COMPLETER_INTERVAL_S
