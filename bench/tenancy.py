@@ -76,7 +76,8 @@ def start_server(settings: Settings, port: int | None = None, **env_overrides: s
     `ADMIN_TOKEN`, Redis keys under `bench` unless overridden; `env_overrides` as `SAASLAB_<SETTING>=value`."""
     overrides = {"redis_prefix": "bench", "admin_token": ADMIN_TOKEN,
                  **{k.removeprefix("SAASLAB_").lower(): v for k, v in env_overrides.items()}}
-    return start_service(settings.model_copy(update=overrides), port=port, cpus=SERVER_CPUS)
+    # Validated, so that "2000" becomes the integer setting it names.
+    return start_service(Settings(**{**settings.model_dump(), **overrides}), port=port, cpus=SERVER_CPUS)
 
 
 def stop_server(server: Service) -> None:
