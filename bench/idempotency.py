@@ -49,9 +49,9 @@ import httpx
 import psutil
 
 from bench import httpload
-from bench.tenancy import CONNECTIONS, UNREACHABLE_LIMIT, _cpu_s, bench_services, start_server, stop_server
+from bench.tenancy import CONNECTIONS, _cpu_s, bench_services, scoped_tenant, start_server
 from reference_impl.common.redis_client import make_redis
-from saaslab.services import ServiceError, free_port
+from saaslab.services import ServiceError
 from saaslab.settings import Settings
 
 BASELINE = "none"
@@ -133,29 +133,21 @@ class Server:
 
     def __init__(self, settings: Settings, design: str, prefix: str, tag: str) -> None:
         self.design = design
-        self.port = free_port()
         # A generous limiter timeout: a stall of the shared machine must not make the limiter fail
         # open (skipping Redis) on one side of a pair only.
-        self.proc = start_server(settings, self.port, SAASLAB_IDEMPOTENCY=design, SAASLAB_REDIS_PREFIX=prefix,
+        self.proc = start_server(settings, SAASLAB_IDEMPOTENCY=design, SAASLAB_REDIS_PREFIX=prefix,
                                  SAASLAB_RATELIMIT_MODE="enforce", SAASLAB_RATELIMIT_TIMEOUT_MS=str(LIMITER_TIMEOUT_MS))
+        self.port = self.proc.port
         self.process = psutil.Process(self.proc.pid)
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = self.proc.url
         try:
-            self.api_key = self._tenant()
+            self.api_key = scoped_tenant(self.base, f"bench-idempotency-{design}").api_key
         except BaseException:
             self.stop()
             raise
         self.fresh = FreshKeys(f"127.0.0.1:{self.port}", self.api_key, tag)
         self.replay = b""
         self.replays_sent = 0
-
-    def _tenant(self) -> str:
-        """A tenant on the enterprise plan under a limit the benchmark never reaches: its API key."""
-        tenant = {"name": f"bench-idempotency-{self.design}", "plan": "enterprise", "limits": UNREACHABLE_LIMIT}
-        r = httpx.post(f"{self.base}/admin/tenants", json=tenant, headers={"Authorization": "Bearer bench-admin"})
-        if r.status_code != 201:
-            raise ServiceError(f"could not create the benchmark's tenant: {r.status_code} {r.text}")
-        return r.json()["api_key"]
 
     def seed_replay(self, tag: str) -> None:
         """Finish one payment, check that its retry is a byte-identical replay, keep the retry's bytes."""
@@ -213,7 +205,7 @@ class Server:
         return decisions
 
     def stop(self) -> None:
-        stop_server(self.proc)
+        self.proc.stop()
 
 
 def bench_throughput(none: Server, server: Server, seconds: float) -> dict:

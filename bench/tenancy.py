@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +31,9 @@ import httpx
 import psutil
 
 from bench import httpload
-from saaslab.services import ServiceError, free_port, services_for
+from loadtests.common.provision import Tenant, create_tenant
+from saaslab.launch import Service, start_service
+from saaslab.services import ServiceError, services_for
 from saaslab.settings import Settings
 
 DESIGNS = ("filtered", "rls", "schema")
@@ -66,35 +66,28 @@ def bench_services() -> Iterator[Settings]:
         yield settings
 
 
-def start_server(settings: Settings, port: int, **env_overrides: str) -> subprocess.Popen:
-    env = {**os.environ, "SAASLAB_DATABASE_URL": settings.database_url or "",
-           "SAASLAB_REDIS_URL": settings.redis_url or "", "SAASLAB_ADMIN_TOKEN": "bench-admin",
-           "SAASLAB_REDIS_PREFIX": "bench", **env_overrides}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "reference_impl.app:app_from_env", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1", "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-         "--log-level", "warning"],
-        env=env, preexec_fn=lambda: _pin(0))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    proc.kill()
-    raise ServiceError(f"the service did not become ready on port {port}")
+SERVER_CPUS = {0} if (os.cpu_count() or 1) > 1 else None
+"""The core each benchmark server is pinned to (the load generator takes core 1: `bench_services`)."""
+ADMIN_TOKEN = "bench-admin"
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def start_server(settings: Settings, port: int | None = None, **env_overrides: str) -> Service:
+    """One benchmark server (`saaslab.launch`): one worker pinned to `SERVER_CPUS`, the admin token
+    `ADMIN_TOKEN`, Redis keys under `bench` unless overridden; `env_overrides` as `SAASLAB_<SETTING>=value`."""
+    overrides = {"redis_prefix": "bench", "admin_token": ADMIN_TOKEN,
+                 **{k.removeprefix("SAASLAB_").lower(): v for k, v in env_overrides.items()}}
+    # Validated, so that "2000" becomes the integer setting it names.
+    return start_service(Settings(**{**settings.model_dump(), **overrides}), port=port, cpus=SERVER_CPUS)
+
+
+def stop_server(server: Service) -> None:
+    server.stop()
+
+
+def scoped_tenant(base: str, name: str) -> Tenant:
+    """A tenant on the enterprise plan under a limit the benchmark never reaches (the limiter decides every
+    request as usual, never refusing)."""
+    return create_tenant(base, ADMIN_TOKEN, name, plan="enterprise", limits=UNREACHABLE_LIMIT)
 
 
 def _measure(port: int, request: bytes, seconds: float) -> httpload.LoadResult:
@@ -125,17 +118,10 @@ STACKS = {TARGET_STACK: "off", "+ rate limiter": Settings.model_fields["ratelimi
 
 
 def bench_design(settings: Settings, design: str, seconds: float, stack: str = TARGET_STACK) -> dict:
-    port = free_port()
-    proc = start_server(settings, port, SAASLAB_ISOLATION=design, SAASLAB_RATELIMIT=STACKS[stack])
+    proc = start_server(settings, SAASLAB_ISOLATION=design, SAASLAB_RATELIMIT=STACKS[stack])
     try:
-        base = f"http://127.0.0.1:{port}"
-        # The limiter decides every request as usual, under a limit the benchmark never reaches.
-        r = httpx.post(f"{base}/admin/tenants", json={"name": f"bench-{design}", "plan": "enterprise",
-                                                      "limits": UNREACHABLE_LIMIT},
-                       headers={"Authorization": "Bearer bench-admin"})
-        if r.status_code != 201:
-            raise ServiceError(f"could not create the benchmark's tenant: {r.status_code} {r.text}")
-        key = r.json()["api_key"]
+        base, port = proc.url, proc.port
+        key = scoped_tenant(base, f"bench-{design}").api_key
         pid = httpx.post(f"{base}/v1/projects", json={"name": "p"},
                          headers={"Authorization": f"Bearer {key}"}).json()["id"]
         host = f"127.0.0.1:{port}"

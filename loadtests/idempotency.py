@@ -48,22 +48,20 @@ for 409, 422, 400 and 429 (certainly no effect), `info` for a timeout, a dropped
 into an HDR histogram; the open-model driver times each payment from its intended start to its
 final answer. The counters (`COUNTERS`, for the run and per phase) go to the process's summary.
 
-Environment: `SAASLAB_LOAD_RATE` (logical payments/s; default `SAASLAB_LOAD_POINT` x
-`SAASLAB_CAPACITY_RPS`), `SAASLAB_LOAD_POINT` (default 0.3), `SAASLAB_CAPACITY_RPS` (the service's
+The run (`--saaslab-run PATH`, a `loadtests.common.runconfig.LoadRun`): `rate` (logical payments/s;
+default `load_point` x `capacity_rps`), `load_point` (default 0.3), `capacity_rps` (the service's
 payment capacity, payments/s; default the simulation's `capacity_rps()`, far above a small
-machine's: set it), `SAASLAB_SEED` (default 1), `SAASLAB_LOAD_DESIGN` (the service's design,
-recorded with each attempt; default postgres), `SAASLAB_LOAD_WORKLOAD` (JSON overriding fields of
-`Plan`, e.g. `{"duration_s": 5}`; `{"faults": false}` injects none; `{"p_double_click": 0.02,
-"p_timeout_after_effect": 0.01}` comes closer to the simulation's own clients and provider; an
-override departs from `LIVE_PLAN`, which the simulation's `aslive_*` rows replay),
-`SAASLAB_LOAD_OUT` (where each process writes its counters and history).
+machine's: set it), `seed` (default 1), `design` (the service's design, recorded with each attempt;
+default postgres), `workload` (fields of `Plan`, e.g. `{"duration_s": 5}`; `{"faults": false}`
+injects none; `{"p_double_click": 0.02, "p_timeout_after_effect": 0.01}` comes closer to the
+simulation's own clients and provider; an override departs from `LIVE_PLAN`, which the simulation's
+`aslive_*` rows replay), `out_dir` (where each process writes its counters and history).
 """
 from __future__ import annotations
 
 import itertools
 import json
 import logging
-import os
 import random
 import time
 from collections import Counter
@@ -76,7 +74,8 @@ from gevent.pool import Group
 from loadtests.common.answers import received_body, whole
 from loadtests.common.lab import LabUser, worker_index
 from loadtests.common.openmodel import OpenModelDriver, Outcome, shard
-from loadtests.common.provision import ProvisioningError, admin_token_from_env, arm_fault
+from loadtests.common.provision import Admin, ProvisioningError, admin_token_from_env
+from loadtests.common.runconfig import LoadRun
 from reference_impl.idempotency.invariants import F_PAY, attempt_value, response_value
 from reference_impl.retries.core import (
     US_PER_MS,
@@ -98,7 +97,6 @@ PROBLEMS = "https://saaslab.dev/problems/"
 PROVIDER_TIMEOUT_TYPE = PROBLEMS + "provider-timeout"
 DEFAULT_LOAD_POINT = 0.3
 DEFAULT_DESIGN = "postgres"
-WORKLOAD_ENV = "SAASLAB_LOAD_WORKLOAD"
 
 log = logging.getLogger("saaslab.idempotency")
 
@@ -143,9 +141,8 @@ class Plan:
     so that the `postgres` completer gets to finish what they abandoned first)."""
 
     @classmethod
-    def from_json(cls, text: str | None) -> Plan:
-        """The defaults overridden by a JSON object of field values (lists become tuples)."""
-        data = json.loads(text or "{}")
+    def of(cls, data: dict[str, Any]) -> Plan:
+        """The defaults overridden by `data`'s field values (lists become tuples)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -183,13 +180,11 @@ class LoadConfig:
     design: str
 
     @classmethod
-    def from_env(cls) -> LoadConfig:
-        plan = Plan.from_json(os.environ.get(WORKLOAD_ENV))
-        load_point = float(os.environ.get("SAASLAB_LOAD_POINT", str(DEFAULT_LOAD_POINT)))
-        capacity = float(os.environ.get("SAASLAB_CAPACITY_RPS") or capacity_rps())
-        rate = float(os.environ.get("SAASLAB_LOAD_RATE") or load_point * capacity)
-        return cls(plan, load_point, capacity, rate, int(os.environ.get("SAASLAB_SEED", "1")),
-                   os.environ.get("SAASLAB_LOAD_DESIGN", DEFAULT_DESIGN))
+    def of(cls, run: LoadRun) -> LoadConfig:
+        load_point = DEFAULT_LOAD_POINT if run.load_point is None else run.load_point
+        capacity = run.capacity_rps or capacity_rps()
+        rate = run.rate or load_point * capacity
+        return cls(Plan.of(run.workload), load_point, capacity, rate, run.seed, run.design or DEFAULT_DESIGN)
 
     def workload(self) -> Workload:
         share = self.rate / len(TENANTS)
@@ -268,8 +263,7 @@ class FaultKeeper:
     """Keeps the phase's standing fault armed on every service worker and fires the one-shot crashes."""
 
     def __init__(self, host: str, token: str, plan: Plan) -> None:
-        self.host = host
-        self.token = token
+        self.admin = Admin(host, token)
         self.plan = plan
         self.log: list[dict[str, Any]] = []
         """What was armed when (the first arm of each phase, every crash, every failure)."""
@@ -277,7 +271,7 @@ class FaultKeeper:
 
     def _arm(self, fault: dict[str, Any], t_s: float, *, note: bool) -> None:
         try:
-            arm_fault(self.host, self.token, **fault)
+            self.admin.arm_fault(**fault)
         except (ProvisioningError, OSError) as e:
             self.log.append({"t_s": round(t_s, 3), **fault, "error": str(e)[:300]})
             log.warning("arming %s failed: %s", fault, e)
@@ -288,7 +282,7 @@ class FaultKeeper:
     def arm_first(self) -> None:
         """Arm the first phase now; a service without lab mode fails here, before any payment is sent."""
         fault = self.plan.standing_fault(self.plan.phase_at(0.0))
-        arm_fault(self.host, self.token, **fault)
+        self.admin.arm_fault(**fault)
         self.log.append({"t_s": 0.0, **fault})
 
     def start(self, start: float) -> None:
@@ -297,6 +291,7 @@ class FaultKeeper:
     def stop(self) -> None:
         if self._greenlet is not None:
             self._greenlet.kill(block=True, timeout=5)
+        self.admin.close()
 
     def _run(self, start: float) -> None:
         plan = self.plan
@@ -330,14 +325,16 @@ class DoubleClickPay(LabUser):
     """Open-model double-click payments with client retries, under the plan's faults (module docstring)."""
 
     tenant_specs = tuple(TenantSpec(t) for t in TENANTS)
-    # The client timeout is per attempt: the plan's, not the lab's 30 s (read when the class is made,
-    # as Locust builds each user's connection pool from these).
-    network_timeout = connection_timeout = Plan.from_json(os.environ.get(WORKLOAD_ENV)).client_timeout_s
     # An attempt cut off by the client's timeout keeps its slot of the connection pool: room for every one.
     concurrency = 100_000
 
+    @classmethod
+    def configure(cls, run: LoadRun) -> None:
+        # The client timeout is per attempt: the plan's, not the lab's 30 s.
+        cls.network_timeout = cls.connection_timeout = Plan.of(run.workload).client_timeout_s
+
     def on_start(self) -> None:
-        self.config = LoadConfig.from_env()
+        self.config = LoadConfig.of(self.load_run)
         plan = self.config.plan
         self.index = worker_index(self.environment.runner)
         self.rng = random.Random(f"idempotency:live:{self.config.seed}:{self.index}")
@@ -356,10 +353,13 @@ class DoubleClickPay(LabUser):
     def drive(self) -> None:
         cfg, plan = self.config, self.config.plan
         schedule = shard(arrivals(cfg.workload(), cfg.seed), self.index, self.lab.workers)
-        start = self.start_monotonic()
         if plan.faults and self.index == 0:
             self.keeper = FaultKeeper(self.environment.host or "", admin_token_from_env(), plan)
             self.keeper.arm_first()
+        # The schedule's clock starts once the first fault is armed: arming it while the clock ran would
+        # make the first payments late (the generator's send lag), not the service.
+        start = self.start_monotonic()
+        if self.keeper is not None:
             self.keeper.start(start)
         self.start = start
         self.driver = OpenModelDriver(schedule, self.pay, duration_s=plan.duration_s,

@@ -14,20 +14,17 @@ the answer carries `Saaslab-Decided-At` (the limiter's own clock, shown in lab m
 allowed = the status is not 429), `info` otherwise (no answer, or the limiter could not decide).
 `invariants.no_over_admission` and `quiet_never_limited` judge those ops.
 
-Environment: `SAASLAB_LOAD_POINT` (the noisy tenant's offered rate over its quota, default 10),
-`SAASLAB_SEED` (default 1), `SAASLAB_LOAD_WORKLOAD` (JSON keyword arguments of
-`scenarios.ratelimit.noisy_neighbour`, e.g. `{"duration_s": 10}`; default the simulation's
-`DURATIONS_S["neighbour"]`), `SAASLAB_LOAD_ALGORITHM` (the algorithm the service runs, recorded
-with each decision; default token_bucket, the service's default), `SAASLAB_RACE_REQUESTS`
-(default `LIVE_RACE_REQUESTS`), `SAASLAB_LOAD_OUT` (where each process writes its counters and
-history).
+The run (`--saaslab-run PATH`, a `loadtests.common.runconfig.LoadRun`): `load_point` (the noisy
+tenant's offered rate over its quota, default 10), `seed` (default 1), `workload` (keyword arguments
+of `scenarios.ratelimit.noisy_neighbour`, e.g. `{"duration_s": 10}`; default the simulation's
+`DURATIONS_S["neighbour"]`), `design` (the algorithm the service runs, recorded with each decision;
+default token_bucket, the service's default), `probe_size` (the race's requests, default
+`LIVE_RACE_REQUESTS`), `out_dir` (where each process writes its counters and history).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections import Counter
 from typing import Any
@@ -38,6 +35,7 @@ from gevent.pool import Group
 
 from loadtests.common.lab import CLIENT_TIMEOUT_S, LabUser, worker_index
 from loadtests.common.openmodel import OpenModelDriver, Outcome, shard
+from loadtests.common.runconfig import LoadRun
 from reference_impl.ratelimit.core import Policy
 from reference_impl.ratelimit.invariants import DECIDED_AT_HEADER, F_DECIDE, decision_value
 from scenarios.kernel.workload import TenantSpec, Workload, arrivals
@@ -54,9 +52,8 @@ from scenarios.ratelimit import (
 PROJECTS = "/v1/projects"
 USAGE = "/v1/usage"
 RACER = "racer"
-ALGORITHM_ENV = "SAASLAB_LOAD_ALGORITHM"
 DEFAULT_ALGORITHM = "token_bucket"
-RACE_REQUESTS_ENV = "SAASLAB_RACE_REQUESTS"
+DEFAULT_LOAD_POINT = 10.0
 SLO_MS = 100
 """The driver's within-SLO count; the rate-limit rows do not use it."""
 BOUNDARY_GUARD_S = 2.0
@@ -70,11 +67,11 @@ def limits_of(policy: Policy) -> dict[str, Any]:
     return {"requests": policy.requests, "window_s": policy.window_s}
 
 
-def workload_from_env() -> tuple[Workload, float, int]:
-    load_point = float(os.environ.get("SAASLAB_LOAD_POINT", "10"))
-    seed = int(os.environ.get("SAASLAB_SEED", "1"))
-    kwargs = {"duration_s": DURATIONS_S["neighbour"], **json.loads(os.environ.get("SAASLAB_LOAD_WORKLOAD") or "{}")}
-    return noisy_neighbour(load_point, policy=NEIGHBOUR_POLICY, **kwargs), load_point, seed
+def workload_of(run: LoadRun) -> tuple[Workload, float]:
+    """The noisy neighbour `run` asks for, and its load point."""
+    load_point = DEFAULT_LOAD_POINT if run.load_point is None else run.load_point
+    kwargs = {"duration_s": DURATIONS_S["neighbour"], **run.workload}
+    return noisy_neighbour(load_point, policy=NEIGHBOUR_POLICY, **kwargs), load_point
 
 
 def _outcome(status: int) -> Outcome:
@@ -134,13 +131,17 @@ class NoisyNeighbour(DecisionClient):
     Each tenant's project is created first: one request of its quota, before the schedule starts.
     """
 
-    tenant_specs = workload_from_env()[0].tenants
     tenant_limits = limits_of(NEIGHBOUR_POLICY)
 
+    @classmethod
+    def tenants_for(cls, run: LoadRun) -> tuple[TenantSpec, ...]:
+        return workload_of(run)[0].tenants
+
     def on_start(self) -> None:
-        self.workload, self.load_point, self.seed = workload_from_env()
+        self.workload, self.load_point = workload_of(self.load_run)
+        self.seed = self.load_run.seed
         self.policy = NEIGHBOUR_POLICY
-        self.algorithm = os.environ.get(ALGORITHM_ENV, DEFAULT_ALGORITHM)
+        self.algorithm = self.load_run.design or DEFAULT_ALGORITHM
         self.driver: OpenModelDriver | None = None
         self.projects: dict[str, str] = {}
         self.statuses: dict[str, Counter[int]] = {t.name: Counter() for t in self.workload.tenants}
@@ -199,8 +200,8 @@ class RaceBurst(DecisionClient):
 
     def on_start(self) -> None:
         self.policy = LIVE_RACE_POLICY
-        self.algorithm = os.environ.get(ALGORITHM_ENV, DEFAULT_ALGORITHM)
-        self.requests = int(os.environ.get(RACE_REQUESTS_ENV, str(LIVE_RACE_REQUESTS)))
+        self.algorithm = self.load_run.design or DEFAULT_ALGORITHM
+        self.requests = LIVE_RACE_REQUESTS if self.load_run.probe_size is None else self.load_run.probe_size
         self.statuses: Counter[int] = Counter()
         self.burst_s: float | None = None
 

@@ -9,23 +9,22 @@ provisions its own tenants:
 With `--processes N`, pass `-u N` so each process gets its driver. `saaslab load tenancy` does all
 of this (service per scheduler design, the delay fault, the solo baseline, the checker).
 
-Environment: `SAASLAB_LOAD_POINT` (default 0.5), `SAASLAB_SEED` (default 1),
-`SAASLAB_LOAD_WORKLOAD` (JSON keyword arguments of `scenarios.tenancy.noisy_neighbour`; empty,
+The run (`--saaslab-run PATH`, a `loadtests.common.runconfig.LoadRun`): `load_point` (default 0.5),
+`seed` (default 1), `workload` (keyword arguments of `scenarios.tenancy.noisy_neighbour`; empty,
 the simulation's canonical workload; `{"duration_s": 6, "burst": false}` is its solo baseline),
-`SAASLAB_PROBE_OBJECTS` (default 6), `SAASLAB_LOAD_OUT` (where each process writes its counters
-and history).
+`probe_size` (the probe's objects per kind, default 6), `out_dir` (where each process writes its
+counters and history).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import uuid
 from typing import Any
 from urllib.parse import urlencode
 
 from loadtests.common.lab import CLIENT_TIMEOUT_S, LabUser, worker_index
 from loadtests.common.openmodel import OpenModelDriver, Outcome, shard
+from loadtests.common.runconfig import LoadRun
 from scenarios.kernel import US_PER_MS
 from scenarios.kernel.workload import TenantSpec, Workload, arrivals
 from scenarios.tenancy import NOISY, QUIET, SLO_MS, noisy_neighbour
@@ -37,11 +36,14 @@ LIST_LIMIT = 2
 MAX_PAGES = 100
 
 
-def workload_from_env() -> tuple[Workload, float, int]:
-    load_point = float(os.environ.get("SAASLAB_LOAD_POINT", "0.5"))
-    seed = int(os.environ.get("SAASLAB_SEED", "1"))
-    kwargs = json.loads(os.environ.get("SAASLAB_LOAD_WORKLOAD") or "{}")
-    return noisy_neighbour(load_point, **kwargs), load_point, seed
+DEFAULT_LOAD_POINT = 0.5
+DEFAULT_PROBE_OBJECTS = 6
+
+
+def workload_of(run: LoadRun) -> tuple[Workload, float]:
+    """The noisy neighbour `run` asks for, and its load point."""
+    load_point = DEFAULT_LOAD_POINT if run.load_point is None else run.load_point
+    return noisy_neighbour(load_point, **run.workload), load_point
 
 
 def _outcome(status: int) -> Outcome:
@@ -101,10 +103,13 @@ class TenantClient(LabUser):
 class NoisyNeighbour(TenantClient):
     """Open-model replay of `noisy_neighbour(load_point)`: each tenant reads its own project."""
 
-    tenant_specs = workload_from_env()[0].tenants
+    @classmethod
+    def tenants_for(cls, run: LoadRun) -> tuple[TenantSpec, ...]:
+        return workload_of(run)[0].tenants
 
     def on_start(self) -> None:
-        self.workload, self.load_point, self.seed = workload_from_env()
+        self.workload, self.load_point = workload_of(self.load_run)
+        self.seed = self.load_run.seed
         self.driver: OpenModelDriver | None = None
         self.projects: dict[str, str] = {}
 
@@ -155,7 +160,7 @@ class CrossTenantProbe(TenantClient):
     tenant_specs = (TenantSpec(PROBE_A), TenantSpec(PROBE_B))
 
     def on_start(self) -> None:
-        self.objects = int(os.environ.get("SAASLAB_PROBE_OBJECTS", "6"))
+        self.objects = DEFAULT_PROBE_OBJECTS if self.load_run.probe_size is None else self.load_run.probe_size
 
     def drive(self) -> None:
         a_projects = [self._create(PROBE_A, "project", i) for i in range(self.objects)]

@@ -132,7 +132,7 @@ def serve(
     workers: Annotated[int, typer.Option(help="Service worker processes.", min=1, max=64)] = 1,
 ) -> None:
     """Run the reference service (FastAPI on uvicorn). Ready when GET /readyz answers 200."""
-    import uvicorn
+    from saaslab import launch
 
     if not port_is_free(port, host):
         raise UserError(f"port {port} on {host} is busy; pick another with --port N")
@@ -141,12 +141,11 @@ def serve(
     if not settings.admin_token:
         console.print(f"admin token (set SAASLAB_ADMIN_TOKEN to choose one): {token}")
     with services_for(settings) as s:
-        # Workers are separate processes that build their settings from the environment.
-        os.environ.update({"SAASLAB_DATABASE_URL": s.database_url or "", "SAASLAB_REDIS_URL": s.redis_url or "",
-                           "SAASLAB_ADMIN_TOKEN": token})
-        console.print(f"serving on http://{host}:{port} with {workers} worker(s); Ctrl-C stops")
-        uvicorn.run("reference_impl.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    loop="uvloop", http="httptools", log_level="warning", access_log=False)
+        code = launch.serve(s.model_copy(update={"admin_token": token}), host=host, port=port, workers=workers,
+                            ready=lambda url: console.print(f"serving on {url} with {workers} worker(s); "
+                                                            "Ctrl-C stops"))
+    if code:
+        raise typer.Exit(code)
 
 
 # --- idempotency: completer and reaper ----------------------------------------------------------

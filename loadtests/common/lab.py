@@ -14,9 +14,14 @@ How a run unfolds, with `--processes N` or without:
 * Each process runs `drive` in its first user only; further users Locust hands the same
   process (more `-u` than processes, or a worker that quit early) stop at once.
 * When `drive` returns, the process writes `<class>-w<index>.json` (tenants, counters, encoded
-  histograms) and its history `<class>-w<index>.history.jsonl` into `$SAASLAB_LOAD_OUT`, then
+  histograms) and its history `<class>-w<index>.history.jsonl` into the run's `out_dir`, then
   quits; when the last worker has quit, the master ends the run. A run stopped early (Ctrl-C,
   `--run-time`) writes what it has from `test_stop`.
+
+What the run is (its workload, seed, design, where to write) is a `LoadRun`
+(`loadtests/common/runconfig.py`), read from the file Locust's `--saaslab-run PATH` option names
+(added to Locust's own parser here), or its defaults without one. A user class reads it as
+`self.load_run`; `configure` and `tenants_for` see it before any user starts.
 
 This module imports Locust, which monkey-patches the process for gevent: import it only from
 locustfiles, never from the orchestrator (it uses `provision` and `openmodel`).
@@ -24,18 +29,18 @@ locustfiles, never from the orchestrator (it uses `provision` and `openmodel`).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import gevent
 from gevent.event import Event
 from locust import FastHttpUser, constant, events, task
+from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
 from locust.exception import StopUser
 from locust.rpc import Message
@@ -49,12 +54,10 @@ from loadtests.common.provision import (
     admin_token_from_env,
     create_tenants,
 )
+from loadtests.common.runconfig import OPTION, LoadRun
 from saaslab.history import History
 from scenarios.kernel.workload import TenantSpec
 
-OUT_ENV = "SAASLAB_LOAD_OUT"
-RUN_ENV = "SAASLAB_LOAD_RUN"
-DEFAULT_OUT = Path("reports") / "locust"
 SETUP_MESSAGE = "saaslab_setup"
 START_MARGIN_S = 2.0
 """Workers start their schedules this long after provisioning, so they all share one time origin."""
@@ -86,8 +89,22 @@ def _run_of(cls: type[LabUser]) -> ProcessRun:
     return _runs.setdefault(cls.__name__, ProcessRun())
 
 
-def out_dir() -> Path:
-    return Path(os.environ.get(OUT_ENV) or DEFAULT_OUT)
+_configs: dict[str, LoadRun] = {}
+
+
+def run_config(environment: Environment) -> LoadRun:
+    """The run `--saaslab-run` names (read once per process), or the defaults."""
+    path = getattr(environment.parsed_options, "saaslab_run", "") or ""  # `--saaslab-run`, as argparse names it
+    if path not in _configs:
+        _configs[path] = LoadRun.read(path or None)
+    return _configs[path]
+
+
+@events.init_command_line_parser.add_listener
+def _add_options(parser: LocustArgumentParser) -> None:
+    parser.add_argument(OPTION, type=str, default="", metavar="PATH",
+                        help="A saaslab run configuration (JSON of loadtests/common/runconfig.py's LoadRun), "
+                             "as `saaslab load` writes it; without it, the locustfile's defaults.")
 
 
 def worker_index(runner: Runner | None) -> int:
@@ -110,6 +127,16 @@ class LabUser(FastHttpUser):
     """The rate policy (`limits` of POST /admin/tenants) every tenant of the class gets."""
     history: History
 
+    @classmethod
+    def configure(cls, run: LoadRun) -> None:
+        """Set what the class needs before its first user is made (Locust builds a user's HTTP client
+        from class attributes such as `network_timeout`); in every process, at Locust's `init`."""
+
+    @classmethod
+    def tenants_for(cls, run: LoadRun) -> Sequence[TenantSpec]:
+        """The tenants a run of the class needs (provisioned once per run, on the master)."""
+        return cls.tenant_specs
+
     def drive(self) -> None:
         """Run the scenario once; subclasses implement it."""
         raise NotImplementedError
@@ -119,6 +146,11 @@ class LabUser(FastHttpUser):
         return {}
 
     # -- plumbing --------------------------------------------------------------------------------
+    @property
+    def load_run(self) -> LoadRun:
+        """The run's configuration (`User.run` is Locust's own)."""
+        return run_config(self.environment)
+
     @property
     def lab(self) -> ProcessRun:
         return _run_of(type(self))
@@ -151,10 +183,11 @@ class LabUser(FastHttpUser):
             self._quit(exit_code=2)
             raise StopUser()
         stem = self._file_stem()
-        path = out_dir() / f"{stem}.history.jsonl"
+        path = self.load_run.out_dir / f"{stem}.history.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
-        self.history = History(path=path, process=f"{os.environ.get(RUN_ENV, 'run')}:{stem}")
+        self.history = History(path=path, process=f"{self.load_run.label}:{stem}")
+        gc.collect()  # now, rather than in the middle of the schedule (`OpenModelDriver.run` freezes the rest)
         try:
             self.drive()
         except gevent.GreenletExit:
@@ -189,7 +222,7 @@ def write_outputs(user: LabUser) -> None:
     stem = user._file_stem()
     data = {
         "user_class": type(user).__name__,
-        "run": os.environ.get(RUN_ENV, "run"),
+        "run": user.load_run.label,
         "worker_index": worker_index(user.environment.runner),
         "workers": run.workers,
         "tenants": {n: t._asdict() for n, t in run.tenants.items()},
@@ -198,7 +231,7 @@ def write_outputs(user: LabUser) -> None:
     }
     if hasattr(user, "history"):
         user.history.close()
-    path = out_dir() / f"{stem}.json"
+    path = user.load_run.out_dir / f"{stem}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
@@ -211,6 +244,8 @@ def _lab_classes(environment: Environment) -> list[type[LabUser]]:
 
 @events.init.add_listener
 def _on_init(environment: Environment, runner: Runner | None = None, **_kw: Any) -> None:
+    for cls in _lab_classes(environment):
+        cls.configure(run_config(environment))
     if runner is not None and not isinstance(runner, MasterRunner):
         runner.register_message(SETUP_MESSAGE, _on_setup)
 
@@ -236,7 +271,8 @@ def _on_test_start(environment: Environment, **_kw: Any) -> None:
         token = admin_token_from_env()
         setup = {}
         for cls in _lab_classes(environment):
-            tenants = create_tenants(environment.host or "", token, cls.tenant_specs, limits=cls.tenant_limits)
+            tenants = create_tenants(environment.host or "", token, cls.tenants_for(run_config(environment)),
+                                     limits=cls.tenant_limits)
             setup[cls.__name__] = {
                 "tenants": {n: list(t) for n, t in tenants.items()},
                 "workers": runner.worker_count if distributed else 1,

@@ -1,7 +1,14 @@
-"""Tenants and lab faults through the service's admin API (CONTRACT.md), for harnesses and orchestration.
+"""Tenants and lab faults through the service's admin API (CONTRACT.md): the one provisioner of the lab.
 
-Plain blocking HTTP (httpx): it runs in a Locust process (where gevent has patched sockets) as
-well as in the orchestrator.
+Every live run, locustfile and benchmark that needs tenants creates them here (`Admin`, or the
+one-call `create_tenants` and `create_tenant`). Plain blocking HTTP (httpx): it runs in a Locust
+process (where gevent has patched sockets) as well as in the orchestrator and the benchmarks.
+
+An `Admin` keeps one HTTP client for its calls: building an httpx client costs tens of
+milliseconds of CPU (its TLS context), which in a Locust process would hold up every send of the
+open-model driver behind it. A fault is armed on a fresh connection each time (`Connection:
+close`), so that repeated arms land on whichever service worker accepts each one (faults live in
+each worker).
 """
 
 from __future__ import annotations
@@ -39,52 +46,102 @@ def admin_token_from_env() -> str:
     return token
 
 
-def _admin(base_url: str, token: str) -> httpx.Client:
-    return httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=TIMEOUT_S)
-
-
 def _raise_for(resp: httpx.Response, what: str) -> None:
     if resp.status_code >= 400:
         hint = " (is the admin token right?)" if resp.status_code in (401, 403) else ""
         raise ProvisioningError(f"{what} failed: HTTP {resp.status_code}{hint}: {resp.text[:300]}")
 
 
+class Admin:
+    """The admin API of one service, as its admin token allows; close it (or use it in a `with`) when done."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {token}"},
+                                    timeout=TIMEOUT_S)
+
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _post(self, path: str, body: Mapping[str, Any], what: str, **kw: Any) -> httpx.Response:
+        try:
+            resp = self._client.post(path, json=dict(body), **kw)
+        except httpx.HTTPError as e:
+            raise ProvisioningError(f"{what} failed: {e!r} (is the service at {self.base_url} up?)") from None
+        _raise_for(resp, what)
+        return resp
+
+    def create_tenant(self, name: str, *, plan: str = "enterprise",
+                      limits: Mapping[str, Any] | None = UNLIMITED) -> Tenant:
+        """One tenant named `name` (as it is: the caller makes it unique), its rate policy `limits`
+        (None: the plan's)."""
+        body: dict[str, Any] = {"name": name, "plan": plan}
+        if limits is not None:
+            body["limits"] = dict(limits)
+        data = self._post("/admin/tenants", body, f"creating tenant {name!r}").json()
+        return Tenant(str(data["tenant_id"]), str(data["api_key"]))
+
+    def create_tenants(self, specs: Iterable[TenantSpec], *, limits: Mapping[str, Any] | None = UNLIMITED,
+                       tag: str | None = None) -> dict[str, Tenant]:
+        """One tenant per spec (its plan); returns spec name -> Tenant. Service-side names carry a random
+        `tag`, so repeated runs on one database never collide."""
+        tag = tag or uuid.uuid4().hex[:8]
+        return {spec.name: self.create_tenant(f"{spec.name}-{tag}", plan=spec.plan, limits=limits)
+                for spec in specs}
+
+    def arm_fault(self, point: str, mode: str, *, delay_ms: int | None = None, probability: float | None = None,
+                  count: int | None = None) -> None:
+        """Arm a lab-mode fault (`POST /admin/faults`) on whichever worker accepts a fresh connection."""
+        body: dict[str, Any] = {"point": point, "mode": mode}
+        for k, v in (("delay_ms", delay_ms), ("probability", probability), ("count", count)):
+            if v is not None:
+                body[k] = v
+        what = f"arming fault {point}:{mode}"
+        try:
+            resp = self._client.post("/admin/faults", json=body, headers={"Connection": "close"})
+        except httpx.HTTPError as e:
+            raise ProvisioningError(f"{what} failed: {e!r}") from None
+        if resp.status_code == 404:
+            raise ProvisioningError(f"{self.base_url} has no /admin/faults: start the service with "
+                                    "SAASLAB_LAB_MODE=1")
+        _raise_for(resp, what)
+
+    def clear_faults(self) -> None:
+        try:
+            resp = self._client.delete("/admin/faults")
+        except httpx.HTTPError as e:
+            raise ProvisioningError(f"clearing faults failed: {e!r}") from None
+        if resp.status_code != 404:  # lab mode off: nothing is armed
+            _raise_for(resp, "clearing faults")
+
+
 def create_tenants(base_url: str, token: str, specs: Iterable[TenantSpec], *,
                    limits: Mapping[str, Any] | None = UNLIMITED, tag: str | None = None) -> dict[str, Tenant]:
-    """Create one service tenant per spec; returns spec name -> Tenant(tenant_id, api_key).
-
-    Service-side names carry a random `tag`, so repeated runs on one database never collide.
-    """
-    tag = tag or uuid.uuid4().hex[:8]
-    out: dict[str, Tenant] = {}
-    with _admin(base_url, token) as c:
-        for spec in specs:
-            body: dict[str, Any] = {"name": f"{spec.name}-{tag}", "plan": spec.plan}
-            if limits is not None:
-                body["limits"] = dict(limits)
-            resp = c.post("/admin/tenants", json=body)
-            _raise_for(resp, f"creating tenant {spec.name!r}")
-            data = resp.json()
-            out[spec.name] = Tenant(str(data["tenant_id"]), str(data["api_key"]))
-    return out
+    """`Admin.create_tenants` in one call."""
+    with Admin(base_url, token) as admin:
+        return admin.create_tenants(specs, limits=limits, tag=tag)
 
 
-def arm_fault(base_url: str, token: str, point: str, mode: str, *, delay_ms: int | None = None,
-              probability: float | None = None, count: int | None = None) -> None:
-    """Arm a lab-mode fault (`POST /admin/faults`)."""
-    body: dict[str, Any] = {"point": point, "mode": mode}
-    for k, v in (("delay_ms", delay_ms), ("probability", probability), ("count", count)):
-        if v is not None:
-            body[k] = v
-    with _admin(base_url, token) as c:
-        resp = c.post("/admin/faults", json=body)
-    if resp.status_code == 404:
-        raise ProvisioningError(f"{base_url} has no /admin/faults: start the service with SAASLAB_LAB_MODE=1")
-    _raise_for(resp, f"arming fault {point}:{mode}")
+def create_tenant(base_url: str, token: str, name: str, *, plan: str = "enterprise",
+                  limits: Mapping[str, Any] | None = UNLIMITED) -> Tenant:
+    """`Admin.create_tenant` in one call."""
+    with Admin(base_url, token) as admin:
+        return admin.create_tenant(name, plan=plan, limits=limits)
+
+
+def arm_fault(base_url: str, token: str, point: str, mode: str, **kw: Any) -> None:
+    """`Admin.arm_fault` in one call."""
+    with Admin(base_url, token) as admin:
+        admin.arm_fault(point, mode, **kw)
 
 
 def clear_faults(base_url: str, token: str) -> None:
-    with _admin(base_url, token) as c:
-        resp = c.delete("/admin/faults")
-    if resp.status_code != 404:  # lab mode off: nothing is armed
-        _raise_for(resp, "clearing faults")
+    """`Admin.clear_faults` in one call."""
+    with Admin(base_url, token) as admin:
+        admin.clear_faults()

@@ -9,8 +9,9 @@ carried one, `returned_id`; for lists `ids` (what the page returned), `next_curs
 `traversal` (pages of one complete listing share it).
 
 The state is what exists at the end: `{"tenants": [tenant ids read], "projects": {tenant id:
-[ids]}, "payments": {tenant id: [ids]}}`. `read_state` reads it through the public API, each
-tenant with its own key, while the service still runs; the load run saves it as `state.json`.
+[ids]}, "payments": {tenant id: [ids]}}`. The live run (saaslab/live/tenancy.py, `read_state`) reads
+it through the public API, each tenant with its own key, while the service still runs, and saves it
+as `state.json`.
 Through the API rather than the tables because the tables differ per isolation design (one
 table, row-level security, a schema per tenant) while the contract does not; an object listed
 under two tenants is itself reported, so a leaking list cannot hide a lost object.
@@ -33,14 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from saaslab.history import CheckResult, Op, load, pairs
 from saaslab.settings import Settings
 
 KINDS = ("project", "payment")
 MAX_EXAMPLES = 5
-MAX_PAGES = 10_000
 
 
 def _kind(f: str) -> str | None:
@@ -214,32 +212,6 @@ def check(history: list[Op], state: Mapping[str, Any]) -> list[CheckResult]:
 
 # ---------------------------------------------------------------------------------------------
 # State and the `saaslab check tenancy` entry point
-
-
-def read_state(base_url: str, api_keys: Mapping[str, str], *, page_size: int = 100) -> dict[str, Any]:
-    """The objects each tenant owns, read through the public API with that tenant's key.
-
-    `api_keys` maps tenant id -> API key. Lists are followed cursor by cursor (bounded).
-    """
-    state: dict[str, Any] = {"tenants": sorted(api_keys), "projects": {}, "payments": {}}
-    with httpx.Client(base_url=base_url, timeout=30.0) as client:
-        for tenant_id, key in api_keys.items():
-            for kind in KINDS:
-                ids: list[str] = []
-                cursor: str | None = None
-                for _ in range(MAX_PAGES):
-                    params: dict[str, Any] = {"limit": page_size}
-                    if cursor:
-                        params["cursor"] = cursor
-                    resp = client.get(f"/v1/{kind}s", params=params, headers={"Authorization": f"Bearer {key}"})
-                    resp.raise_for_status()
-                    body = resp.json()
-                    ids += [str(i["id"]) for i in body.get("items") or []]
-                    cursor = body.get("next_cursor")
-                    if not cursor:
-                        break
-                state[f"{kind}s"][tenant_id] = ids
-    return state
 
 
 def merge_states(states: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

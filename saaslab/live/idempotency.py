@@ -17,8 +17,8 @@ closed-loop throughput of `CALIBRATION_CLIENTS` clients paying with fresh keys
 (`measure_capacity`). Every design is then offered the same rate. On a machine shared with other
 work the measurement moves with that work; run.json keeps it (`capacity_rps`).
 
-The `postgres` completer runs beside each service as in production (`completer.run_once`, what
-`saaslab completer` runs, every `COMPLETER_INTERVAL_S`; with the other designs it finds nothing), so
+The `postgres` completer runs beside each service as in production (`background.completer_for`, the
+completer `saaslab completer` runs, a pass every `COMPLETER_INTERVAL_S`; with the other designs it finds nothing), so
 it finishes claims abandoned by a crash or by clients that gave up while the run goes on; clients
 that gave up come back only after it had its chance (`RECONCILE_AFTER_S`). When a design's runs are
 over its service is stopped, so no request of the run still executes; once every lock has run out,
@@ -28,8 +28,8 @@ design's history against its ledger.
 Worker crashes are counted from the service's log (the crash fault's line), provider timeouts
 from the 504 answers the clients got.
 
-Everything lands in `<out>/live/`: `results.csv` and `run.json` (the rows `saaslab.reports.idempotency`
-reads: design, `load_point`, tenant "*", `duplicates_per_10k`, `orphans_per_10k`, `latency_p99`, the
+Everything lands in `<out>/live/` (`saaslab/live/idempotency_results.py` makes it): `results.csv` and
+`run.json` (the rows `saaslab.reports.idempotency` reads: design, `load_point`, tenant "*", `duplicates_per_10k`, `orphans_per_10k`, `latency_p99`, the
 simulation's other metrics where measured, and `crashes`, `provider_timeouts`, `capacity_rps`,
 `unresolved`), `history.jsonl`, `state.json` (each design's charges and payments after the
 completer, so `saaslab check idempotency` needs no connection) and `check.json` (each check per
@@ -42,42 +42,49 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import re
 import secrets
 import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from loadtests.common.provision import ProvisioningError, create_tenants
-from reference_impl.common.db import Pool
-from reference_impl.common.faults import Faults
-from reference_impl.common.metrics import Metrics
+from loadtests.common.provision import ProvisioningError, create_tenant
+from loadtests.common.runconfig import LoadRun
+from reference_impl.background import Completer, completer_for
 from reference_impl.idempotency import completer
-from reference_impl.idempotency.http import policy_of, wall_clock_us
-from reference_impl.idempotency.invariants import SUCCEEDED, check
-from reference_impl.idempotency.ledger import LedgerState, Payment, read_state
-from reference_impl.idempotency.provider import Charge
-from reference_impl.tenancy.repository import make_store, publisher
-from saaslab.history import CheckResult, Op, load, save
-from saaslab.live.harness import LocustRun, Progress, run_locust, service
-from saaslab.results import ALL_TENANTS, LatencyHistogram, Row, new_run_id, write_run
+from reference_impl.idempotency.invariants import check
+from reference_impl.idempotency.ledger import LedgerState, read_state
+from saaslab.history import Op, save
+from saaslab.live.harness import Progress, run_locust, service
+from saaslab.live.idempotency_results import (
+    PATTERN,
+    UNSAFE,
+    Cell,
+    cell_line,
+    cell_rows,
+    check_designs,
+    check_run,
+    expected,
+    merged,
+    state_json,
+    totals,
+    verdicts_line,
+    write_check,
+)
+from saaslab.results import Row, new_run_id, write_run
 from saaslab.services import ServiceError
 from saaslab.settings import Settings
 from scenarios import idempotency as scenario
 from scenarios.kernel.metrics import RunKey
-from scenarios.kernel.workload import TenantSpec
 
-PATTERN = scenario.PATTERN
+__all__ = ["check_run", "expected", "run"]  # `saaslab check idempotency` calls the first two from here
 LOCUSTFILE = "idempotency"
 USER_CLASS = "DoubleClickPay"
 LIVE_SEED = 1
@@ -86,7 +93,6 @@ WORKERS = scenario.LIVE_PLAN.workers
 LOCK_TIMEOUT_S = scenario.LIVE_PLAN.lock_timeout_s
 SLOTS = scenario.LIVE_PLAN.slots
 """Scheduler slots per worker of the services started here."""
-UNSAFE = "none"
 RUN_ORDER = ("postgres", "redis", "none")
 """The capacity is measured on the first design's service: `postgres` does the most per payment."""
 QUICK_LOAD_POINTS = scenario.LIVE_PLAN.quick_load_points
@@ -105,7 +111,6 @@ COMPLETER_INTERVAL_S = scenario.LIVE_PLAN.completer_interval_s
 RECONCILE_AFTER_S = scenario.LIVE_PLAN.reconcile_after_s
 """When clients that gave up come back: the completer has had its chance at what they abandoned."""
 CRASH_LINE = re.compile(r"lab-mode crash fault at '([^']+)'")
-PER_10K = scenario.PER_10K
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +154,7 @@ def idempotency_plan(settings: Settings, *, quick: bool, host: str | None, rate:
 def measure_capacity(url: str, token: str, *, seconds: float, clients: int = CALIBRATION_CLIENTS) -> float:
     """Closed-loop payments per second of `clients` clients, each paying with a fresh key as soon as its last
     payment answered, over `seconds` after a short warm-up; on a tenant of its own, nothing armed."""
-    tenant = create_tenants(url, token, [TenantSpec("capacity")])["capacity"]
+    tenant = create_tenant(url, token, f"capacity-{uuid.uuid4().hex[:8]}", plan="pro")
     headers = {"Authorization": f"Bearer {tenant.api_key}", "Content-Type": "application/json"}
     _, body = scenario.payment_body(0)
 
@@ -193,30 +198,6 @@ def measure_capacity(url: str, token: str, *, seconds: float, clients: int = CAL
 # After a design's runs: the completer, the ledger
 
 
-@dataclass
-class Cell:
-    """One Locust run: one design at one load point."""
-
-    design: str
-    load_point: float
-    rate: float
-    run: LocustRun
-    crashes: dict[str, int] | None
-    """Worker crashes by fault point, from the service log (None: a service at --host, whose log is not ours)."""
-    state: LedgerState = field(default_factory=lambda: LedgerState((), ()))
-    abandoned: int = 0
-    """Claims of the run still unfinished when the last completer pass came (its tenants' keys)."""
-    completed_during: int = 0
-    """Claims the completer beside the service finished or rolled back during the run."""
-
-    @property
-    def tenant_ids(self) -> list[str]:
-        return sorted(self.run.api_keys)
-
-    def summaries(self) -> list[dict[str, Any]]:
-        return [o["summary"] for o in self.run.outputs]
-
-
 _UNFINISHED = ("SELECT count(*) FROM idempotency_keys WHERE tenant_id = ANY($1::text[]) AND state <> 'finished'")
 
 
@@ -225,41 +206,33 @@ async def _settle(settings: Settings, cells: Sequence[Cell], not_before: float) 
 
     Returns how many claims the completer finished or rolled back (of any tenant: it takes what it finds).
     """
-    async with _completer_pool(settings) as (pool, complete):
+    async with completer_for(_database(settings), migrate=False) as c:
         await asyncio.sleep(max(0.0, not_before - time.monotonic()))
         for cell in cells:
-            async with pool.connection() as conn:
+            async with c.pool.connection() as conn:
                 cell.abandoned = int(await conn.fetchval(_UNFINISHED, cell.tenant_ids))
-        handled = await complete()
+        handled = await _complete(c)
         for cell in cells:
-            cell.state = merged([await read_state(pool, t) for t in cell.tenant_ids])
+            cell.state = merged([await read_state(c.pool, t) for t in cell.tenant_ids])
         return handled
 
 
-@asynccontextmanager
-async def _completer_pool(settings: Settings) -> AsyncIterator[tuple[Pool, Callable[[], Awaitable[int]]]]:
-    """A small pool on the run's database, and one completer pass over it (up to `COMPLETER_PASSES` batches)
-    exactly as `saaslab completer` runs it: publishing to the payments of the isolation design's store."""
+def _database(settings: Settings) -> Settings:
     if not settings.database_url:
         raise ServiceError("SAASLAB_DATABASE_URL is not set")
-    pool = Pool(settings.database_url, min_size=1, max_size=2)
-    await pool.open()
-    publish = publisher(make_store(settings.isolation, pool, Faults({}, Metrics())))
-    policy = policy_of(settings)
+    return settings
 
-    async def complete() -> int:
-        handled = 0
-        for _ in range(COMPLETER_PASSES):
-            done = await completer.run_once(pool, wall_clock_us(), policy=policy, publish=publish)
-            handled += done
-            if done < completer.BATCH:
-                break
-        return handled
 
-    try:
-        yield pool, complete
-    finally:
-        await pool.close()
+async def _complete(c: Completer) -> int:
+    """One pass of up to `COMPLETER_PASSES` batches, as `saaslab completer` makes them (a full batch is
+    followed at once by the next)."""
+    handled = 0
+    for _ in range(COMPLETER_PASSES):
+        done = await c.run_once()
+        handled += done
+        if done < completer.BATCH:
+            break
+    return handled
 
 
 def _crashes(log_path: Path, offset: int) -> dict[str, int]:
@@ -290,11 +263,11 @@ class Measured:
     completer_handled: dict[str, int]
 
 
-def _env(design: str, load_point: float, rate: float, capacity: float, plan: IdempotencyPlan) -> dict[str, str]:
-    return {"SAASLAB_LOAD_DESIGN": design, "SAASLAB_LOAD_POINT": repr(load_point), "SAASLAB_LOAD_RATE": repr(rate),
-            "SAASLAB_CAPACITY_RPS": repr(capacity), "SAASLAB_SEED": str(plan.seed),
-            "SAASLAB_LOAD_WORKLOAD": json.dumps({"duration_s": plan.duration_s, "drain_s": DRAIN_S,
-                                                 "reconcile_after_s": plan.reconcile_after_s})}
+def _load_run(design: str, load_point: float, rate: float, capacity: float, plan: IdempotencyPlan) -> LoadRun:
+    return LoadRun(label=f"{design}-lp{load_point:g}", design=design, load_point=load_point, rate=rate,
+                   capacity_rps=capacity, seed=plan.seed,
+                   workload={"duration_s": plan.duration_s, "drain_s": DRAIN_S,
+                             "reconcile_after_s": plan.reconcile_after_s})
 
 
 def _points(plan: IdempotencyPlan, capacity: float) -> list[tuple[float, float]]:
@@ -323,9 +296,9 @@ class _Completer(threading.Thread):
             self.error = e
 
     async def _passes(self) -> None:
-        async with _completer_pool(self.settings) as (pool, complete):
+        async with completer_for(_database(self.settings), migrate=False) as c:
             while not self._halt.is_set():
-                self.handled += await complete()
+                self.handled += await _complete(c)
                 until = time.monotonic() + COMPLETER_INTERVAL_S
                 while not self._halt.is_set() and time.monotonic() < until:
                     await asyncio.sleep(0.05)
@@ -374,7 +347,7 @@ def _measure(settings: Settings, plan: IdempotencyPlan, *, token: str, logs: Pat
             overrides["scheduler_slots"] = SLOTS
         log_path = logs / f"service-{design}.log"
         mine: list[Cell] = []
-        with service(settings, token=token, env=overrides, workers=WORKERS, log_path=log_path, host=host,
+        with service(settings, token=token, overrides=overrides, workers=WORKERS, log_path=log_path, host=host,
                      progress=progress, describe=f"idempotency={design}, {WORKERS} workers, lock "
                                                  f"{lock_timeout_s:g} s") as svc:
             beside = _Completer(settings.model_copy(update=overrides))
@@ -388,8 +361,8 @@ def _measure(settings: Settings, plan: IdempotencyPlan, *, token: str, logs: Pat
                                  f"{capacity:.1f} payments/s")
                 for lp, rate in _points(plan, capacity):
                     offset, completed = _size(log_path), beside.handled
-                    run = run_locust(svc.url, LOCUSTFILE, USER_CLASS, label=f"{design}-lp{lp:g}", token=token,
-                                     env=_env(design, lp, rate, capacity, plan), processes=plan.processes,
+                    run = run_locust(svc.url, LOCUSTFILE, USER_CLASS, token=token,
+                                     run=_load_run(design, lp, rate, capacity, plan), processes=plan.processes,
                                      budget_s=plan.duration_s + 2 * DRAIN_S, logs=logs, progress=progress)
                     crashes = _crashes(log_path, offset) if svc.proc is not None else None
                     mine.append(Cell(design, lp, rate, run, crashes, completed_during=beside.handled - completed))
@@ -406,196 +379,9 @@ def _measure(settings: Settings, plan: IdempotencyPlan, *, token: str, logs: Pat
     handled = {design: settler.result() for design, settler in settlers.items()}
     if progress:
         for c in cells:
-            progress(_cell_line(c))
+            progress(cell_line(c))
     assert capacity is not None
     return Measured(cells, capacity, handled)
-
-
-# ---------------------------------------------------------------------------------------------
-# Rows and checks
-
-
-def _total(cell: Cell) -> Counter[str]:
-    out: Counter[str] = Counter()
-    for s in cell.summaries():
-        out.update(s["counters"]["total"])
-    return out
-
-
-def _latency(cell: Cell) -> LatencyHistogram:
-    h = LatencyHistogram()
-    for s in cell.summaries():
-        h.add(LatencyHistogram.decode(s["counters"]["latency"]))
-    return h
-
-
-def extra_effects(state: LedgerState) -> int:
-    """Per key, the larger of (succeeded charges - 1) and (payment rows - 1), when positive, summed (as the
-    simulation counts duplicates)."""
-    charges = Counter((c.tenant_id, c.reference) for c in state.charges if c.status == SUCCEEDED)
-    payments = Counter((p.tenant_id, p.idempotency_key) for p in state.payments)
-    return sum(max(0, charges[k] - 1, payments[k] - 1) for k in set(charges) | set(payments))
-
-
-def provider_timeouts(history: Iterable[Op]) -> int:
-    """Attempts answered 504 because the provider's answer was lost (it charged, then timed out)."""
-    n = 0
-    for op in history:
-        if op.type != "invoke" and op.value.get("status") == 504:
-            try:
-                n += json.loads(op.value["body"].encode("latin-1")).get("type", "").endswith("/provider-timeout")
-            except (KeyError, ValueError, AttributeError):
-                pass
-    return n
-
-
-def cell_rows(key: RunKey, cell: Cell, results: Sequence[CheckResult]) -> list[Row]:
-    """The report's rows for one run (module docstring; the simulation's names where it measures the same)."""
-    t, om, lat = _total(cell), cell.run.open_model(), _latency(cell)
-    payments, attempts = t["payments"], t["attempts"]
-    verdict = {r.name: r for r in results}
-
-    def per_10k(n: float) -> float:
-        return PER_10K * n / payments if payments else math.nan
-
-    def pct(n: float, of: float) -> float:
-        return 100.0 * n / of if of else math.nan
-
-    payment_latency = LatencyHistogram()
-    for c in om.tenants.values():
-        payment_latency.add(c.latency)
-    values: list[tuple[str, float, str]] = [
-        ("payments", payments, "requests"),
-        ("attempts", attempts, "requests"),
-        ("duplicates_per_10k", per_10k(extra_effects(cell.state)), "per_10k"),
-        ("effect_violations_per_10k", per_10k(verdict["exactly_one_effect"].violations), "per_10k"),
-        ("orphans_per_10k", per_10k(verdict["no_orphan_charges"].violations), "per_10k"),
-        ("replay_mismatch", verdict["replays_match_first"].violations, "requests"),
-        ("conflicts_pct", pct(t["conflicts"], attempts), "percent"),
-        ("replays_pct", pct(t["replays"], attempts), "percent"),
-        ("timeouts_pct", pct(t["timeouts"], attempts), "percent"),
-        ("retries_per_request", (attempts - t["chains"]) / payments if payments else math.nan, "ratio"),
-        ("gave_up_pct", pct(t["gave_up"], payments), "percent"),
-        ("unresolved", t["gave_up"] - t["reconciled"], "requests"),
-        ("latency_p50", lat.percentile_ms(50), "ms"),
-        ("latency_p99", lat.percentile_ms(99), "ms"),
-        ("payment_latency_p99", payment_latency.percentile_ms(99), "ms"),
-        ("completed_by_completer_per_10k", per_10k(cell.completed_during + cell.abandoned), "per_10k"),
-        ("provider_timeouts", provider_timeouts(cell.run.history), "count"),
-        ("errors", t["dropped_connections"] + t["server_errors"], "requests"),
-        ("timeouts", t["timeouts"], "requests"),
-        ("dropped", om.dropped, "requests"),
-        ("budget_refused", t["budget_refused"], "requests"),
-        ("capacity_rps", _summary_value(cell, "capacity_rps"), "rps"),
-        ("target_rate", om.target_rate, "rps"),
-        ("sent_rate", om.sent_rate, "rps"),
-        ("send_lag_p99", om.send_lag.percentile_ms(99), "ms"),
-        *((r.name, float(r.valid), "bool") for r in results),
-        ("checks_valid", float(all(r.valid for r in results)), "bool"),
-    ]
-    if cell.crashes is not None:
-        values.append(("crashes", sum(cell.crashes.values()), "count"))
-    return [key.row(ALL_TENANTS, metric, value, unit) for metric, value, unit in values]
-
-
-def _summary_value(cell: Cell, name: str) -> float:
-    found = [s[name] for s in cell.summaries() if name in s]
-    return float(found[0]) if found else math.nan
-
-
-def named(results: Iterable[CheckResult], design: str) -> list[CheckResult]:
-    """The verdicts as check.json names them: `<check>[<design>]`."""
-    return [CheckResult(f"{r.name}[{design}]", r.valid, r.checked, r.violations, r.examples, r.detail)
-            for r in results]
-
-
-def merged(states: Iterable[LedgerState]) -> LedgerState:
-    states = list(states)
-    return LedgerState(tuple(c for s in states for c in s.charges), tuple(p for s in states for p in s.payments))
-
-
-def check_designs(history: Sequence[Op], states: dict[str, LedgerState]) -> list[CheckResult]:
-    """`invariants.check` per design on its attempts (each op carries its design) and its ledger."""
-    results: list[CheckResult] = []
-    for design, state in states.items():
-        ops = [op for op in history if op.value.get("design") == design]
-        results += named(check(ops, state), design)
-    return results
-
-
-def expected(result: CheckResult, results: Sequence[CheckResult]) -> bool:
-    """Whether a verdict is what the lab expects of a run that mixes safe designs with the unsafe one: every
-    check holds on a safe design, and the unsafe design is caught by `exactly_one_effect` (its other checks may
-    go either way); `saaslab check` exits 1 otherwise. A run of the unsafe design alone (`<out>/unsafe`) is
-    judged as every pattern's is: caught means violated, and `saaslab check` exits 1."""
-    if all(r.name.endswith(f"[{UNSAFE}]") for r in results):
-        return result.valid
-    if result.name.endswith(f"[{UNSAFE}]"):
-        return not result.valid if result.name.startswith("exactly_one_effect[") else True
-    return result.valid
-
-
-# ---------------------------------------------------------------------------------------------
-# state.json: each design's ledger after the completer, for `saaslab check idempotency`
-
-
-def _state_json(states: dict[str, LedgerState], tenants: dict[str, list[str]]) -> dict[str, Any]:
-    def payment(p: Payment) -> dict[str, Any]:
-        return {**asdict(p), "id": str(p.id), "created_at": p.created_at.isoformat()}
-
-    return {d: {"tenants": tenants[d], "charges": [asdict(c) for c in s.charges],
-                "payments": [payment(p) for p in s.payments]} for d, s in states.items()}
-
-
-def _states_from_json(data: dict[str, Any]) -> dict[str, LedgerState]:
-    def payment(p: dict[str, Any]) -> Payment:
-        return Payment(**{**p, "id": uuid.UUID(p["id"]), "created_at": datetime.fromisoformat(p["created_at"])})
-
-    return {d: LedgerState(tuple(Charge(**c) for c in s["charges"]), tuple(payment(p) for p in s["payments"]))
-            for d, s in data.items()}
-
-
-def write_check(path: Path, results: list[CheckResult]) -> None:
-    """`check.json`: the list of verdicts (the form the report and the notebook read)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([r.to_dict() for r in results], indent=2))
-
-
-def check_run(out_dir: Path, settings: Settings | None = None) -> list[CheckResult]:
-    """Check a live run folder again: `out_dir/live/history.jsonl` against `state.json`, the ledger the run read
-    back after the completer (so no connection is needed). Writes `out_dir/live/check.json`."""
-    live = out_dir / "live"
-    state_path = live / "state.json"
-    if not state_path.is_file():
-        raise ServiceError(f"no state.json in {live}; run `saaslab load {PATTERN}` first")
-    results = check_designs(load(live / "history.jsonl"), _states_from_json(json.loads(state_path.read_text())))
-    write_check(live / "check.json", results)
-    return results
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing a run
-
-
-def _cell_line(c: Cell) -> str:
-    t = _total(c)
-    dup = PER_10K * extra_effects(c.state) / t["payments"] if t["payments"] else math.nan
-    crashes = "?" if c.crashes is None else str(sum(c.crashes.values()))
-    return (f"{c.design}-lp{c.load_point:g}: {t['payments']} payments at {c.rate:.1f}/s, {t['attempts']} attempts "
-            f"({t['conflicts']} 409, {t['replays']} replays, {t['timeouts']} client timeouts, "
-            f"{provider_timeouts(c.run.history)} provider timeouts, {t['gave_up']} gave up, {t['reconciled']} of "
-            f"them reconciled); {crashes} worker crashes; the completer finished {c.completed_during} claims "
-            f"during the run and {c.abandoned} after it; duplicates {dup:.0f} per 10k; p99 "
-            f"{_latency(c).percentile_ms(99):.1f} ms")
-
-
-def _summary(results: Sequence[CheckResult]) -> str:
-    """Verdicts by design, without the names' brackets (a progress line may be printed as rich markup)."""
-    by_design: dict[str, list[str]] = defaultdict(list)
-    for r in results:
-        check_name, _, design = r.name.rstrip("]").partition("[")
-        by_design[design].append(f"{check_name} {'valid' if r.valid else 'VIOLATED'}")
-    return "; ".join(f"{d}: {', '.join(v)}" for d, v in by_design.items())
 
 
 def _write(live: Path, cells: list[Cell], m: Measured, plan: IdempotencyPlan, *, host: str | None, started: float,
@@ -619,7 +405,7 @@ def _write(live: Path, cells: list[Cell], m: Measured, plan: IdempotencyPlan, *,
         got = {r.metric: r.value for r in cell_rows_}
         measured.append({"design": c.design, "load_point": c.load_point, "rate": c.rate,
                          "wall_s": round(c.run.wall_s, 1), "crashes": c.crashes, "abandoned": c.abandoned,
-                         "counters": dict(_total(c)),
+                         "counters": dict(totals(c)),
                          "phases": {p: {k: v for k, v in n.items() if v}
                                     for p, n in summary["counters"]["phases"].items()},
                          "faults": summary["faults"],
@@ -627,11 +413,11 @@ def _write(live: Path, cells: list[Cell], m: Measured, plan: IdempotencyPlan, *,
                                                 "provider_timeouts", "checks_valid")}})
     ledgers = {d: merged(s) for d, s in states.items()}
     save(live / "history.jsonl", history)
-    (live / "state.json").write_text(json.dumps(_state_json(ledgers, tenants)))
+    (live / "state.json").write_text(json.dumps(state_json(ledgers, tenants)))
     results = check_designs(history, ledgers)
     write_check(live / "check.json", results)
     if progress:
-        progress(f"idempotency invariants: {_summary(results)}")
+        progress(f"idempotency invariants: {verdicts_line(results)}")
     designs = [d for d in (*scenario.DESIGNS, *plan.designs) if d in ledgers]
     designs = list(dict.fromkeys(designs))
     first = cells[0].summaries()[0] if cells else {}

@@ -17,14 +17,14 @@ quota), per tenant (`noisy`, `quiet1`..`quiet4`) and for the run ("*"):
 `rejected_rate` (fraction of answers that were 429), `latency_p99` and `latency_p50` (ms, every
 answer, 200 or 429, from its intended send time), `offered`, `admitted`, `rejected` (requests);
 for the run also `dropped`, `errors`, `timeouts`, `undecided` (requests), `sent_rate`,
-`target_rate` (rps) and `send_lag_p99` (ms). The race goes to run.json (`race`), its decisions
+`target_rate` (rps) and `send_lag_p50`, `send_lag_p99`, `send_lag_max` (ms: how late the generator
+launched its sends). The race goes to run.json (`race`), its decisions
 to the history. With `unsafe`, the deliberately unsafe `naive` runs in the same harness into
 `<out>/unsafe/live/`, where the checker must fail.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 import time
@@ -36,9 +36,10 @@ from typing import Any
 
 from loadtests.common.openmodel import DEFAULT_MAX_IN_FLIGHT, OpenModelResult
 from loadtests.common.provision import ProvisioningError
+from loadtests.common.runconfig import LoadRun
 from reference_impl.ratelimit.invariants import check_history, no_over_admission, write_check
 from saaslab.history import CheckResult, Op, save
-from saaslab.live.harness import CLIENT_TIMEOUT_S, LocustRun, Progress, run_locust, service
+from saaslab.live.harness import CLIENT_TIMEOUT_S, LocustRun, Progress, run_locust, send_lag_rows, service
 from saaslab.results import ALL_TENANTS, LatencyHistogram, Row, new_run_id, write_run
 from saaslab.services import ServiceError
 from saaslab.settings import Settings
@@ -145,7 +146,7 @@ def neighbour_rows(key: RunKey, result: OpenModelResult, statuses: dict[str, Cou
         key.row(ALL_TENANTS, "undecided", undecided, "requests"),
         key.row(ALL_TENANTS, "sent_rate", result.sent_rate, "rps"),
         key.row(ALL_TENANTS, "target_rate", result.target_rate, "rps"),
-        key.row(ALL_TENANTS, "send_lag_p99", result.send_lag.percentile_ms(99), "ms"),
+        *send_lag_rows(key, result),
     ]
 
 
@@ -171,10 +172,6 @@ class Measured:
     race: dict[str, dict[str, Any]]
 
 
-def _noisy_env(design: str, load_point: float, plan: RateLimitPlan) -> dict[str, str]:
-    return {"SAASLAB_LOAD_POINT": repr(load_point), "SAASLAB_SEED": str(plan.seed),
-            "SAASLAB_LOAD_WORKLOAD": json.dumps({"duration_s": plan.duration_s}),
-            "SAASLAB_LOAD_ALGORITHM": design}
 
 
 def _measure(settings: Settings, plan: RateLimitPlan, *, run_id: str, token: str, logs: Path, host: str | None,
@@ -183,14 +180,16 @@ def _measure(settings: Settings, plan: RateLimitPlan, *, run_id: str, token: str
     m = Measured([], [], [], {})
     budget = plan.duration_s + POLICY.window_s + CLIENT_TIMEOUT_S
     for design in plan.designs:
-        with service(settings, token=token, env={"ratelimit": design, **LIMITER_SETTINGS}, workers=WORKERS,
+        with service(settings, token=token, overrides={"ratelimit": design, **LIMITER_SETTINGS}, workers=WORKERS,
                      log_path=logs / f"service-{design}.log", host=host, progress=progress,
                      describe=f"ratelimit={design}, {WORKERS} workers") as svc:
             try:
                 for lp in plan.load_points:
                     tag = f"{design}-lp{lp:g}"
-                    nn = run_locust(svc.url, LOCUSTFILE, "NoisyNeighbour", label=tag, token=token,
-                                    env=_noisy_env(design, lp, plan), processes=plan.processes, budget_s=budget,
+                    run = LoadRun(label=tag, load_point=lp, seed=plan.seed, design=design,
+                                  workload={"duration_s": plan.duration_s})
+                    nn = run_locust(svc.url, LOCUSTFILE, "NoisyNeighbour", run=run, token=token,
+                                    processes=plan.processes, budget_s=budget,
                                     logs=logs, progress=progress)
                     key = RunKey(run_id=run_id, pattern=scenario.PATTERN, design=design, seed=plan.seed,
                                  load_point=lp, source="live")
@@ -214,9 +213,9 @@ def _measure(settings: Settings, plan: RateLimitPlan, *, run_id: str, token: str
                                  f"{got[(ALL_TENANTS, 'latency_p99')]:.1f} ms; sent {result.sent_rate:.1f}/s of "
                                  f"{result.target_rate:.1f}/s, dropped {result.dropped}, errors "
                                  f"{got[(ALL_TENANTS, 'errors')]:.0f}")
-                race = run_locust(svc.url, LOCUSTFILE, "RaceBurst", label=f"{design}-race", token=token,
-                                  env={"SAASLAB_LOAD_ALGORITHM": design,
-                                       "SAASLAB_RACE_REQUESTS": str(scenario.LIVE_RACE_REQUESTS)},
+                race = run_locust(svc.url, LOCUSTFILE, "RaceBurst", token=token,
+                                  run=LoadRun(label=f"{design}-race", design=design,
+                                              probe_size=scenario.LIVE_RACE_REQUESTS),
                                   processes=1, budget_s=CLIENT_TIMEOUT_S, logs=logs, progress=progress)
             except ProvisioningError as e:
                 raise ServiceError(str(e)) from None

@@ -30,9 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from loadtests.common.openmodel import DEFAULT_MAX_IN_FLIGHT, OpenModelResult
-from loadtests.common.provision import ProvisioningError, arm_fault, clear_faults
-from reference_impl.tenancy.invariants import check, merge_states, read_state, write_check
+from loadtests.common.provision import Admin, ProvisioningError
+from loadtests.common.runconfig import LoadRun
+from reference_impl.tenancy.invariants import KINDS, check, merge_states, write_check
 from saaslab.history import CheckResult, Op, save
 from saaslab.live.harness import (
     CLIENT_TIMEOUT_S,
@@ -41,6 +44,7 @@ from saaslab.live.harness import (
     Service,
     read_metrics,
     run_locust,
+    send_lag_rows,
     service,
 )
 from saaslab.results import ALL_TENANTS, LatencyHistogram, Row, new_run_id, write_run
@@ -58,11 +62,41 @@ DELAY_MS = round(scenario.SERVICE_MS)
 PROBE_OBJECTS = 6
 
 
+
+MAX_PAGES = 10_000
+
+
+def read_state(base_url: str, api_keys: Mapping[str, str], *, page_size: int = 100) -> dict[str, Any]:
+    """The objects each tenant owns, read through the public API with that tenant's key.
+
+    `api_keys` maps tenant id -> API key. Lists are followed cursor by cursor (bounded).
+    """
+    state: dict[str, Any] = {"tenants": sorted(api_keys), "projects": {}, "payments": {}}
+    with httpx.Client(base_url=base_url, timeout=30.0) as client:
+        for tenant_id, key in api_keys.items():
+            for kind in KINDS:
+                ids: list[str] = []
+                cursor: str | None = None
+                for _ in range(MAX_PAGES):
+                    params: dict[str, Any] = {"limit": page_size}
+                    if cursor:
+                        params["cursor"] = cursor
+                    resp = client.get(f"/v1/{kind}s", params=params, headers={"Authorization": f"Bearer {key}"})
+                    resp.raise_for_status()
+                    body = resp.json()
+                    ids += [str(i["id"]) for i in body.get("items") or []]
+                    cursor = body.get("next_cursor")
+                    if not cursor:
+                        break
+                state[f"{kind}s"][tenant_id] = ids
+    return state
+
+
 def _service(settings: Settings, *, token: str, scheduler: str, isolation: str, log_path: Path,
              host: str | None, progress: Progress | None) -> AbstractContextManager[Service]:
     """The service the simulation models: `SLOTS` scheduler slots under `scheduler`."""
     return service(settings, token=token, log_path=log_path, host=host, progress=progress,
-                   env={"scheduler": scheduler, "isolation": isolation, "scheduler_slots": scenario.SLOTS,
+                   overrides={"scheduler": scheduler, "isolation": isolation, "scheduler_slots": scenario.SLOTS,
                         "bulkhead_per_tenant": scenario.BULKHEAD_PER_TENANT},
                    describe=f"scheduler={scheduler}, isolation={isolation}")
 
@@ -104,7 +138,8 @@ def _pooled(result: OpenModelResult, names: Iterable[str]) -> LatencyHistogram:
 
 
 def tenancy_rows(key: RunKey, burst: OpenModelResult, solo: OpenModelResult) -> list[Row]:
-    """The simulation's rows (`scenarios.tenancy.simulate_one`) from a measured run, plus the generator's health."""
+    """The simulation's rows (`scenarios.tenancy.simulate_one`) from a measured run, plus the generator's health
+    (`send_lag_*` of the burst, `solo_send_lag_*` of the solo baseline)."""
     duration = burst.duration_s
     tenants = [scenario.NOISY, *scenario.QUIET]
     rows = []
@@ -135,7 +170,8 @@ def tenancy_rows(key: RunKey, burst: OpenModelResult, solo: OpenModelResult) -> 
         key.row(ALL_TENANTS, "target_rate", burst.target_rate, "rps"),
         key.row(ALL_TENANTS, "errors", sum(c.errors for c in total), "requests"),
         key.row(ALL_TENANTS, "timeouts", sum(c.timeouts for c in total), "requests"),
-        key.row(ALL_TENANTS, "send_lag_p99", burst.send_lag.percentile_ms(99), "ms"),
+        *send_lag_rows(key, burst),
+        *send_lag_rows(key, solo, prefix="solo_"),
     ]
 
 
@@ -198,16 +234,16 @@ def slot_rows(key: RunKey, gate: GateCounters, result: OpenModelResult, *, prefi
     ]
 
 
-def _noisy_env(load_point: float, seed: int, workload: Mapping[str, Any]) -> dict[str, str]:
-    return {"SAASLAB_LOAD_POINT": repr(load_point), "SAASLAB_SEED": str(seed),
-            "SAASLAB_LOAD_WORKLOAD": json.dumps(dict(workload))}
+def _noisy_run(label: str, load_point: float, seed: int, workload: Mapping[str, Any]) -> LoadRun:
+    return LoadRun(label=label, load_point=load_point, seed=seed, workload=dict(workload))
 
 
 def _probe(svc: Service, *, label: str, processes: int, logs: Path, progress: Progress | None) -> LocustRun:
     # The probe asks about isolation, not speed: no injected delay.
-    clear_faults(svc.url, svc.token)
-    return run_locust(svc.url, LOCUSTFILE, "CrossTenantProbe", label=label, token=svc.token,
-                      env={"SAASLAB_PROBE_OBJECTS": str(PROBE_OBJECTS)}, processes=processes, budget_s=30,
+    with Admin(svc.url, svc.token) as admin:
+        admin.clear_faults()
+    return run_locust(svc.url, LOCUSTFILE, "CrossTenantProbe", run=LoadRun(label=label, probe_size=PROBE_OBJECTS),
+                      token=svc.token, processes=processes, budget_s=30,
                       logs=logs, progress=progress)
 
 
@@ -273,17 +309,20 @@ def run(settings: Settings, out: Path, *, quick: bool = False, host: str | None 
         with _service(settings, token=token, scheduler=design, isolation=settings.isolation,
                      log_path=logs / f"service-{design}.log", host=host, progress=progress) as svc:
             try:
-                clear_faults(svc.url, token)
-                arm_fault(svc.url, token, FAULT_POINT, "delay", delay_ms=DELAY_MS)
+                with Admin(svc.url, token) as admin:
+                    admin.clear_faults()
+                    admin.arm_fault(FAULT_POINT, "delay", delay_ms=DELAY_MS)
                 for lp in plan.load_points:
                     tag = f"{design}-lp{lp:g}"
                     before = read_gate(svc.url)
-                    burst = run_locust(svc.url, LOCUSTFILE, "NoisyNeighbour", label=f"{tag}-burst", token=token,
-                                       env=_noisy_env(lp, plan.seed, plan.burst), processes=plan.processes,
+                    burst = run_locust(svc.url, LOCUSTFILE, "NoisyNeighbour", token=token,
+                                       run=_noisy_run(f"{tag}-burst", lp, plan.seed, plan.burst),
+                                       processes=plan.processes,
                                        budget_s=budget, logs=logs, progress=progress)
                     between = read_gate(svc.url)
-                    solo = run_locust(svc.url, LOCUSTFILE, "NoisyNeighbour", label=f"{tag}-solo", token=token,
-                                      env=_noisy_env(lp, plan.seed, plan.solo), processes=plan.processes,
+                    solo = run_locust(svc.url, LOCUSTFILE, "NoisyNeighbour", token=token,
+                                      run=_noisy_run(f"{tag}-solo", lp, plan.seed, plan.solo),
+                                      processes=plan.processes,
                                       budget_s=plan.solo["duration_s"] + CLIENT_TIMEOUT_S, logs=logs,
                                       progress=progress)
                     after = read_gate(svc.url)

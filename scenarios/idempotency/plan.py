@@ -80,7 +80,8 @@ class LivePlan:
     """The live load test's workload, clients and faults, and the service the harness runs it against.
 
     One source for both faces: loadtests/idempotency.py's `Plan` takes its defaults from `LIVE_PLAN`
-    (its `SAASLAB_LOAD_WORKLOAD` overrides still apply), saaslab/live/idempotency.py its service, load
+    (the run configuration's `workload` overrides still apply: loadtests/common/runconfig.py),
+    saaslab/live/idempotency.py its service, load
     points and durations, and `as_live` replays it in the model (the `aslive_*` metrics)."""
 
     load_points: tuple[float, ...] = LOAD_POINTS

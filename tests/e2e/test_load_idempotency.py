@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from reference_impl.idempotency.invariants import F_PAY, SUCCEEDED
+from saaslab import patterns
 from saaslab.history import load
 from saaslab.live.idempotency import LOCK_TIMEOUT_S, QUICK_LOAD_POINTS, UNSAFE, WORKERS, check_run
-from saaslab.loadrun import run_load
 from saaslab.report import load_pattern
 from saaslab.reports.idempotency import build
 from saaslab.results import ALL_TENANTS, read_rows
@@ -32,7 +32,7 @@ CRASH_POINTS = {"idempotency.charged", "idempotency.charge_created"}
 def test_quick_live_run_keeps_one_effect_through_crashes_and_catches_none(settings: Settings,
                                                                           tmp_path: Path) -> None:
     out = tmp_path / "idempotency"
-    csv_path = run_load("idempotency", settings, out, quick=True, unsafe_probe=True)
+    csv_path = patterns.get("idempotency").module("live").run(settings, out, quick=True, unsafe=True)
     assert csv_path == out / "live" / "results.csv"
     live = out / "live"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from reference_impl.ratelimit.invariants import check_run, no_over_admission
+from saaslab import patterns
 from saaslab.history import load
 from saaslab.live.ratelimit import QUICK_DESIGNS, WORKERS
-from saaslab.loadrun import run_load
 from saaslab.report import load_pattern
 from saaslab.reports.ratelimit import build
 from saaslab.results import ALL_TENANTS, read_rows
@@ -33,7 +33,7 @@ RACE = scenario.LIVE_RACE_REQUESTS
 def test_quick_live_run_matches_the_simulation_and_the_checker_catches_naive(
         settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "ratelimit"
-    csv_path = run_load("ratelimit", settings, out, quick=True, unsafe_probe=True)
+    csv_path = patterns.get("ratelimit").module("live").run(settings, out, quick=True, unsafe=True)
     assert csv_path == out / "live" / "results.csv"
 
     # Rows with the report's schema, for the quick designs at load point 10.

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from reference_impl.tenancy.invariants import check_run
+from saaslab import patterns
 from saaslab.live.tenancy import DELAY_MS, PROBE_OBJECTS, run_probe
-from saaslab.loadrun import run_load
 from saaslab.report import load_pattern
 from saaslab.reports.tenancy import build
 from saaslab.results import ALL_TENANTS, read_rows
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.e2e
 def test_quick_live_run_writes_the_simulations_rows_holds_the_rate_and_passes_the_checker(
         settings: Settings, tmp_path: Path) -> None:
     out = tmp_path / "tenancy"
-    csv_path = run_load("tenancy", settings, out, quick=True)
+    csv_path = patterns.get("tenancy").module("live").run(settings, out, quick=True)
     assert csv_path == out / "live" / "results.csv"
     rows = read_rows(csv_path)
     assert {r.source for r in rows} == {"live"} and {r.load_point for r in rows} == {0.5}

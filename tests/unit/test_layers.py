@@ -19,12 +19,6 @@ from saaslab.patterns import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("asyncpg", "redis", "fastapi", "starlette", "httpx")
-# Known violations, each waiting for its module's rewrite (pyproject.toml names the same ones as
-# temporary ignores). Strict: once a module is clean, its entry must go.
-KNOWN = {
-    "reference_impl.tenancy.invariants": "the isolation checker reads the final state over HTTP itself",
-}
-
 PURE_MODULES = sorted({m for p in REGISTRY.values() for m in (p.core, p.invariants, p.simulation) if m})
 
 _PROBE = """
@@ -42,10 +36,7 @@ def loaded_packages(module: str) -> set[str]:
     return set(json.loads(done.stdout))
 
 
-@pytest.mark.parametrize("module", [
-    pytest.param(m, marks=pytest.mark.xfail(reason=f"temporary: {KNOWN[m]}", strict=True)) if m in KNOWN else m
-    for m in PURE_MODULES
-])
+@pytest.mark.parametrize("module", PURE_MODULES)
 def test_pure_module_loads_no_driver_or_web_framework(module: str) -> None:
     loaded = loaded_packages(module)
     assert not loaded & set(FORBIDDEN), f"{module} loads {', '.join(sorted(loaded & set(FORBIDDEN)))}"

@@ -135,3 +135,19 @@ def test_no_request_leaves_before_its_intended_time() -> None:
     driver._one = one  # type: ignore[method-assign]
     result = driver.run(start)
     assert result.sent == 50 and not early
+
+
+def test_send_lag_rows_give_the_generators_lateness_per_run() -> None:
+    from saaslab.live.harness import send_lag_rows
+    from scenarios.kernel.metrics import RunKey
+
+    result = OpenModelResult(duration_s=1.0, scheduled=3, sent=3, dropped=0, send_window_s=1.0, tenants={})
+    for late_ms in (1, 2, 50):
+        result.send_lag.record_s(late_ms / 1000)
+    key = RunKey(run_id="r", pattern="tenancy", design="fifo", seed=1, load_point=0.5, source="live")
+    rows = send_lag_rows(key, result, prefix="solo_")
+    assert {(r.tenant, r.unit) for r in rows} == {("*", "ms")}
+    lag = {r.metric: r.value for r in rows}
+    assert set(lag) == {"solo_send_lag_p50", "solo_send_lag_p99", "solo_send_lag_max"}
+    assert lag["solo_send_lag_p50"] == pytest.approx(2, rel=0.01)
+    assert lag["solo_send_lag_p99"] == lag["solo_send_lag_max"] == pytest.approx(50, rel=0.01)
