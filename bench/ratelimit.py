@@ -53,6 +53,7 @@ from bench.tenancy import (
     _cpu_s,
     _round,
     bench_services,
+    project_request,
     start_server,
     stop_server,
 )
@@ -263,21 +264,6 @@ def _open_round(server: psutil.Process, port: int, request: bytes, rate: float, 
     return o.figures(_cpu_s(server) - server_cpu)
 
 
-def _scoped_request(port: int, name: str) -> bytes:
-    """A tenant (enterprise plan, a limit the benchmark never reaches) and a project: the request to send."""
-    base = f"http://127.0.0.1:{port}"
-    r = httpx.post(f"{base}/admin/tenants", json={"name": name, "plan": "enterprise", "limits": UNREACHABLE_LIMIT},
-                   headers={"Authorization": "Bearer bench-admin"})
-    if r.status_code != 201:
-        raise ServiceError(f"could not create the benchmark's tenant: {r.status_code} {r.text}")
-    key = r.json()["api_key"]
-    r = httpx.post(f"{base}/v1/projects", json={"name": "p"}, headers={"Authorization": f"Bearer {key}"})
-    if r.status_code != 201:
-        raise ServiceError(f"could not create the benchmark's project: {r.status_code} {r.text}")
-    pid = r.json()["id"]
-    return httpload.build_request("GET", f"/v1/projects/{pid}", f"127.0.0.1:{port}", {"Authorization": f"Bearer {key}"})
-
-
 def _decisions(port: int) -> dict[str, float]:
     """The limiter's decisions by outcome, from the server's /metrics."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
@@ -295,7 +281,8 @@ def bench_service(settings: Settings, prefix: str, seconds: float) -> dict:
             procs[name] = start_server(settings, port, SAASLAB_REDIS_PREFIX=prefix, SAASLAB_RATELIMIT_MODE="enforce",
                                        SAASLAB_RATELIMIT="off" if name == "off" else ALGORITHM,
                                        SAASLAB_RATELIMIT_TIMEOUT_MS=str(LIMITER_TIMEOUT_MS))
-        requests = {name: _scoped_request(port, f"bench-ratelimit-{name}") for name, port in ports.items()}
+        requests = {name: project_request(procs[name].url, port, f"bench-ratelimit-{name}")
+                    for name, port in ports.items()}
         servers = {name: psutil.Process(proc.pid) for name, proc in procs.items()}
         for name, port in ports.items():  # warm caches, pools and prepared statements
             httpload.run(httpload.closed_loop("127.0.0.1", port, requests[name], connections=CONNECTIONS,

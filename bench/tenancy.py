@@ -90,6 +90,17 @@ def scoped_tenant(base: str, name: str) -> Tenant:
     return create_tenant(base, ADMIN_TOKEN, name, plan="enterprise", limits=UNREACHABLE_LIMIT)
 
 
+def project_request(base: str, port: int, name: str) -> bytes:
+    """`GET /v1/projects/{id}` as raw bytes, for a project of a new `scoped_tenant`: the request the tenancy
+    and rate-limiting benchmarks send."""
+    key = scoped_tenant(base, name).api_key
+    r = httpx.post(f"{base}/v1/projects", json={"name": "p"}, headers={"Authorization": f"Bearer {key}"})
+    if r.status_code != 201:
+        raise ServiceError(f"could not create the benchmark's project: {r.status_code} {r.text}")
+    return httpload.build_request("GET", f"/v1/projects/{r.json()['id']}", f"127.0.0.1:{port}",
+                                  {"Authorization": f"Bearer {key}"})
+
+
 def _measure(port: int, request: bytes, seconds: float) -> httpload.LoadResult:
     return httpload.run(httpload.closed_loop("127.0.0.1", port, request, connections=CONNECTIONS,
                                              seconds=seconds))
@@ -121,13 +132,8 @@ def bench_design(settings: Settings, design: str, seconds: float, stack: str = T
     proc = start_server(settings, SAASLAB_ISOLATION=design, SAASLAB_RATELIMIT=STACKS[stack])
     try:
         base, port = proc.url, proc.port
-        key = scoped_tenant(base, f"bench-{design}").api_key
-        pid = httpx.post(f"{base}/v1/projects", json={"name": "p"},
-                         headers={"Authorization": f"Bearer {key}"}).json()["id"]
-        host = f"127.0.0.1:{port}"
-        requests = {"bare": httpload.build_request("GET", "/bench/bare", host),
-                    "scoped": httpload.build_request("GET", f"/v1/projects/{pid}", host,
-                                                     {"Authorization": f"Bearer {key}"})}
+        requests = {"bare": httpload.build_request("GET", "/bench/bare", f"127.0.0.1:{port}"),
+                    "scoped": project_request(base, port, f"bench-{design}")}
         for request in requests.values():  # warm caches, pools and prepared statements
             _measure(port, request, 1.0)
         server = psutil.Process(proc.pid)
