@@ -340,6 +340,22 @@ def demo(
     console.print(f"demo finished in {time.monotonic() - started:.0f}s; open {index.resolve()}")
 
 
+@app.command("settings")
+def settings_command() -> None:
+    """List every SAASLAB_* setting: its value here, its default, and the pattern that declares it."""
+    current = Settings()
+    owners = {name: p.slug for p in REGISTRY.values() if p.settings for name in p.settings.model_fields}
+    rows = [("variable", "value", "default", "declared in")]
+    for name, field in Settings.model_fields.items():
+        value = getattr(current, name)
+        rows.append((f"SAASLAB_{name.upper()}", "(set)" if name == "admin_token" and value else str(value),
+                     str(field.get_default(call_default_factory=True)),
+                     f"saaslab/patterns/{owners[name]}.py" if name in owners else "saaslab/settings.py"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3])
+
+
 def main() -> None:
     """Entry point: run the Typer app, turning known errors into one line and an exit code."""
     exit_on_sigterm()  # a terminated run stops the embedded servers it started, as Ctrl-C does
@@ -372,7 +388,7 @@ def main() -> None:
         field = "_".join(str(p) for p in first["loc"]).upper()
         where = f"SAASLAB_{field}: " if field else ""
         message = first["msg"].removeprefix("Value error, ")
-        console.print(f"error: {where}{message} (see the settings in README.md)", highlight=False)
+        console.print(f"error: {where}{message} (see `saaslab settings`)", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -88,3 +88,13 @@ def test_the_benchmarks_are_the_registered_ones() -> None:
     r = subprocess.run([sys.executable, "-m", "bench", "nosuchpattern"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip().endswith(f"choose from {', '.join(p.slug for p in with_face('bench'))}")
+
+
+def test_saaslab_settings_lists_every_setting_where_it_is_declared() -> None:
+    out = _cli("settings").stdout.splitlines()
+    listed = {line.split()[0]: line.split()[-1] for line in out[1:]}
+    assert set(listed) == {f"SAASLAB_{name.upper()}" for name in Settings.model_fields}
+    for p in PATTERNS:
+        for name in (p.settings.model_fields if p.settings else ()):
+            assert listed[f"SAASLAB_{name.upper()}"] == f"saaslab/patterns/{p.slug}.py"
+    assert listed["SAASLAB_DATABASE_URL"] == "saaslab/settings.py"
