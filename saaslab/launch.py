@@ -109,6 +109,16 @@ def log_reason(log_path: Path | None) -> str:
     return lines[-1][:300] if lines else ""
 
 
+def log_tail(log_path: Path | None, chars: int = 5000) -> str:
+    """The last `chars` characters of a child's log; "" without one."""
+    if log_path is None:
+        return ""
+    try:
+        return log_path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
 def child_env(extra: Mapping[str, str]) -> dict[str, str]:
     """Our environment without any `SAASLAB_*` (a child gets its settings from its caller alone), plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAASLAB_")}
@@ -153,6 +163,16 @@ class Service:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
+
+    def wait(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        """Its exit code once it exits on its own (a crash, a kill), waiting at most `timeout_s`."""
+        if self.proc is None:
+            raise ServiceError(f"the service at {self.url} was not started here")
+        return self.proc.wait(timeout=timeout_s)
+
+    def log_tail(self, chars: int = 5000) -> str:
+        """The end of what it has logged so far (its tracebacks, for a failing caller to show)."""
+        return log_tail(self.log_path, chars)
 
 
 def start_service(settings: Settings, *, token: str | None = None, workers: int = 1, host: str = "127.0.0.1",

@@ -3,49 +3,25 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+from notebook_run import NOTEBOOKS, execute, images, lines_of
 
 from saaslab.history import CheckResult
 from saaslab.results import ALL_TENANTS, Row, write_run
 
 pytestmark = pytest.mark.e2e
 
-NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "idempotency.ipynb"
 BUDGET_S = 60.0
 """The notebook promises about ten seconds; a minute leaves room for a busy machine."""
 DESIGNS = ("none", "redis", "postgres")
 LOADS = ("0.3", "0.9", "1.5")
 
 
-def execute(reports_dir: Path) -> tuple[nbformat.NotebookNode, float]:
-    """Execute the notebook with REPORTS pointed at `reports_dir` (the other parameters as stored)."""
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1, "the notebook needs exactly one cell tagged 'parameters'"
-    stored = 'REPORTS = PROJECT / "reports"'
-    assert stored in params[0].source
-    params[0].source = params[0].source.replace(stored, f"REPORTS = Path({str(reports_dir)!r})")
-    started = time.monotonic()
-    NotebookClient(nb, kernel_name="python3", timeout=120,
-                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    return nb, time.monotonic() - started
-
-
-def lines_of(nb: nbformat.NotebookNode) -> list[str]:
-    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs).splitlines()
-
-
-def images(nb: nbformat.NotebookNode) -> int:
-    return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-
-
 def test_without_a_live_run_it_simulates_judges_and_says_how_to_measure(tmp_path: Path) -> None:
-    nb, elapsed = execute(tmp_path)
+    nb, elapsed = execute("idempotency", tmp_path)
     lines = lines_of(nb)
     assert elapsed < BUDGET_S
     # One run per design, judged by the checker: none fails exactly_one_effect, the others pass it.
@@ -82,7 +58,7 @@ def test_with_a_live_run_it_sets_measured_beside_simulated(tmp_path: Path) -> No
     write_run(live, run_id="idempotency-live-test", pattern="idempotency", source="live", rows=rows, parameters={})
     (live / "check.json").write_text(json.dumps([CheckResult("exactly_one_effect[none]", False, 800, 31).to_dict(),
                                                  CheckResult("exactly_one_effect[postgres]", True, 800).to_dict()]))
-    nb, elapsed = execute(tmp_path)
+    nb, elapsed = execute("idempotency", tmp_path)
     lines = lines_of(nb)
     assert elapsed < BUDGET_S
     measured = {(cols[0], cols[1]): cols for cols in map(str.split, lines)
@@ -103,5 +79,5 @@ def test_with_a_live_run_it_sets_measured_beside_simulated(tmp_path: Path) -> No
 
 
 def test_notebook_has_one_parameters_cell() -> None:
-    code = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
+    code = [c for c in nbformat.read(NOTEBOOKS / "idempotency.ipynb", as_version=4).cells if c.cell_type == "code"]
     assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1

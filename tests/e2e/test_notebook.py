@@ -2,44 +2,21 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
+from notebook_run import execute, images, text_of
 
 from saaslab.results import ALL_TENANTS, Row, write_run
 
 pytestmark = pytest.mark.e2e
 
-NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "tenancy.ipynb"
 BUDGET_S = 60.0
 """The notebook promises a run well under a minute."""
 
 
-def execute(reports_dir: Path) -> tuple[nbformat.NotebookNode, float]:
-    """Execute the notebook with its `parameters` cell pointed at `reports_dir`; returns it and the run time."""
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1, "the notebook needs exactly one cell tagged 'parameters'"
-    params[0].source = f"REPORTS = Path({str(reports_dir)!r})"
-    started = time.monotonic()
-    NotebookClient(nb, kernel_name="python3", timeout=120,
-                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    return nb, time.monotonic() - started
-
-
-def text_of(nb: nbformat.NotebookNode) -> str:
-    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-
-
-def images(nb: nbformat.NotebookNode) -> int:
-    return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-
-
 def test_without_a_live_run_it_simulates_and_says_how_to_measure(tmp_path: Path) -> None:
-    nb, elapsed = execute(tmp_path)
+    nb, elapsed = execute("tenancy", tmp_path)
     out = text_of(nb)
     assert elapsed < BUDGET_S
     table = {tuple(line.split()[:2]) for line in out.splitlines() if "x" in line}
@@ -56,7 +33,7 @@ def test_with_a_live_run_it_sets_measured_beside_simulated(tmp_path: Path) -> No
                 ratio, "ratio") for design, ratio in live_ratio.items()]
     write_run(tmp_path / "tenancy" / "live", run_id="tenancy-live-test", pattern="tenancy", source="live",
               rows=rows, parameters={})
-    nb, elapsed = execute(tmp_path)
+    nb, elapsed = execute("tenancy", tmp_path)
     out = text_of(nb)
     assert elapsed < BUDGET_S
     # Rows of the simulated-versus-measured table: design, load, simulated (± CI), measured, gap.

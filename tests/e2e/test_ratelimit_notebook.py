@@ -3,43 +3,20 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
+from notebook_run import execute, images, lines_of
 
 from saaslab.history import CheckResult
 from saaslab.results import ALL_TENANTS, Row, write_run
 
 pytestmark = pytest.mark.e2e
 
-NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "ratelimit.ipynb"
 BUDGET_S = 60.0
 """The notebook promises a run well under a minute."""
 DESIGNS = ("fixed_window", "sliding_log", "sliding_counter", "token_bucket", "gcra", "naive")
 QUIET = ("quiet1", "quiet2", "quiet3", "quiet4")
-
-
-def execute(reports_dir: Path) -> tuple[nbformat.NotebookNode, float]:
-    """Execute the notebook with its `parameters` cell pointed at `reports_dir`; returns it and the run time."""
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1, "the notebook needs exactly one cell tagged 'parameters'"
-    params[0].source = f"REPORTS = Path({str(reports_dir)!r})"
-    started = time.monotonic()
-    NotebookClient(nb, kernel_name="python3", timeout=120,
-                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    return nb, time.monotonic() - started
-
-
-def lines_of(nb: nbformat.NotebookNode) -> list[str]:
-    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs).splitlines()
-
-
-def images(nb: nbformat.NotebookNode) -> int:
-    return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
 
 def rows_starting(lines: list[str], first: str) -> list[list[str]]:
@@ -47,7 +24,7 @@ def rows_starting(lines: list[str], first: str) -> list[list[str]]:
 
 
 def test_without_a_live_run_it_simulates_and_says_how_to_measure(tmp_path: Path) -> None:
-    nb, elapsed = execute(tmp_path)
+    nb, elapsed = execute("ratelimit", tmp_path)
     lines = lines_of(nb)
     assert elapsed < BUDGET_S
     # The boundary table: one row per design, three flood sizes.
@@ -77,7 +54,7 @@ def test_with_a_live_run_it_sets_measured_beside_simulated(tmp_path: Path) -> No
                  row(ALL_TENANTS, "latency_p99", 12.5)]
     write_run(live, run_id="ratelimit-live-test", pattern="ratelimit", source="live", rows=rows, parameters={})
     (live / "check.json").write_text(json.dumps([CheckResult("no_over_admission", True, 1234).to_dict()]))
-    nb, elapsed = execute(tmp_path)
+    nb, elapsed = execute("ratelimit", tmp_path)
     lines = lines_of(nb)
     assert elapsed < BUDGET_S
     # Rows of the simulated-versus-measured table: design, load, simulated, measured, gap, quiet, p99.

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +15,9 @@ import psycopg
 from fastapi import FastAPI
 
 from reference_impl.app import create_app
+from saaslab.launch import launched, log_tail
+from saaslab.services import ServiceError
 from saaslab.settings import Settings
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -99,13 +94,6 @@ def count_rows(settings: Settings, table: str) -> int:
     return int(row[0])
 
 
-def free_port() -> int:
-    """A port the OS just had free (tests running side by side never pick the same one)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class Worker:
     url: str
@@ -114,44 +102,13 @@ class Worker:
 
 
 @contextmanager
-def uvicorn_worker(settings: Settings, *, ready_timeout_s: float = 30.0, **env: str) -> Iterator[Worker]:
-    """The service as production runs it, one uvicorn worker (`app_from_env`) on a free port, with
-    `settings`' servers, prefix and admin token plus `env` (`SAASLAB_*` names), once /readyz
-    answers; stopped afterwards."""
-    port = free_port()
-    full_env = {**os.environ, "SAASLAB_DATABASE_URL": settings.database_url or "",
-                "SAASLAB_REDIS_URL": settings.redis_url or "", "SAASLAB_REDIS_PREFIX": settings.redis_prefix,
-                "SAASLAB_ADMIN_TOKEN": settings.admin_token or "", **env}
-    # The worker's log goes to a file, not a pipe: a pipe nobody reads would block it once full.
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "reference_impl.app:app_from_env", "--factory",
-                             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                            cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=log)
-
-    def service_log() -> str:
-        log.seek(0)
-        return log.read().decode(errors="replace")[-5000:]
-
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + ready_timeout_s
-        with httpx.Client(base_url=base_url, timeout=5.0) as client:
-            while True:
-                if proc.poll() is not None:
-                    raise AssertionError(f"the service exited:\n{service_log()}")
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"the service did not become ready:\n{service_log()}"
-                time.sleep(0.1)
-        yield Worker(base_url, service_log)
-    finally:
-        proc.terminate()
+def uvicorn_worker(settings: Settings, **overrides: Any) -> Iterator[Worker]:
+    """The service as production runs it, one uvicorn worker (`app_from_env`, started by `saaslab.launch`) on
+    a free port, with `settings` plus `overrides`, once /readyz answers; stopped afterwards."""
+    with tempfile.TemporaryDirectory(prefix="saaslab-worker-") as logs, ExitStack() as stack:
+        log_path = Path(logs) / "service.log"
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+            svc = stack.enter_context(launched(settings.model_copy(update=overrides), log_path=log_path))
+        except ServiceError as e:  # the log goes with its directory: show it here
+            raise AssertionError(f"{e}\n{log_tail(log_path)}") from e
+        yield Worker(svc.url, svc.log_tail)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from reference_impl.idempotency.ledger import CHECKPOINTS, PaymentRequest, read_
 from reference_impl.tenancy.repository import publisher
 from saaslab.cli import app as cli_app
 from saaslab.history import History
-from saaslab.services import free_port
+from saaslab.launch import child_env, launched, settings_env
 from saaslab.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -124,48 +123,26 @@ def metric(text: str, sample: str) -> float:
     return float(line.split()[-1]) if line else 0.0
 
 
-def service_env(settings: Settings, prefix: str) -> dict[str, str]:
-    """The environment of a uvicorn service (or a saaslab command) on this session's database."""
-    return {**os.environ, "SAASLAB_DATABASE_URL": settings.database_url or "",
-            "SAASLAB_REDIS_URL": settings.redis_url or "", "SAASLAB_ADMIN_TOKEN": ADMIN_TOKEN,
-            "SAASLAB_REDIS_PREFIX": prefix, "SAASLAB_LAB_MODE": "1", "SAASLAB_IDEMPOTENCY": "postgres",
-            "SAASLAB_ISOLATION": "rls", "SAASLAB_IDEMPOTENCY_LOCK_TIMEOUT_S": "1"}
+def service_settings(settings: Settings, prefix: str, **overrides: Any) -> Settings:
+    """The settings of a uvicorn service (or a saaslab command) on this session's database."""
+    return settings.model_copy(update={"admin_token": ADMIN_TOKEN, "redis_prefix": prefix, "lab_mode": True,
+                                       "idempotency": "postgres", "isolation": "rls",
+                                       "idempotency_lock_timeout_s": 1.0, **overrides})
 
 
-async def served(env: dict[str, str], work: Callable[[httpx.AsyncClient], Awaitable[None]], *, workers: int = 1,
-                 terminate: bool = False) -> int:
-    """Run `work` against uvicorn, then (`terminate`) stop it; returns the process's exit code."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "reference_impl.app:app_from_env", "--factory",
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-                             "--log-level", "critical"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30.0,
-                                     limits=httpx.Limits(max_connections=60)) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, "the service exited while starting"
-                try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "service did not become ready"
-                await asyncio.sleep(0.05)
+async def served(config: Settings, work: Callable[[httpx.AsyncClient], Awaitable[None]], *, workers: int = 1,
+                 exits: bool = False) -> int | None:
+    """Run `work` against uvicorn started with `config`, then stop it; with `exits` the service is to exit on
+    its own (a crash fault): returns its exit code."""
+    with launched(config, workers=workers) as svc:
+        async with httpx.AsyncClient(base_url=svc.url, timeout=30.0, limits=httpx.Limits(max_connections=60)) as client:
             await work(client)
-        if terminate:
-            proc.terminate()
-        return proc.wait(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+        return svc.wait(timeout_s=15) if exits else None
 
 
-def saaslab_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "saaslab.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)
+def saaslab_cli(config: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "saaslab.cli", *args], cwd=ROOT, env=child_env(settings_env(config)),
+                          capture_output=True, text=True, timeout=60)
 
 
 # --- 50 simultaneous requests with one key -----------------------------------------------------------
@@ -212,8 +189,8 @@ async def test_fifty_simultaneous_payments_with_one_key_in_process(apps: dict[st
 async def test_fifty_simultaneous_payments_with_one_key_across_two_workers(settings: Settings, pool: Pool,
                                                                            design: str) -> None:
     # The default lock (90 s): a first request slower than the crash test's 1 s lock would be recovered midway.
-    env = {**service_env(settings, f"{settings.redis_prefix}-{uuid.uuid4().hex[:6]}"), "SAASLAB_IDEMPOTENCY": design,
-           "SAASLAB_IDEMPOTENCY_LOCK_TIMEOUT_S": "90"}
+    config = service_settings(settings, f"{settings.redis_prefix}-{uuid.uuid4().hex[:6]}", idempotency=design,
+                              idempotency_lock_timeout_s=90.0)
 
     async def burst(client: httpx.AsyncClient) -> None:
         r = await client.post("/admin/tenants", json={"name": "burst", "plan": "pro"},
@@ -226,7 +203,7 @@ async def test_fifty_simultaneous_payments_with_one_key_across_two_workers(setti
         listed = (await client.get("/v1/payments", params={"limit": 100}, headers=tenant.headers)).json()["items"]
         assert_one_effect(design, responses, listed, await ledger(pool, tenant))
 
-    await served(env, burst, workers=2, terminate=True)
+    await served(config, burst, workers=2)
 
 
 # --- replays, mismatches, bad keys, bad bodies ---------------------------------------------------------
@@ -439,7 +416,7 @@ async def test_an_abandoned_request_that_is_not_a_payment_is_rolled_back(apps: d
 @pytest.mark.parametrize(("point", "left"), [("idempotency.charged", (1, 0)), ("idempotency.charge_created", (1, 1))])
 async def test_a_worker_killed_between_recovery_points_is_finished_by_saaslab_completer(
         settings: Settings, pool: Pool, point: str, left: tuple[int, int]) -> None:
-    env = service_env(settings, f"{settings.redis_prefix}-{uuid.uuid4().hex[:6]}")
+    config = service_settings(settings, f"{settings.redis_prefix}-{uuid.uuid4().hex[:6]}")
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     tenant: dict[str, str] = {}
 
@@ -453,12 +430,12 @@ async def test_a_worker_killed_between_recovery_points_is_finished_by_saaslab_co
                               headers={"Authorization": f"Bearer {tenant['api_key']}", **JSON,
                                        "Idempotency-Key": "killed"})
 
-    assert await served(env, crash_mid_payment) == 70  # faults.CRASH_EXIT_CODE
+    assert await served(config, crash_mid_payment, exits=True) == 70  # faults.CRASH_EXIT_CODE
     crashed_at = time.monotonic()
     assert await ledger(pool, TenantHandle(tenant["tenant_id"], "", "")) == left  # and no response stored
 
     await asyncio.sleep(max(0.0, crashed_at + 1.05 - time.monotonic()))  # past the 1 s lock
-    done = saaslab_cli(env, "completer", "--once")
+    done = saaslab_cli(config, "completer", "--once")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "completer: 1 abandoned request(s) finished or rolled back"
 
@@ -486,7 +463,7 @@ async def test_saaslab_reaper_once_deletes_expired_keys(settings: Settings, pool
                                tenant_id, key, f"tok-{uuid.uuid4().hex}", expires)
     # In-process (a thread: the command runs its own event loop); the completer above runs as a real process.
     result = await asyncio.to_thread(CliRunner().invoke, cli_app, ["reaper", "--once"],
-                                     env=service_env(settings, settings.redis_prefix))
+                                     env=settings_env(service_settings(settings, settings.redis_prefix)))
     assert result.exit_code == 0, result.output
     assert re.fullmatch(r"reaper: [1-9]\d* expired idempotency key\(s\) deleted", result.stdout.strip()), result.output
     async with pool.connection() as conn:

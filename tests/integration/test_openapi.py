@@ -52,7 +52,7 @@ def test_the_document_is_valid_and_declares_every_path_parameter(settings: Setti
 
 @pytest.fixture(scope="module")
 def worker(settings: Settings) -> Iterator[Worker]:
-    with uvicorn_worker(settings, SAASLAB_LAB_MODE="0") as running:
+    with uvicorn_worker(settings, lab_mode=False) as running:
         yield running
 
 

@@ -13,14 +13,12 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,51 +26,25 @@ import redis
 from live_app import live_service
 
 from reference_impl.ratelimit.redis_store import concurrency_key
-from saaslab.services import free_port
+from saaslab.launch import Service, launched
 from saaslab.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "admission-test-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 QUERY_POINT = "tenancy.query"
 
 
 @asynccontextmanager
-async def worker(settings: Settings, prefix: str, **env: str) -> AsyncIterator[tuple[httpx.AsyncClient, subprocess.Popen]]:
-    """One uvicorn worker process in lab mode, on its own port; the client and the process."""
-    port = free_port()
-    full_env = {**os.environ, "SAASLAB_DATABASE_URL": settings.database_url or "",
-                "SAASLAB_REDIS_URL": settings.redis_url or "", "SAASLAB_ADMIN_TOKEN": ADMIN_TOKEN,
-                "SAASLAB_REDIS_PREFIX": prefix, "SAASLAB_LAB_MODE": "1",
-                # Atomicity is the point: a generous timeout, failing closed, so a slow reply never admits undecided.
-                "SAASLAB_RATELIMIT_TIMEOUT_MS": "5000", "SAASLAB_RATELIMIT_FAILURE": "closed", **env}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "reference_impl.app:app_from_env", "--factory",
-                             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                            cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60.0,
-                                     limits=httpx.Limits(max_connections=50)) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-                try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "service did not become ready"
-                await asyncio.sleep(0.1)
-            yield client, proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+async def worker(settings: Settings, prefix: str, **overrides: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Service]]:
+    """One uvicorn worker process in lab mode, on its own port; the client and the service (its `pid` the worker's)."""
+    # Atomicity is the point: a generous timeout, failing closed, so a slow reply never admits undecided.
+    lab = settings.model_copy(update={"redis_prefix": prefix, "lab_mode": True, "ratelimit_timeout_ms": 5000,
+                                      "ratelimit_failure": "closed", **overrides})
+    with launched(lab, token=ADMIN_TOKEN) as svc:
+        async with httpx.AsyncClient(base_url=svc.url, timeout=60.0, limits=httpx.Limits(max_connections=50)) as client:
+            yield client, svc
 
 
 async def slow_down(client: httpx.AsyncClient, delay_ms: int) -> None:
@@ -103,7 +75,7 @@ async def test_10_simultaneous_slow_requests_at_concurrency_2_admit_exactly_2_ac
     concurrency middleware makes the call itself."""
     prefix = f"{settings.redis_prefix}-cc{uuid.uuid4().hex[:6]}"
     async with AsyncExitStack() as stack:
-        workers = [await stack.enter_async_context(worker(settings, prefix, SAASLAB_RATELIMIT=ratelimit))
+        workers = [await stack.enter_async_context(worker(settings, prefix, ratelimit=ratelimit))
                    for _ in range(2)]
         clients = [client for client, _ in workers]
         _, headers = await concurrency_tenant(clients[0], concurrency=2)
@@ -126,11 +98,11 @@ async def test_10_simultaneous_slow_requests_at_concurrency_2_admit_exactly_2_ac
 async def test_a_worker_killed_mid_request_gives_its_slot_back_after_the_lease(settings: Settings) -> None:
     prefix = f"{settings.redis_prefix}-cc{uuid.uuid4().hex[:6]}"
     lease_s = 3.0
-    lease_env = {"SAASLAB_CONCURRENCY_LEASE_MS": str(int(lease_s * 1000))}
+    lease = {"concurrency_lease_ms": int(lease_s * 1000)}
     assert settings.redis_url
     r = redis.Redis.from_url(settings.redis_url)
-    async with worker(settings, prefix, **lease_env) as (doomed, doomed_proc), \
-            worker(settings, prefix, **lease_env) as (survivor, _):
+    async with worker(settings, prefix, **lease) as (doomed, doomed_svc), \
+            worker(settings, prefix, **lease) as (survivor, _):
         tenant_id, headers = await concurrency_tenant(survivor, concurrency=1)
         key = concurrency_key(prefix, tenant_id)
         await slow_down(doomed, delay_ms=60_000)
@@ -141,8 +113,8 @@ async def test_a_worker_killed_mid_request_gives_its_slot_back_after_the_lease(s
             await asyncio.sleep(0.02)
         held_at = time.monotonic()
         assert_concurrency_refusal(await survivor.get("/v1/usage", headers=headers))
-        doomed_proc.send_signal(signal.SIGKILL)
-        doomed_proc.wait(timeout=10)
+        os.kill(doomed_svc.pid, signal.SIGKILL)
+        doomed_svc.wait(timeout_s=10)
         with pytest.raises(httpx.TransportError):
             await hanging
         # Nobody released the lease: the slot stays taken until it expires, then comes back.

@@ -11,14 +11,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from pathlib import Path
 
 import httpx
 import pytest
@@ -27,12 +25,12 @@ from live_app import LiveService, TenantHandle, live_service
 
 from reference_impl.common.usage import usage_key, usage_period
 from reference_impl.ratelimit.core import STRICT_ALGORITHMS
-from saaslab.services import free_port, port_is_free, redis_server_bin
+from saaslab.launch import launched
+from saaslab.services import port_is_free, redis_server_bin
 from saaslab.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 RATELIMIT_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "RateLimit-Policy")
 ADMIN_TOKEN = "ratelimit-test-token"
 
@@ -243,38 +241,14 @@ async def test_a_stalled_then_dead_redis_costs_one_timeout_per_breaker_window(se
 
 @asynccontextmanager
 async def uvicorn_service(settings: Settings, algorithm: str) -> AsyncIterator[httpx.AsyncClient]:
-    port = free_port()
-    env = {**os.environ, "SAASLAB_DATABASE_URL": settings.database_url or "",
-           "SAASLAB_REDIS_URL": settings.redis_url or "", "SAASLAB_ADMIN_TOKEN": ADMIN_TOKEN,
-           "SAASLAB_REDIS_PREFIX": f"{settings.redis_prefix}-{uuid.uuid4().hex[:6]}",
-           "SAASLAB_RATELIMIT": algorithm,
-           # This test is about atomicity: a generous timeout, and failing closed, so that a busy machine's
-           # slow reply can never admit a request undecided.
-           "SAASLAB_RATELIMIT_TIMEOUT_MS": "5000", "SAASLAB_RATELIMIT_FAILURE": "closed"}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "reference_impl.app:app_from_env", "--factory",
-                             "--workers", "2", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30.0,
-                                     limits=httpx.Limits(max_connections=250)) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-                try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "service did not become ready"
-                await asyncio.sleep(0.1)
+    # This test is about atomicity: a generous timeout, and failing closed, so that a busy machine's
+    # slow reply can never admit a request undecided.
+    served = settings.model_copy(update={"redis_prefix": f"{settings.redis_prefix}-{uuid.uuid4().hex[:6]}",
+                                         "ratelimit": algorithm, "ratelimit_timeout_ms": 5000,
+                                         "ratelimit_failure": "closed"})
+    with launched(served, token=ADMIN_TOKEN, workers=2) as svc:
+        async with httpx.AsyncClient(base_url=svc.url, timeout=30.0, limits=httpx.Limits(max_connections=250)) as client:
             yield client
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 async def burst_of_200(settings: Settings, algorithm: str, limit: int) -> Counter[int]:

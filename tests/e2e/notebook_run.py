@@ -1,0 +1,45 @@
+"""A notebook of notebooks/ executed top to bottom in this venv's kernel, and what it printed and drew, for the
+e2e tests that read its outputs (tests/e2e/test_notebook.py, test_ratelimit_notebook.py, test_idempotency_notebook.py).
+
+Named apart from the repository's notebooks/ directory, which is importable as a namespace package.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+STORED_REPORTS = 'REPORTS = PROJECT / "reports"'
+"""The line of a notebook's `parameters` cell that says where it reads live results from."""
+
+
+def execute(name: str, reports_dir: Path) -> tuple[nbformat.NotebookNode, float]:
+    """Execute notebooks/<name>.ipynb with REPORTS pointed at `reports_dir` (its other parameters as stored);
+    returns it and the run time."""
+    path = NOTEBOOKS / f"{name}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, "the notebook needs exactly one cell tagged 'parameters'"
+    assert STORED_REPORTS in params[0].source
+    params[0].source = params[0].source.replace(STORED_REPORTS, f"REPORTS = Path({str(reports_dir)!r})")
+    started = time.monotonic()
+    NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(path.parent)}}).execute()
+    return nb, time.monotonic() - started
+
+
+def text_of(nb: nbformat.NotebookNode) -> str:
+    """Everything its code cells printed."""
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def lines_of(nb: nbformat.NotebookNode) -> list[str]:
+    return text_of(nb).splitlines()
+
+
+def images(nb: nbformat.NotebookNode) -> int:
+    """The figures it drew."""
+    return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
