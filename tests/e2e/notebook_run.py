@@ -17,15 +17,16 @@ STORED_REPORTS = 'REPORTS = PROJECT / "reports"'
 """The line of a notebook's `parameters` cell that says where it reads live results from."""
 
 
-def execute(name: str, reports_dir: Path) -> tuple[nbformat.NotebookNode, float]:
-    """Execute notebooks/<name>.ipynb with REPORTS pointed at `reports_dir` (its other parameters as stored);
-    returns it and the run time."""
+def execute(name: str, reports_dir: Path | None = None) -> tuple[nbformat.NotebookNode, float]:
+    """Execute notebooks/<name>.ipynb with REPORTS pointed at `reports_dir` (its other parameters as stored;
+    None: a notebook that reads no live results); returns it and the run time."""
     path = NOTEBOOKS / f"{name}.ipynb"
     nb = nbformat.read(path, as_version=4)
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1, "the notebook needs exactly one cell tagged 'parameters'"
-    assert STORED_REPORTS in params[0].source
-    params[0].source = params[0].source.replace(STORED_REPORTS, f"REPORTS = Path({str(reports_dir)!r})")
+    if reports_dir is not None:
+        assert STORED_REPORTS in params[0].source
+        params[0].source = params[0].source.replace(STORED_REPORTS, f"REPORTS = Path({str(reports_dir)!r})")
     started = time.monotonic()
     NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(path.parent)}}).execute()
     return nb, time.monotonic() - started

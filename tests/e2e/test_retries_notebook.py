@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import nbformat
 import pytest
-from nbclient import NotebookClient
+from notebook_run import NOTEBOOKS, execute, images, lines_of, text_of
 
 from scenarios import retries
 
 pytestmark = pytest.mark.e2e
 
-NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "retries.ipynb"
+NOTEBOOK = NOTEBOOKS / "retries.ipynb"
 BUDGET_S = 60.0
 
 
 def test_it_runs_both_experiments_and_states_the_answers() -> None:
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    started = time.monotonic()
-    NotebookClient(nb, kernel_name="python3", timeout=120,
-                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    elapsed = time.monotonic() - started
-    out = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    nb, elapsed = execute("retries")
+    out, lines = text_of(nb), lines_of(nb)
     assert elapsed < BUDGET_S
-    assert images == 2
-    lines = out.splitlines()
+    assert images(nb) == 2
     # The delay table: one line per policy; exponential doubles from 10 ms.
     assert [ln.split()[:3] for ln in lines if ln.startswith("exponential ")][0] == ["exponential", "10.0", "20.0"]
     # The contention tables: every client count, every policy with a 95% CI.

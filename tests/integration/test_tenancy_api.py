@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -23,6 +20,7 @@ from live_app import LiveService, count_rows, live_service
 from reference_impl.app import create_app
 from reference_impl.common.faults import CRASH_EXIT_CODE
 from reference_impl.common.usage import usage_key, usage_period
+from saaslab.launch import launched
 from saaslab.services import port_is_free
 from saaslab.settings import Settings
 
@@ -313,32 +311,12 @@ async def test_enough_slots_means_nobody_queues(settings: Settings) -> None:
 # --- a real worker process ----------------------------------------------------------------------------
 
 def test_crash_fault_kills_a_uvicorn_worker_started_from_the_env_factory(settings: Settings) -> None:
-    port = next(p for p in range(18100, 18150) if port_is_free(p))
-    env = {**os.environ, "SAASLAB_DATABASE_URL": settings.database_url or "", "SAASLAB_REDIS_URL": settings.redis_url or "",
-           "SAASLAB_ADMIN_TOKEN": "crash-test-token", "SAASLAB_LAB_MODE": "1", "SAASLAB_REDIS_PREFIX": settings.redis_prefix}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "reference_impl.app:app_from_env", "--factory",
-                             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    config = settings.model_copy(update={"admin_token": "crash-test-token", "lab_mode": True})
     admin = {"Authorization": "Bearer crash-test-token"}
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0) as client:
-            deadline = time.monotonic() + 30
-            while True:
-                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "service did not become ready"
-                time.sleep(0.1)
-            key = client.post("/admin/tenants", json={"name": "c", "plan": "free"}, headers=admin).json()["api_key"]
-            r = client.post("/admin/faults", json={"point": "tenancy.query", "mode": "crash"}, headers=admin)
-            assert r.status_code == 201
-            with pytest.raises(httpx.TransportError):
-                client.get("/v1/projects", headers={"Authorization": f"Bearer {key}"})
-        assert proc.wait(timeout=10) == CRASH_EXIT_CODE
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+    with launched(config) as svc, httpx.Client(base_url=svc.url, timeout=5.0) as client:
+        key = client.post("/admin/tenants", json={"name": "c", "plan": "free"}, headers=admin).json()["api_key"]
+        r = client.post("/admin/faults", json={"point": "tenancy.query", "mode": "crash"}, headers=admin)
+        assert r.status_code == 201
+        with pytest.raises(httpx.TransportError):
+            client.get("/v1/projects", headers={"Authorization": f"Bearer {key}"})
+        assert svc.wait(timeout_s=10) == CRASH_EXIT_CODE
