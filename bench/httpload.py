@@ -276,7 +276,7 @@ BUSY_SHARE_NOTE = (
     f"`httpload.calibrate_rate` ({CALIBRATION_ROUNDS} open-model rounds of {CALIBRATION_S:g} s: a proportional step, "
     "rate x 0.5 / busy share, then secant steps, then interpolation once rounds lie on both sides of half busy), "
     "starting from half of the closed-loop saturation. "
-    "That starting rate is no longer the operating point: closed-loop, the requests in flight share each wake-up of "
+    "That starting rate is not the operating point: closed-loop, the requests in flight share each wake-up of "
     "the event loop (one read of many sockets, one pipelined Redis write), while arriving one at a time each pays "
     "for its own wake-ups, system calls and cold caches, so at half the closed-loop rate a server is most of the "
     "way to saturated (the first calibration round, reported beside the result) and a stall of the shared machine "

@@ -303,9 +303,9 @@ def _markdown(throughput: list[dict], replay: dict[str, dict], seconds: float, l
     md += ["", f"Replays (same key and bytes as a finished payment, answered `Idempotent-Replayed: true`): "
                f"saturation closed-loop ({REPLAY_PAIRS} rounds per design, median), then open-model at half of "
                f"saturation, the rate at which the server is half busy ({OPEN_PAIRS} rounds per design, the p99 as "
-               f"the median of rounds; latency from each request's intended send time). The last column is the "
-               f"rate this benchmark used to call half of saturation, half the closed-loop rate, as the first "
-               f"calibration round measured it.", "",
+               f"the median of rounds; latency from each request's intended send time). The last column is half "
+               f"the closed-loop rate, the naive reading of half of saturation, as the first calibration round "
+               f"measured it.", "",
            "| design | replay saturation (closed loop) | server CPU/replay (closed / open) | half of saturation "
            "| server busy | p50 | p99 | p99 (worst round) | floor p50 / p99 | p99 over floor | target | target met "
            "| at half the closed-loop rate: busy, p99 |",
