@@ -28,7 +28,7 @@ ul.conclusions li { margin-bottom: .35rem; }
 table { border-collapse: collapse; margin: .6rem 0 1.2rem; font-size: .9rem; }
 th, td { border: 1px solid #d8dde6; padding: .3rem .6rem; text-align: left; vertical-align: top; }
 th { background: #f1f4f9; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 caption { caption-side: bottom; text-align: left; color: #5d6675; font-size: .85rem; padding-top: .3rem; }
 figure { margin: 1rem 0 1.8rem; }
 figure img { max-width: 100%; height: auto; border: 1px solid #e4e8ef; }
@@ -124,6 +124,7 @@ def render_html(report: Report, data: PatternData, generated_at: str) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>saaslab · {e(report.pattern)}</title>",
         f"<style>{CSS}</style></head><body>",
+        '<p class="muted"><a href="../index.html">← all patterns</a></p>',
         f"<h1>saaslab · {e(report.pattern)}</h1>",
         f'<p class="question">{e(report.question)}</p>',
         f'<p class="muted">Generated {e(generated_at)} from {e(data.directory)}.</p>',
@@ -165,7 +166,8 @@ def render_markdown(report: Report, data: PatternData, generated_at: str) -> str
     lines = [f"# {report.pattern}: {report.question}", "", report.headline, ""]
     if rest:
         lines += [" ".join(rest), ""]
-    lines += [f"_Generated {generated_at}; the full report with plots is index.html beside this file._", "",
+    lines += [f"_Generated {generated_at}; the full report with plots is index.html beside this file; "
+              "all patterns: [../index.html](../index.html)._", "",
               "## Conclusions", "", *(f"- {c}" for c in report.conclusions), "",
               "## Data", "", *(f"- {line}" for line in source_lines(data, report.simulation_only)),
               *(f"- {n}" for n in report.notes), "",

@@ -167,6 +167,8 @@ def test_html_is_one_self_contained_file(tmp_path: Path) -> None:
     assert "url(" not in page  # no CSS-fetched assets either
     assert page.count('src="data:image/png;base64,') == 2
     assert "<style>" in page and tenancy.QUESTION.replace("'", "&#x27;") in page
+    assert '<a href="../index.html">' in page  # back to every pattern
+    assert "td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }" in page
 
 
 def test_summary_md_and_json_lead_with_the_question_and_headline(tmp_path: Path) -> None:

@@ -45,12 +45,14 @@ class Comparison:
     as_live: bool = False
     """The simulated side is the model replaying the live plan (`aslive_*` metrics)."""
 
+    def both_zero(self, metric: str) -> bool:
+        s, m = self.sim.get(metric, MISSING), self.live.get(metric, MISSING)
+        return s.known and m.known and s.mean == m.mean == 0
+
     def agrees(self, metric: str) -> bool | None:
         s, m = self.sim.get(metric, MISSING), self.live.get(metric, MISSING)
-        if not (s.known and m.known):
-            return None
-        if s.mean == m.mean == 0:
-            return True
+        if not (s.known and m.known) or s.mean == m.mean == 0:
+            return None  # zero against zero says nothing about the model's rates (see `both_zero`)
         if not math.isnan(s.ci95) and s.low <= m.mean <= s.high:
             return True
         gap = gap_percent(s.mean, m.mean)
@@ -117,19 +119,25 @@ def sim_vs_live_table(comps: list[Comparison], sim_present: bool) -> Table:
 def agreement_sentences(comps: list[Comparison]) -> list[str]:
     out = []
     dup = [c for c in comps if c.agrees("duplicates_per_10k") is not None]
-    if not dup:
+    zero = [c for c in comps if c.both_zero("duplicates_per_10k")]
+    if not dup and not zero:
         return ["The live run shares no (design, load point) with a simulated duplicate rate, so the two cannot be "
                 "compared."]
-    agree = [c for c in dup if c.agrees("duplicates_per_10k")]
-    whom = "the simulation's replay of the live plan" if all(c.as_live for c in dup) else "the simulation"
-    out.append(f"{len(agree)} of {len(dup)} measured duplicate rates agree with {whom} (inside its 95% CI, "
-               f"within {AGREEMENT_PCT:g}%, or both zero).")
+    whom = "the simulation's replay of the live plan" if all(c.as_live for c in dup + zero) else "the simulation"
+    if dup:
+        agree = [c for c in dup if c.agrees("duplicates_per_10k")]
+        out.append(f"{len(agree)} of {len(dup)} measured duplicate rates agree with {whom} (inside its 95% CI or "
+                   f"within {AGREEMENT_PCT:g}%)" + (f"; in {len(zero)} more both were zero, which tests "
+                                                    "no rate." if zero else "."))
+    else:
+        out.append(f"The live run and {whom} made no duplicate in any of the {len(zero)} cells they share: zero "
+                   "against zero, which shows the designs safe but cannot test the model's rates.")
     surprising = [c for c in dup if c.sim["duplicates_per_10k"].mean == 0 < c.live["duplicates_per_10k"].mean]
     if surprising:
         out.append("Measured duplicates where the simulation had none: " + "; ".join(
             f"{c.design} at load {fmt_load(c.load_point)} {per_10k(c.live['duplicates_per_10k'])}" for c in surprising)
                    + ". The service does something the model does not: look at the live history.")
-    safe = sorted({c.design for c in dup if c.sim["duplicates_per_10k"].mean == 0 == c.live["duplicates_per_10k"].mean})
+    safe = sorted({c.design for c in zero})
     if safe:
         out.append(f"{fmt_list(safe)} made no duplicate live either.")
     p99 = [(c, c.sim["latency_p99"], c.live["latency_p99"]) for c in comps if c.simulated and c.measured

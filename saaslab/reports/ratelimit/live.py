@@ -120,9 +120,12 @@ def agreement_sentences(comps: list[Comparison]) -> list[str]:
     if not rated:
         return ["The live run shares no (algorithm, load point) with a simulated 429 rate, so the two cannot be "
                 "compared."]
-    agree = [c for c in rated if (c.sim_rate.mean == c.live_rate.mean == 0)
-             or (not math.isnan(c.gap) and abs(c.gap) <= AGREEMENT_PCT)]
-    out = [f"{len(agree)} of {len(rated)} simulated 429 rates are within {AGREEMENT_PCT:g}% of the measured ones."]
+    # Zero against zero (tenants never refused) confirms no rate, so it is counted apart, never as agreement.
+    zero = [c for c in rated if c.sim_rate.mean == c.live_rate.mean == 0]
+    compared = [c for c in rated if c not in zero]
+    agree = [c for c in compared if not math.isnan(c.gap) and abs(c.gap) <= AGREEMENT_PCT]
+    out = [f"{len(agree)} of {len(compared)} simulated 429 rates are within {AGREEMENT_PCT:g}% of the measured ones"
+           + (f"; in {len(zero)} more both were zero, which tests no rate." if zero else ".")]
     gaps = [c for c in rated if not math.isnan(c.gap)]
     if gaps:
         w = max(gaps, key=lambda c: abs(c.gap))
