@@ -64,7 +64,12 @@ class Report:
 
 def grouped_bars(ax: Any, groups: Sequence[str], series: dict[str, list[Summary]], *,
                  capsize: float = 3) -> Any:
-    """Grouped bars (one series per entry) with 95% CI error bars; returns the group centres."""
+    """Grouped bars (one series per entry) with 95% CI error bars; returns the group centres.
+
+    For the lab's bar metrics (rates, ratios, latencies, bytes), none of which can be negative: an error bar
+    stops at zero instead of promising a value below it, and a mean of exactly zero gets a hollow marker on
+    the axis, so a zero bar is seen as zero rather than missing (on a symlog axis it has no height at all).
+    """
     import numpy as np
 
     x = np.arange(len(groups), dtype=float)
@@ -72,7 +77,13 @@ def grouped_bars(ax: Any, groups: Sequence[str], series: dict[str, list[Summary]
     for i, (name, summaries) in enumerate(series.items()):
         means = [s.mean if s.known else 0.0 for s in summaries]
         errs = [0.0 if math.isnan(s.ci95) else s.ci95 for s in summaries]
-        ax.bar(x - 0.4 + width * (i + 0.5), means, width, yerr=errs, capsize=capsize, label=name)
+        lower = [min(e, max(m, 0.0)) for m, e in zip(means, errs, strict=True)]
+        at = x - 0.4 + width * (i + 0.5)
+        bars = ax.bar(at, means, width, yerr=[lower, errs], capsize=capsize, label=name)
+        zeros = [xi for xi, s in zip(at, summaries, strict=True) if s.known and s.mean == 0]
+        if zeros:
+            ax.plot(zeros, [0.0] * len(zeros), linestyle="none", marker="o", markersize=4, markerfacecolor="none",
+                    color=bars.patches[0].get_facecolor(), clip_on=False)
     ax.set_xticks(x, list(groups))
     return x
 
