@@ -24,6 +24,10 @@ garbage collector once it is up (`settle_gc`): the start-up heap is frozen out o
 way and the young generation gets room for the objects in-flight requests keep alive, so the hot
 path does not pay for a collection every few requests.
 
+`GET /admin/config` (admin token) answers the settings the service runs with, secrets and URLs left out
+(`SERVED_SETTINGS`), so a client that did not start it (`saaslab load P --host URL`) can model what
+it measures instead of assuming.
+
 `GET /bench/bare` is the benchmark's baseline: a tiny JSON answer through the same middleware but
 without auth, Redis, PostgreSQL or the scheduler, to compare `GET /v1/projects/{id}` against.
 """
@@ -34,12 +38,13 @@ import asyncio
 import gc
 import inspect
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import redis.exceptions
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
+from pydantic import BaseModel, create_model
 from redis.asyncio import Redis
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -85,6 +90,14 @@ GC_YOUNG_THRESHOLD = 10_000
 _NO_NATIVE_TELEMETRY: dict = (
     {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
     if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
+
+
+UNSERVED_SETTINGS = frozenset({"admin_token", "database_url", "redis_url"})
+"""Settings `GET /admin/config` never answers: a secret, and URLs that may carry credentials."""
+SERVED_SETTINGS: type[BaseModel] = create_model(
+    "ServedSettings", __doc__="The settings the service runs with (`SAASLAB_<NAME>`), secrets and URLs left out.",
+    **{name: (field.annotation, ...) for name, field in Settings.model_fields.items() if name not in UNSERVED_SETTINGS})
+"""Every setting but `UNSERVED_SETTINGS`, built from `Settings`, so a new pattern's settings appear unasked."""
 
 
 def settle_gc() -> None:
@@ -164,6 +177,7 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
     # FastAPI tries routes in order: the hot /v1 routes go first.
     routes = [parts.routes() for parts in installed]
     routers = [*(r for rs in routes for r in rs.hot), _ops_router(pool, redis_client, metrics),
+               _config_router(settings, ctx.require_admin),
                *(r for rs in routes for r in rs.rest)]
     if settings.lab_mode:
         routers.append(faults_router(faults, ctx.require_admin))
@@ -200,6 +214,19 @@ def _ops_router(pool: Pool, redis_client: Redis, metrics: Metrics) -> APIRouter:
         return Response(BARE_BODY, media_type="application/json")
 
     router.add_api_route("/bench/bare", bench_bare, methods=["GET"], route_class_override=DirectRoute)
+    return router
+
+
+def _config_router(settings: Settings, require_admin: Callable[..., Awaitable[None]]) -> APIRouter:
+    router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
+                       responses=PROBLEM_RESPONSES)
+    served = SERVED_SETTINGS.model_validate(settings.model_dump(exclude=set(UNSERVED_SETTINGS)))
+
+    @router.get("/config", response_model=SERVED_SETTINGS)
+    async def served_config() -> BaseModel:
+        """The settings this worker runs with: what shapes results (designs, slots, limits, lab mode)."""
+        return served
+
     return router
 
 

@@ -2,7 +2,9 @@
 
 `service(settings, overrides=..., ...)` starts the reference service (`saaslab.launch`, lab mode on,
 the admin token set, `overrides` (setting name -> value) replacing settings: the design under test)
-and yields once `/readyz` answers; with `host` it uses a running service instead. `run_locust(url,
+and yields once `/readyz` answers; with `host` it uses a running service instead, whose settings
+`served_settings(settings, host, token)` reads from its `GET /admin/config`, so a run models the
+service it measures rather than the one it would have started. `run_locust(url,
 locustfile, user_class, run=LoadRun(...), ...)` writes the run's configuration once
 (`loadtests/common/runconfig.py`), runs a pattern's locustfile headless in a subprocess with
 `--saaslab-run` naming it, one driver per process (`loadtests/common/lab.py`), and returns what the
@@ -32,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from loadtests.common.openmodel import OpenModelResult
 from loadtests.common.runconfig import OPTION, LoadRun
 from saaslab.history import Op, load
-from saaslab.launch import ROOT, Service, child_env, launched, log_reason, spawn, stop_process
+from saaslab.launch import ROOT, Service, child_env, launched, log_reason, spawn, stop_process, wait_ready
 from saaslab.results import ALL_TENANTS, Row
 from saaslab.services import ServiceError
 from saaslab.settings import Settings
@@ -62,6 +64,45 @@ def service(settings: Settings, *, token: str, overrides: Mapping[str, Any], log
     with launched(lab, token=token, workers=workers, log_path=log_path, host=host, progress=progress, cpus=cpus,
                   describe=describe or ", ".join(f"{k}={v}" for k, v in overrides.items())) as svc:
         yield svc
+
+
+def served_settings(settings: Settings, host: str, token: str) -> tuple[Settings, dict[str, Any]]:
+    """`settings` with the values the service at `host` runs with, and those values as it answered them.
+
+    Refuses (ServiceError, one line) a service that is not ready, will not answer its settings to `token`,
+    or runs without lab mode (every live run arms lab-mode faults or resets state through admin routes).
+    """
+    url = host.rstrip("/")
+    wait_ready(url, None, None)
+    try:
+        resp = httpx.get(f"{url}/admin/config", headers={"Authorization": f"Bearer {token}"},
+                         timeout=CLIENT_TIMEOUT_S)
+    except httpx.HTTPError as e:
+        raise ServiceError(f"could not read {url}/admin/config: {e}") from None
+    if resp.status_code == 401:
+        raise ServiceError(f"the service at {url} refused the admin token: set SAASLAB_ADMIN_TOKEN to the one it "
+                           f"was started with")
+    if resp.status_code == 404:
+        raise ServiceError(f"the service at {url} has no /admin/config, so its settings are unknown: "
+                           f"serve it from this checkout (`saaslab serve`)")
+    if resp.status_code != 200:
+        raise ServiceError(f"{url}/admin/config answered HTTP {resp.status_code}")
+    served = resp.json()
+    if not served.get("lab_mode"):
+        raise ServiceError(f"the service at {url} runs without lab mode, which live runs need: "
+                           f"restart it with SAASLAB_LAB_MODE=1")
+    known = {k: v for k, v in served.items() if k in Settings.model_fields}
+    return Settings.model_validate({**settings.model_dump(), **known}), served
+
+
+def refuse_unmodelled(host: str, served: Mapping[str, Any], modelled: Mapping[str, Any]) -> None:
+    """Refuse (ServiceError, one line) a service whose settings differ from what the simulation models."""
+    differ = {k: v for k, v in modelled.items() if served.get(k) != v}
+    if differ:
+        runs = ", ".join(f"{k}={served.get(k)}" for k in differ)
+        wants = " ".join(f"SAASLAB_{k.upper()}={v}" for k, v in differ.items())
+        raise ServiceError(f"the service at {host} runs {runs}, which the simulation does not model: "
+                           f"restart it with {wants}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ from reference_impl.idempotency import completer
 from reference_impl.idempotency.invariants import check
 from reference_impl.idempotency.ledger import LedgerState, read_state
 from saaslab.history import Op, save
-from saaslab.live.harness import Progress, run_locust, service
+from saaslab.live.harness import Progress, run_locust, served_settings, service
 from saaslab.live.idempotency_results import (
     PATTERN,
     UNSAFE,
@@ -385,7 +385,7 @@ def _measure(settings: Settings, plan: IdempotencyPlan, *, token: str, logs: Pat
 
 
 def _write(live: Path, cells: list[Cell], m: Measured, plan: IdempotencyPlan, *, host: str | None, started: float,
-           progress: Progress | None) -> Path:
+           progress: Progress | None, served: dict[str, Any] | None = None) -> Path:
     run_id = new_run_id(PATTERN, "live")
     history: list[Op] = []
     rows: list[Row] = []
@@ -432,11 +432,12 @@ def _write(live: Path, cells: list[Cell], m: Measured, plan: IdempotencyPlan, *,
         "seed": plan.seed,
         "quick": plan.quick,
         "workers": WORKERS,
-        "slots": SLOTS if host is None else None,
-        "lock_timeout_s": LOCK_TIMEOUT_S,
+        "slots": SLOTS if served is None else served.get("scheduler_slots"),
+        "lock_timeout_s": LOCK_TIMEOUT_S if served is None else served.get("idempotency_lock_timeout_s"),
         "tenants": first.get("tenants"),
         "plan": first.get("plan"),
         "host": host or "started per design",
+        **({"served": served} if served is not None else {}),
         "locust_processes": plan.processes,
         "completer_handled": {d: m.completer_handled.get(d) for d in designs},
         "measured": measured,
@@ -457,11 +458,15 @@ def run(settings: Settings, out: Path, *, quick: bool = False, host: str | None 
     """
     started = time.monotonic()
     token = settings.admin_token or secrets.token_urlsafe(24)
+    served: dict[str, Any] | None = None
+    if host is not None:
+        # The service's own design and lock timeout are measured, and recorded as it answered them.
+        settings, served = served_settings(settings, host, token)
     plan = idempotency_plan(settings, quick=quick, host=host, rate=rate, duration=duration)
     plan.seed = seed
     live = out / "live"
     m = _measure(settings, plan, token=token, logs=live / "logs", host=host, progress=progress)
-    csv_path = _write(live, m.cells, m, plan, host=host, started=started, progress=progress)
+    csv_path = _write(live, m.cells, m, plan, host=host, started=started, progress=progress, served=served)
     if unsafe:
         unsafe_live = out / "unsafe" / "live"
         unsafe_plan = replace(plan, designs=(UNSAFE,), capacity_rps=m.capacity_rps)

@@ -39,7 +39,16 @@ from loadtests.common.provision import ProvisioningError
 from loadtests.common.runconfig import LoadRun
 from reference_impl.ratelimit.invariants import check_history, no_over_admission, write_check
 from saaslab.history import CheckResult, Op, save
-from saaslab.live.harness import CLIENT_TIMEOUT_S, LocustRun, Progress, run_locust, send_lag_rows, service
+from saaslab.live.harness import (
+    CLIENT_TIMEOUT_S,
+    LocustRun,
+    Progress,
+    refuse_unmodelled,
+    run_locust,
+    send_lag_rows,
+    served_settings,
+    service,
+)
 from saaslab.results import ALL_TENANTS, LatencyHistogram, Row, new_run_id, write_run
 from saaslab.services import ServiceError
 from saaslab.settings import Settings
@@ -82,7 +91,8 @@ def ratelimit_plan(settings: Settings, *, quick: bool, host: str | None, rate: f
     if host is not None:
         designs: tuple[str, ...] = (settings.ratelimit,)
         if settings.ratelimit == "off":
-            raise ServiceError("SAASLAB_RATELIMIT is off: name the algorithm the service at --host runs")
+            raise ServiceError(f"the service at {host} runs no rate limiter: restart it with SAASLAB_RATELIMIT set "
+                               f"to an algorithm")
     else:
         designs = QUICK_DESIGNS if quick else tuple(d for d in scenario.DESIGNS if d != UNSAFE)
     if rate is not None:
@@ -232,7 +242,8 @@ def _measure(settings: Settings, plan: RateLimitPlan, *, run_id: str, token: str
 
 
 def _write(live: Path, plan: RateLimitPlan, m: Measured, *, run_id: str, quick: bool, host: str | None,
-           started: float, progress: Progress | None) -> tuple[Path, list[CheckResult]]:
+           started: float, progress: Progress | None,
+           served: dict[str, Any] | None = None) -> tuple[Path, list[CheckResult]]:
     save(live / "history.jsonl", m.history)
     results = check_history(m.history)
     write_check(live / "check.json", results)
@@ -258,6 +269,7 @@ def _write(live: Path, plan: RateLimitPlan, m: Measured, *, run_id: str, quick: 
                  "requests": scenario.LIVE_RACE_REQUESTS, "results": m.race},
         "limiter": LIMITER_SETTINGS,
         "host": host or "started per design",
+        **({"served": served} if served is not None else {}),
         "locust_processes": plan.processes,
         "client_timeout_s": CLIENT_TIMEOUT_S,
         "max_in_flight": DEFAULT_MAX_IN_FLIGHT,
@@ -279,6 +291,11 @@ def run(settings: Settings, out: Path, *, quick: bool = False, host: str | None 
     `unsafe` also runs `naive` the same way into `<out>/unsafe/live/` (its checks are expected to fail).
     """
     token = settings.admin_token or secrets.token_urlsafe(24)
+    served: dict[str, Any] | None = None
+    if host is not None:
+        # The service's own algorithm is measured; its limiter must decide every admission as ours would.
+        settings, served = served_settings(settings, host, token)
+        refuse_unmodelled(host, served, LIMITER_SETTINGS)
     plan = ratelimit_plan(settings, quick=quick, host=host, rate=rate, duration=duration)
     plan.seed = seed
     runs = [(out / "live", plan, host)]
@@ -291,5 +308,5 @@ def run(settings: Settings, out: Path, *, quick: bool = False, host: str | None 
         run_id = new_run_id(scenario.PATTERN, "live")
         measured = _measure(settings, p, run_id=run_id, token=token, logs=live / "logs", host=h, progress=progress)
         csv_paths.append(_write(live, p, measured, run_id=run_id, quick=quick, host=h, started=started,
-                                progress=progress)[0])
+                                progress=progress, served=served if h is not None else None)[0])
     return csv_paths[0]

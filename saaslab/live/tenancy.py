@@ -43,8 +43,10 @@ from saaslab.live.harness import (
     Progress,
     Service,
     read_metrics,
+    refuse_unmodelled,
     run_locust,
     send_lag_rows,
+    served_settings,
     service,
 )
 from saaslab.results import ALL_TENANTS, LatencyHistogram, Row, new_run_id, write_run
@@ -270,6 +272,8 @@ def run_probe(settings: Settings, out: Path, *, isolation: str | None = None, ho
     live = out / "live"
     logs = live / "logs"
     token = settings.admin_token or secrets.token_urlsafe(24)
+    if host is not None:
+        settings, _ = served_settings(settings, host, token)
     design = isolation or settings.isolation
     with _service(settings, token=token, scheduler=settings.scheduler, isolation=design,
                  log_path=logs / f"service-{design}.log", host=host, progress=progress) as svc:
@@ -284,6 +288,21 @@ def run_probe(settings: Settings, out: Path, *, isolation: str | None = None, ho
     return results
 
 
+def modelled_service(settings: Settings, host: str, token: str) -> tuple[Settings, dict[str, Any]]:
+    """The settings of the service at `host` (`served_settings`), refused unless the simulation models them.
+
+    Its scheduler and isolation are its own (the run measures those); its slots, and the bulkhead's
+    per-tenant cap, must be the simulation's `SLOTS` and `BULKHEAD_PER_TENANT`, which its workload and
+    capacity are built on.
+    """
+    settings, served = served_settings(settings, host, token)
+    modelled: dict[str, Any] = {"scheduler_slots": scenario.SLOTS}
+    if settings.scheduler == "bulkhead":
+        modelled["bulkhead_per_tenant"] = scenario.BULKHEAD_PER_TENANT
+    refuse_unmodelled(host, served, modelled)
+    return settings, served
+
+
 def run(settings: Settings, out: Path, *, quick: bool = False, host: str | None = None,
         rate: float | None = None, duration: float | None = None, progress: Progress | None = None,
         unsafe: bool = False, seed: int = LIVE_SEED) -> Path:
@@ -294,11 +313,14 @@ def run(settings: Settings, out: Path, *, quick: bool = False, host: str | None 
     `<out>/unsafe/live/` (its checks are expected to fail).
     """
     started = time.monotonic()
+    token = settings.admin_token or secrets.token_urlsafe(24)
+    served: dict[str, Any] | None = None
+    if host is not None:
+        settings, served = modelled_service(settings, host, token)
     plan = tenancy_plan(settings, quick=quick, host=host, rate=rate, duration=duration)
     plan.seed = seed
     live = out / "live"
     logs = live / "logs"
-    token = settings.admin_token or secrets.token_urlsafe(24)
     run_id = new_run_id(scenario.PATTERN, "live")
     rows: list[Row] = []
     history: list[Op] = []
@@ -369,6 +391,7 @@ def run(settings: Settings, out: Path, *, quick: bool = False, host: str | None 
         "slo_ms": scenario.SLO_MS,
         "isolation": settings.isolation,
         "host": host or "started per design",
+        **({"served": served} if served is not None else {}),
         "locust_processes": plan.processes,
         "client_timeout_s": CLIENT_TIMEOUT_S,
         "max_in_flight": DEFAULT_MAX_IN_FLIGHT,
