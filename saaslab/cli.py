@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from saaslab import __version__
 from saaslab.history import CheckResult
 from saaslab.patterns import REGISTRY, Pattern, with_face
 from saaslab.services import EmbeddedServices, ServiceError, exit_on_sigterm, port_is_free, services_for
@@ -37,9 +38,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: Typer's rich panels print a `<bool>` placeholder after flags (even --help),
+    # which take no value; the plain formatter shows a metavar only for options that take one.
+    rich_markup_mode=None,
 )
 services_app = typer.Typer(help="The PostgreSQL and Redis the lab uses (embedded unless SAASLAB_*_URL are set).",
-                           no_args_is_help=True)
+                           no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(services_app, name="services")
 
 _debug = False
@@ -54,8 +58,18 @@ class UserError(Exception):
 _UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"saaslab {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False) -> None:
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version, expose_value=False)] = False,
+) -> None:
     global _debug
     _debug = debug
 
@@ -83,11 +97,11 @@ def _pattern_help(face: str) -> str:
     return "Pattern slug or 'all': " + "; ".join(f"{p.slug} ({p.title.lower()})" for p in with_face(face)) + "."
 
 
-PatternArg = Annotated[str, typer.Argument(help=_pattern_help("simulation"))]
-LivePatternArg = Annotated[str, typer.Argument(help=_pattern_help("live"))]
+PatternArg = Annotated[str, typer.Argument(metavar="PATTERN", help=_pattern_help("simulation"))]
+LivePatternArg = Annotated[str, typer.Argument(metavar="PATTERN", help=_pattern_help("live"))]
 _UNSAFE_LIST = ", ".join(f"{p.slug}: {p.unsafe.name}" for p in with_face("live") if p.unsafe)
 QuickOpt = Annotated[bool, typer.Option("--quick", help="The short version used by `saaslab demo`.")]
-OutOpt = Annotated[Path | None, typer.Option("--out", help="Output folder (default reports/<pattern>/).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", metavar="DIR", help="Output folder (default reports/<pattern>/).")]
 
 
 # --- services -----------------------------------------------------------------------------------
@@ -127,9 +141,9 @@ def services_status() -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
-    workers: Annotated[int, typer.Option(help="Service worker processes.", min=1, max=64)] = 1,
+    host: Annotated[str, typer.Option(metavar="ADDRESS", help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="N", help="TCP port.", min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(metavar="N", help="Service worker processes.", min=1, max=64)] = 1,
 ) -> None:
     """Run the reference service (FastAPI on uvicorn). Ready when GET /readyz answers 200."""
     from saaslab import launch
@@ -150,7 +164,7 @@ def serve(
 
 # --- idempotency: completer and reaper ----------------------------------------------------------
 
-IntervalOpt = Annotated[float, typer.Option("--interval", help="Seconds between passes.", min=0.01, max=86400)]
+IntervalOpt = Annotated[float, typer.Option("--interval", metavar="SECONDS", help="Seconds between passes.", min=0.01, max=86400)]
 OnceOpt = Annotated[bool, typer.Option("--once", help="Run one pass, print how many it handled, and exit.")]
 
 
@@ -227,9 +241,9 @@ def _sim(pattern: Pattern, out: Path, quick: bool, seeds: int, jobs: int) -> Pat
 def sim(
     pattern: PatternArg,
     quick: QuickOpt = False,
-    seeds: Annotated[int, typer.Option(help="Seeds per design and load point (>= 5 for confidence intervals).",
+    seeds: Annotated[int, typer.Option(metavar="N", help="Seeds per design and load point (>= 5 for confidence intervals).",
                                        min=1, max=1000)] = 5,
-    jobs: Annotated[int, typer.Option(help="Worker processes for the sweep.", min=1, max=256)] = os.cpu_count() or 1,
+    jobs: Annotated[int, typer.Option(metavar="N", help="Worker processes for the sweep.", min=1, max=256)] = os.cpu_count() or 1,
     out: OutOpt = None,
 ) -> None:
     """Run a pattern's SimPy scenarios; writes <out>/sim/results.csv and run.json."""
@@ -251,9 +265,9 @@ def _load(pattern: Pattern, out: Path, quick: bool, host: str | None, rate: floa
 def load(
     pattern: LivePatternArg,
     quick: QuickOpt = False,
-    host: Annotated[str | None, typer.Option(help="URL of a running service; default: start one here.")] = None,
-    rate: Annotated[float | None, typer.Option(help="Override the offered load (requests/s).", min=0.1)] = None,
-    duration: Annotated[float | None, typer.Option(help="Override the load duration in seconds.", min=1)] = None,
+    host: Annotated[str | None, typer.Option(metavar="URL", help="URL of a running service; default: start one here.")] = None,
+    rate: Annotated[float | None, typer.Option(metavar="RPS", help="Override the offered load (requests/s).", min=0.1)] = None,
+    duration: Annotated[float | None, typer.Option(metavar="SECONDS", help="Override the load duration in seconds.", min=1)] = None,
     unsafe: Annotated[bool, typer.Option(
         "--unsafe", help="Also run the pattern's deliberately unsafe design in the same harness, into "
         f"<out>/unsafe/live/ ({_UNSAFE_LIST}), to see the checker catch it: "
@@ -361,7 +375,7 @@ def main() -> None:
     exit_on_sigterm()  # a terminated run stops the embedded servers it started, as Ctrl-C does
     try:
         # Without standalone mode click returns a command's exit code instead of exiting.
-        code = app(standalone_mode=False)
+        code = app(prog_name="saaslab", standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
     except typer.Exit as e:

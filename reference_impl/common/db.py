@@ -346,13 +346,26 @@ def make_pool(settings: Settings) -> Pool:
     return Pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
 
 
+class MigrationError(Exception):
+    """The schema could not be set up for lack of a right the database user can be given; one line saying which."""
+
+
 async def migrate(pool: Pool, scripts: Iterable[Path]) -> None:
-    """Apply idempotent SQL scripts in one transaction, serialised across processes by an advisory lock."""
+    """Apply idempotent SQL scripts in one transaction, serialised across processes by an advisory lock.
+
+    A missing privilege (on your own PostgreSQL, a login that may not create roles, say) raises
+    `MigrationError` with PostgreSQL's message and hint on one line: the service's start fails with
+    it, and the launcher (saaslab/launch.py, `log_reason`) shows that line rather than a traceback's end.
+    """
     async with pool.connection() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
         for script in scripts:
             # No arguments: asyncpg sends it with the simple protocol, so one script may hold many statements.
-            await conn.execute(script.read_text())
+            try:
+                await conn.execute(script.read_text())
+            except asyncpg.InsufficientPrivilegeError as e:
+                hint = f"; {e.hint}" if e.hint else ""
+                raise MigrationError(f"{e.message} ({script.parent.name}/{script.name}){hint}") from None
 
 
 @contextlib.asynccontextmanager

@@ -35,21 +35,37 @@ CREATE INDEX IF NOT EXISTS payments_tenant_page ON payments (tenant_id, created_
 
 -- The `rls` design runs each transaction as this role. NOLOGIN: reachable only through SET ROLE
 -- from the service's own login. NOBYPASSRLS: policies always apply to it. Roles are cluster-wide,
--- so a migration of another database may be creating it at the same moment.
+-- so a migration of another database may be creating it at the same moment. Creating it needs
+-- CREATEROLE; a role an administrator created (and granted to the service's login) is used as it is,
+-- so a login without CREATEROLE works too. Lacking both, the start fails saying what to grant.
 DO $$
 BEGIN
-    CREATE ROLE saaslab_app NOLOGIN NOBYPASSRLS;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN
-    NULL;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'saaslab_app') THEN
+        CREATE ROLE saaslab_app NOLOGIN NOBYPASSRLS;
+    END IF;
+EXCEPTION
+    WHEN duplicate_object OR unique_violation THEN
+        NULL;
+    WHEN insufficient_privilege THEN
+        RAISE insufficient_privilege USING
+            MESSAGE = format('database user %I may not create role saaslab_app', current_user),
+            HINT = format('grant the right: ALTER ROLE %I CREATEROLE (or as an administrator: '
+                          'CREATE ROLE saaslab_app NOLOGIN NOBYPASSRLS; GRANT saaslab_app TO %I)',
+                          current_user, current_user);
 END
 $$;
 
--- A superuser may SET ROLE to anyone; any other login role needs membership.
+-- A superuser may SET ROLE to anyone (pg_has_role is true for it); any other login role needs membership.
 DO $$
 BEGIN
-    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+    IF NOT pg_has_role(current_user, 'saaslab_app', 'MEMBER') THEN
         EXECUTE format('GRANT saaslab_app TO %I', current_user);
     END IF;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE insufficient_privilege USING
+        MESSAGE = format('database user %I may not join role saaslab_app', current_user),
+        HINT = format('grant the right: ALTER ROLE %I CREATEROLE (or as an administrator: GRANT saaslab_app TO %I)',
+                      current_user, current_user);
 END
 $$;
 

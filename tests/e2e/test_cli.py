@@ -43,6 +43,44 @@ def test_wrong_arguments_print_one_line_and_fail(args: list[str], needle: str) -
     assert "Traceback" not in r.stderr + r.stdout
 
 
+def test_a_usage_error_points_at_the_subcommands_own_help() -> None:
+    r = run_cli("sim", "tenancy", "--seeds", "many")
+    assert r.returncode == 2
+    assert r.stderr.strip().endswith("(see `saaslab sim --help`)"), r.stderr
+    r = run_cli("services", "up", "--bogus")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["error: No such option: --bogus (see `saaslab services up --help`)"]
+
+
+def test_version_prints_the_package_version() -> None:
+    from saaslab import __version__
+
+    r = run_cli("--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"saaslab {__version__}"
+
+
+@pytest.mark.parametrize(("command", "flags"), [
+    ([], ["--debug", "--version"]),
+    (["sim"], ["--quick"]),
+    (["load"], ["--quick", "--unsafe"]),
+    (["completer"], ["--once"]),
+    (["demo"], ["--skip-load"]),
+])
+def test_flags_show_no_value_placeholder(command: list[str], flags: list[str]) -> None:
+    """A flag takes no value, so its help line names none; an option that takes one shows what it takes."""
+    r = run_cli(*command, "--help")
+    assert r.returncode == 0, r.stderr
+    assert "<bool>" not in r.stdout
+    options = {line.split()[0]: line.split()[1] for line in r.stdout.splitlines()
+               if line.startswith("  --") and len(line.split()) > 1}
+    for flag in [*flags, "--help"]:
+        word = options[flag]  # the flag's help text starts right after it, with no METAVAR or <type> between
+        assert word[0].isupper() and not word.isupper(), (flag, r.stdout)
+    if command == ["sim"]:
+        assert options["--seeds"] == "N" and options["--out"] == "DIR"
+
+
 def test_busy_port_is_one_line() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
