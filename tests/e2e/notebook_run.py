@@ -44,3 +44,26 @@ def lines_of(nb: nbformat.NotebookNode) -> list[str]:
 def images(nb: nbformat.NotebookNode) -> int:
     """The figures it drew."""
     return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def printed_table(lines: list[str], title: str) -> list[list[str]]:
+    """The rows (header first) of the table a notebook printed under `title`, one line per row with cells
+    separated by ' | ' (the notebooks' `print_table`)."""
+    start = lines.index(title) + 1
+    rows = []
+    for line in lines[start:]:
+        if " | " not in line:
+            break
+        rows.append([cell.strip() for cell in line.split(" | ")])
+    return rows
+
+
+def report_comparison(pattern: str, reports_dir: Path) -> tuple[str, list[list[str]], list[str]]:
+    """The report's simulated-versus-measured table for the runs in reports_dir: its title, its rows (header
+    first) and its conclusions."""
+    from saaslab.report import build, declaration_for, load_pattern
+
+    report = build(declaration_for(pattern), load_pattern(pattern, reports_dir))
+    assert report.sim_vs_live is not None
+    table = report.sim_vs_live
+    return table.title, [table.columns, *table.rows], report.conclusions

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from notebook_run import NOTEBOOKS, execute, images, lines_of
+from notebook_run import NOTEBOOKS, execute, images, lines_of, printed_table, report_comparison
 
+from saaslab import patterns
 from saaslab.history import CheckResult
 from saaslab.results import ALL_TENANTS, Row, write_run
 
@@ -47,7 +48,7 @@ def test_without_a_live_run_it_simulates_judges_and_says_how_to_measure(tmp_path
     assert images(nb) == 1
 
 
-def test_with_a_live_run_it_sets_measured_beside_simulated(tmp_path: Path) -> None:
+def test_with_a_live_run_it_shows_the_reports_comparison(tmp_path: Path) -> None:
     live = tmp_path / "idempotency" / "live"
     rows = []
     for design, lp, dup in (("none", 0.9, 321.5), ("postgres", 0.9, 0.0), ("redis", 0.6, 0.0)):
@@ -58,20 +59,19 @@ def test_with_a_live_run_it_sets_measured_beside_simulated(tmp_path: Path) -> No
     write_run(live, run_id="idempotency-live-test", pattern="idempotency", source="live", rows=rows, parameters={})
     (live / "check.json").write_text(json.dumps([CheckResult("exactly_one_effect[none]", False, 800, 31).to_dict(),
                                                  CheckResult("exactly_one_effect[postgres]", True, 800).to_dict()]))
+    # A stored simulation beside the live run, as `saaslab sim idempotency --quick` writes it (fewer seeds).
+    patterns.get("idempotency").module("simulation").run(tmp_path / "idempotency", quick=True, seeds=2, jobs=2)
     nb, elapsed = execute("idempotency", tmp_path)
     lines = lines_of(nb)
     assert elapsed < BUDGET_S
-    measured = {(cols[0], cols[1]): cols for cols in map(str.split, lines)
-                if cols and cols[0] in DESIGNS and len(cols) == 11 and cols[-1] == "42.5"}
-    assert set(measured) == {("none", "0.9"), ("postgres", "0.9"), ("redis", "0.6")}
-    assert measured[("none", "0.9")][5] == "321.5"
-    # The simulated side replays the live plan (every payment double-clicked): none duplicates most payments.
-    assert "replaying the live plan for 3 s: every payment clicked by 2 or 3 clients, at most 8 attempts per client" \
-        in lines
-    assert float(measured[("none", "0.9")][2].replace(",", "")) > 10_000
-    assert measured[("postgres", "0.9")][2:6] == ["0.00", "±", "0.00", "0.0"]
-    # 0.6 was not in the notebook's sweep: the replay runs wherever the live run measured.
-    assert measured[("redis", "0.6")][2:5] == ["0.00", "±", "0.00"]
+    assert f"simulation: {tmp_path / 'idempotency' / 'sim'}" in " ".join(lines)
+    # The same numbers as the report's simulated-versus-measured table for the same runs.
+    title, table, conclusions = report_comparison("idempotency", tmp_path)
+    assert printed_table(lines, title) == table
+    measured = {(r[0], r[1]): r[3] for r in table[1:]}
+    assert measured == {("none", "0.9"): "322", ("postgres", "0.9"): "0.00", ("redis", "0.6"): "0.00"}
+    said = [line for line in lines if line in conclusions]
+    assert said, "the report's agreement sentences"
     assert "check exactly_one_effect[none]: VIOLATED (800 checked, 31 violations)" in lines
     assert "check exactly_one_effect[postgres]: held (800 checked, 0 violations)" in lines
     assert not any("No live results" in line for line in lines)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
-from notebook_run import execute, images, text_of
+from notebook_run import execute, images, lines_of, printed_table, report_comparison, text_of
 
 from saaslab.results import ALL_TENANTS, Row, write_run
 
@@ -27,18 +28,27 @@ def test_without_a_live_run_it_simulates_and_says_how_to_measure(tmp_path: Path)
     assert images(nb) == 1
 
 
-def test_with_a_live_run_it_sets_measured_beside_simulated(tmp_path: Path) -> None:
+def test_with_a_live_run_it_shows_the_reports_comparison(tmp_path: Path) -> None:
     live_ratio = {"fifo": 40.0, "bulkhead": 2.5, "wfq": 1.25}
     rows = [Row("tenancy-live-test", "live", "tenancy", design, 0, 0.5, ALL_TENANTS, "quiet_p99_vs_solo",
                 ratio, "ratio") for design, ratio in live_ratio.items()]
     write_run(tmp_path / "tenancy" / "live", run_id="tenancy-live-test", pattern="tenancy", source="live",
               rows=rows, parameters={})
     nb, elapsed = execute("tenancy", tmp_path)
-    out = text_of(nb)
+    lines = lines_of(nb)
     assert elapsed < BUDGET_S
-    # Rows of the simulated-versus-measured table: design, load, simulated (± CI), measured, gap.
-    measured = sorted((cols[0], cols[-2]) for cols in map(str.split, out.splitlines())
-                      if cols[:1] in (["fifo"], ["bulkhead"], ["wfq"]) and cols[-1].endswith("%"))
-    assert measured == [("bulkhead", "2.50x"), ("fifo", "40.0x"), ("wfq", "1.25x")]
-    assert "No live results" not in out
+    # No simulation stored: the notebook ran the quick one into a scratch folder and left REPORTS alone.
+    said = next(line for line in lines if line.startswith("simulation: none stored in"))
+    scratch = Path(said.rsplit(" into ", 1)[1])
+    assert not (tmp_path / "tenancy" / "sim").exists()
+    try:
+        title, table, conclusions = report_comparison("tenancy", scratch.parent.parent)
+    finally:
+        shutil.rmtree(scratch.parent.parent)
+    # The same numbers as the report's table for the same runs, and its agreement sentences.
+    assert printed_table(lines, title) == table
+    assert [r[4] for r in table[1:] if r[2] == table[1][2]] == ["40.0x", "2.50x", "1.25x"]
+    agreement = [line for line in lines if line.startswith("Simulation and measurement")]
+    assert agreement and set(agreement) <= set(conclusions)
+    assert "No live results" not in text_of(nb)
     assert images(nb) == 2

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from notebook_run import execute, images, lines_of
+from notebook_run import execute, images, lines_of, printed_table, report_comparison
 
+from saaslab import patterns
 from saaslab.history import CheckResult
 from saaslab.results import ALL_TENANTS, Row, write_run
 
@@ -43,7 +44,7 @@ def test_without_a_live_run_it_simulates_and_says_how_to_measure(tmp_path: Path)
     assert images(nb) == 2
 
 
-def test_with_a_live_run_it_sets_measured_beside_simulated(tmp_path: Path) -> None:
+def test_with_a_live_run_it_shows_the_reports_comparison(tmp_path: Path) -> None:
     live = tmp_path / "ratelimit" / "live"
     rows = []
     for design, lp, noisy in (("gcra", 2.0, 0.5), ("fixed_window", 10.0, 0.9)):
@@ -54,13 +55,19 @@ def test_with_a_live_run_it_sets_measured_beside_simulated(tmp_path: Path) -> No
                  row(ALL_TENANTS, "latency_p99", 12.5)]
     write_run(live, run_id="ratelimit-live-test", pattern="ratelimit", source="live", rows=rows, parameters={})
     (live / "check.json").write_text(json.dumps([CheckResult("no_over_admission", True, 1234).to_dict()]))
+    # A stored simulation beside the live run, as `saaslab sim ratelimit --quick` writes it (fewer seeds).
+    patterns.get("ratelimit").module("simulation").run(tmp_path / "ratelimit", quick=True, seeds=2, jobs=2)
     nb, elapsed = execute("ratelimit", tmp_path)
     lines = lines_of(nb)
     assert elapsed < BUDGET_S
-    # Rows of the simulated-versus-measured table: design, load, simulated, measured, gap, quiet, p99.
-    measured = sorted((cols[0], cols[1], cols[3], cols[5], cols[6]) for cols in map(str.split, lines)
-                      if len(cols) == 7 and cols[0] in DESIGNS)
-    assert measured == [("fixed_window", "10", "90.0%", "0.0%", "12.5"), ("gcra", "2", "50.0%", "0.0%", "12.5")]
+    assert f"simulation: {tmp_path / 'ratelimit' / 'sim'}" in " ".join(lines)
+    # The same numbers as the report's simulated-versus-measured table for the same runs.
+    title, table, conclusions = report_comparison("ratelimit", tmp_path)
+    assert printed_table(lines, title) == table
+    noisy = sorted((r[0], r[1], r[4]) for r in table[1:] if r[2] == table[1][2])
+    assert noisy == [("fixed_window", "10", "90.0%"), ("gcra", "2", "50.0%")]
+    agreement = [line for line in lines if "simulated 429 rates are within" in line]
+    assert len(agreement) == 1 and agreement[0] in conclusions
     assert "check no_over_admission: held (1234 checked, 0 violations)" in lines
     assert not any("No live results" in line for line in lines)
     assert images(nb) == 3
