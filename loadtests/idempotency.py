@@ -350,7 +350,11 @@ class FaultKeeper:
 
 
 class DoubleClickPay(LabUser):
-    """Open-model double-click payments with client retries, under the plan's faults (module docstring)."""
+    """The scenario: payments sent as double clicks with client retries, under provider faults and worker crashes.
+
+    Open-model, with the plan's faults (module docstring), armed by this user and cleared when its
+    scenario ends or the run stops.
+    """
 
     tenant_specs = tuple(TenantSpec(t) for t in TENANTS)
     # An attempt cut off by the client's timeout keeps its slot of the connection pool: room for every one.
@@ -400,6 +404,8 @@ class DoubleClickPay(LabUser):
                 self.keeper.stop()
         if plan.reconcile:
             self._reconcile()
+        if self.keeper is not None:
+            self.keeper.disarm()  # the scenario is over, though a plain run may go on
 
     def _phase(self) -> str:
         return self.config.plan.phase_at(time.monotonic() - self.start)
