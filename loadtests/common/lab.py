@@ -12,12 +12,13 @@ How a run unfolds, with `--processes N` or without:
   tenant split into N service tenants would get N bulkheads and N fair shares, which is exactly
   what the noisy-neighbour experiment measures.
 * Each process runs `drive` in its first user only; further users Locust hands the same
-  process (more `-u` than processes, or a worker that quit early) stop at once.
+  process (more `-u` than processes, or a worker that quit early) stop at once under the
+  harness, and idle in a plain run.
 * When `drive` returns, the process writes `<class>-w<index>.json` (tenants, counters, encoded
   histograms) and its history `<class>-w<index>.history.jsonl` into the run's `out_dir`. Under the
   harness (a `--saaslab-run` file) it then quits, and when the last worker has quit, the master
   ends the run. A plain run goes on until `--run-time` ends or its user stops it: a short scenario
-  (a probe) must not end the run of the long one beside it, so its user just stops. A run stopped
+  (a probe) must not end the run of the long one beside it, so its users idle. A run stopped
   early (Ctrl-C, `--run-time`) writes what it has from `test_stop`, and logs how many of the
   requests due by then its open-model driver sent.
 * Before any tenant is made, `test_start` checks the service: lab mode on and the admin token
@@ -40,7 +41,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import gevent
 from gevent.event import Event
@@ -193,7 +194,7 @@ class LabUser(FastHttpUser):
     def drive_once(self) -> None:
         run = self.lab
         if run.claimed:
-            raise StopUser()
+            self._rest()
         run.claimed = True
         run.user = self
         if not run.ready.wait(SETUP_TIMEOUT_S):
@@ -219,9 +220,17 @@ class LabUser(FastHttpUser):
         write_outputs(self)
         if harness_run(self.environment):
             self._quit()
-        else:
-            log.info("%s finished its scenario; the run goes on until it is stopped", type(self).__name__)
-        raise StopUser()
+            raise StopUser()
+        log.info("%s finished its scenario; the run goes on until it is stopped", type(self).__name__)
+        self._rest()
+
+    def _rest(self) -> NoReturn:
+        """A user with nothing (more) to drive: under the harness it stops; in a plain run it idles until the run
+        stops, so the web UI keeps counting it and a finished probe never looks like a stopped run."""
+        if harness_run(self.environment):
+            raise StopUser()
+        while True:
+            gevent.sleep(3600)
 
     def _quit(self, exit_code: int | None = None) -> None:
         """End the run: quit (headless, or a worker), or just stop so the web UI stays up."""
