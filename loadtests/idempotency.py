@@ -66,10 +66,11 @@ import random
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import gevent
 from gevent.pool import Group
+from locust import events
 
 from loadtests.common.answers import received_body, whole
 from loadtests.common.lab import LabUser, worker_index
@@ -260,14 +261,23 @@ class Counters:
 
 
 class FaultKeeper:
-    """Keeps the phase's standing fault armed on every service worker and fires the one-shot crashes."""
+    """Keeps the phase's standing fault armed on every service worker and fires the one-shot crashes.
+
+    However the run ends (its schedule done, `--run-time`, the web UI's stop, Ctrl-C), `disarm_all` stops every
+    keeper of the process and clears the service's faults: a fault left armed would answer the next run's
+    payments with 504s.
+    """
+
+    active: ClassVar[set[FaultKeeper]] = set()
 
     def __init__(self, host: str, token: str, plan: Plan) -> None:
         self.admin = Admin(host, token)
         self.plan = plan
         self.log: list[dict[str, Any]] = []
         """What was armed when (the first arm of each phase, every crash, every failure)."""
-        self._greenlet: gevent.Greenlet | None = None
+        self._greenlets = Group()
+        """The keeping loop and every arm in flight: stopped together, so no arm lands after the clear."""
+        FaultKeeper.active.add(self)
 
     def _arm(self, fault: dict[str, Any], t_s: float, *, note: bool) -> None:
         try:
@@ -279,6 +289,24 @@ class FaultKeeper:
         if note:
             self.log.append({"t_s": round(t_s, 3), **fault})
 
+    def disarm(self) -> None:
+        """Stop arming and clear the service's faults, on as many connections as there are arms per tick."""
+        self._greenlets.kill(block=True, timeout=5)
+        if self not in FaultKeeper.active:
+            return
+        FaultKeeper.active.discard(self)
+        try:
+            self.admin.clear_faults(connections=2 * self.plan.spread)
+        except (ProvisioningError, OSError) as e:
+            log.error("clearing the lab's faults failed (%s): clear them with DELETE /admin/faults", e)
+        finally:
+            self.admin.close()
+
+    @classmethod
+    def disarm_all(cls) -> None:
+        for keeper in list(cls.active):
+            keeper.disarm()
+
     def arm_first(self) -> None:
         """Arm the first phase now; a service without lab mode fails here, before any payment is sent."""
         fault = self.plan.standing_fault(self.plan.phase_at(0.0))
@@ -286,27 +314,27 @@ class FaultKeeper:
         self.log.append({"t_s": 0.0, **fault})
 
     def start(self, start: float) -> None:
-        self._greenlet = gevent.spawn(self._run, start)
+        self._greenlets.spawn(self._run, start)
 
     def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill(block=True, timeout=5)
-        self.admin.close()
+        """Stop arming; what is armed stays armed (reconciling still meets the provider's faults)."""
+        self._greenlets.kill(block=True, timeout=5)
 
     def _run(self, start: float) -> None:
         plan = self.plan
         crashes = Group()
         for at, point in plan.crashes:
-            crashes.add(gevent.spawn_later(max(0.0, start + at * plan.duration_s - time.monotonic()), self._arm,
-                                           {"point": point, "mode": "crash", "count": 1}, at * plan.duration_s,
-                                           note=True))
+            crash = gevent.spawn_later(max(0.0, start + at * plan.duration_s - time.monotonic()), self._arm,
+                                       {"point": point, "mode": "crash", "count": 1}, at * plan.duration_s, note=True)
+            crashes.add(crash)
+            self._greenlets.add(crash)
         phase = plan.phase_at(0.0)
         try:
             while (t := time.monotonic() - start) < plan.duration_s:
                 now_phase = plan.phase_at(t)
                 fault = plan.standing_fault(now_phase)
                 # Side by side, so that a slow arm does not delay the phase's start.
-                arms = [gevent.spawn(self._arm, fault, t, note=i == 0 and now_phase != phase)
+                arms = [self._greenlets.spawn(self._arm, fault, t, note=i == 0 and now_phase != phase)
                         for i in range(plan.spread)]
                 phase = now_phase
                 gevent.sleep(self._until_next(start, plan.rearm_s))
@@ -322,7 +350,11 @@ class FaultKeeper:
 
 
 class DoubleClickPay(LabUser):
-    """Open-model double-click payments with client retries, under the plan's faults (module docstring)."""
+    """The scenario: payments sent as double clicks with client retries, under provider faults and worker crashes.
+
+    Open-model, with the plan's faults (module docstring), armed by this user and cleared when its
+    scenario ends or the run stops.
+    """
 
     tenant_specs = tuple(TenantSpec(t) for t in TENANTS)
     # An attempt cut off by the client's timeout keeps its slot of the connection pool: room for every one.
@@ -372,6 +404,8 @@ class DoubleClickPay(LabUser):
                 self.keeper.stop()
         if plan.reconcile:
             self._reconcile()
+        if self.keeper is not None:
+            self.keeper.disarm()  # the scenario is over, though a plain run may go on
 
     def _phase(self) -> str:
         return self.config.plan.phase_at(time.monotonic() - self.start)
@@ -529,3 +563,15 @@ class DoubleClickPay(LabUser):
             "faults": self.keeper.log if self.keeper else [],
             "open_model": self.driver.result().to_json() if self.driver else None,
         }
+
+
+@events.test_stop.add_listener
+def _clear_faults_at_stop(**_kw: Any) -> None:
+    """The run stopped (its end, `--run-time`, the web UI's stop): the next run starts on a service without faults."""
+    FaultKeeper.disarm_all()
+
+
+@events.quitting.add_listener
+def _clear_faults_at_quit(**_kw: Any) -> None:
+    """Locust is exiting (Ctrl-C, SIGTERM, a failed start), possibly before `test_stop`: clear the faults first."""
+    FaultKeeper.disarm_all()

@@ -124,7 +124,10 @@ class DecisionClient(LabUser):
 
 
 class NoisyNeighbour(DecisionClient):
-    """Open-model replay of `noisy_neighbour(load_point)` under `NEIGHBOUR_POLICY`: each tenant reads its own project.
+    """The main scenario: a noisy tenant offers `load_point` x its quota, quiet tenants stay within theirs, open-model.
+
+    Replays `scenarios.ratelimit.noisy_neighbour(load_point)` under `NEIGHBOUR_POLICY`: each tenant reads
+    its own project, and every answer is recorded as a limiter decision.
 
     The schedule starts on a window boundary of the limiter's clock (Redis TIME, the machine's
     clock), as the simulation's does, so aligned windows cut the run where they cut the simulated one.
@@ -188,7 +191,10 @@ class NoisyNeighbour(DecisionClient):
 
 
 class RaceBurst(DecisionClient):
-    """`LIVE_RACE_REQUESTS` requests of one tenant at once, at a limit of `LIVE_RACE_POLICY`.
+    """A short probe: one tenant's burst of simultaneous requests over its limit (a strict limiter admits exactly it).
+
+    `LIVE_RACE_REQUESTS` requests at a limit of `LIVE_RACE_POLICY`. Once done, its user stops; a plain
+    run goes on.
 
     The race the unsafe `naive` design loses: every connection is opened first, the requests wait
     at one gate and leave together, and the service's workers decide them side by side. A strict

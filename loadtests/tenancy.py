@@ -101,7 +101,11 @@ class TenantClient(LabUser):
 
 
 class NoisyNeighbour(TenantClient):
-    """Open-model replay of `noisy_neighbour(load_point)`: each tenant reads its own project."""
+    """The main scenario: a noisy tenant bursts while quiet tenants read their own projects, open-model.
+
+    Replays `scenarios.tenancy.noisy_neighbour(load_point)` (the simulation's schedule); each tenant reads
+    its own project.
+    """
 
     @classmethod
     def tenants_for(cls, run: LoadRun) -> tuple[TenantSpec, ...]:
@@ -150,9 +154,9 @@ KINDS = {"project": PROJECTS, "payment": PAYMENTS}
 
 
 class CrossTenantProbe(TenantClient):
-    """Tenant B replays tenant A's object ids (and cursors) on every route; A reads its own as control.
+    """A short probe: tenant B replays tenant A's object ids and cursors on every route (a safe service says 404).
 
-    Expected of a safe service: every B attempt on A's objects is 404, and every list shows B
+    Tenant A reads its own objects as control. Once done, its user stops; a plain run goes on. Expected of a safe service: every B attempt on A's objects is 404, and every list shows B
     only its own ids. Every attempt lands in the history with the actor, the route, the object
     and its owner (the harness created it, so it knows), the status and, for lists, the ids.
     """

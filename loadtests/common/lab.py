@@ -12,11 +12,17 @@ How a run unfolds, with `--processes N` or without:
   tenant split into N service tenants would get N bulkheads and N fair shares, which is exactly
   what the noisy-neighbour experiment measures.
 * Each process runs `drive` in its first user only; further users Locust hands the same
-  process (more `-u` than processes, or a worker that quit early) stop at once.
+  process (more `-u` than processes, or a worker that quit early) stop at once under the
+  harness, and idle in a plain run.
 * When `drive` returns, the process writes `<class>-w<index>.json` (tenants, counters, encoded
-  histograms) and its history `<class>-w<index>.history.jsonl` into the run's `out_dir`, then
-  quits; when the last worker has quit, the master ends the run. A run stopped early (Ctrl-C,
-  `--run-time`) writes what it has from `test_stop`.
+  histograms) and its history `<class>-w<index>.history.jsonl` into the run's `out_dir`. Under the
+  harness (a `--saaslab-run` file) it then quits, and when the last worker has quit, the master
+  ends the run. A plain run goes on until `--run-time` ends or its user stops it: a short scenario
+  (a probe) must not end the run of the long one beside it, so its users idle. A run stopped
+  early (Ctrl-C, `--run-time`) writes what it has from `test_stop`, and logs how many of the
+  requests due by then its open-model driver sent.
+* Before any tenant is made, `test_start` checks the service: lab mode on and the admin token
+  accepted, or one line saying what to set, and the run exits with status 2.
 
 What the run is (its workload, seed, design, where to write) is a `LoadRun`
 (`loadtests/common/runconfig.py`), read from the file Locust's `--saaslab-run PATH` option names
@@ -35,7 +41,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import gevent
 from gevent.event import Event
@@ -46,13 +52,13 @@ from locust.exception import StopUser
 from locust.rpc import Message
 from locust.runners import LocalRunner, MasterRunner, Runner, WorkerRunner
 
-from loadtests.common.openmodel import DEFAULT_MAX_IN_FLIGHT
+from loadtests.common.openmodel import DEFAULT_MAX_IN_FLIGHT, OpenModelDriver
 from loadtests.common.provision import (
     UNLIMITED,
+    Admin,
     ProvisioningError,
     Tenant,
     admin_token_from_env,
-    create_tenants,
 )
 from loadtests.common.runconfig import OPTION, LoadRun
 from saaslab.history import History
@@ -66,6 +72,8 @@ CLIENT_TIMEOUT_S = 30.0
 """A request unanswered this long is recorded as `info` (unknown outcome) and counted as a timeout."""
 
 log = logging.getLogger("saaslab.lab")
+# httpx logs every admin call at INFO: noise among Locust's own lines, and the lab's faults are re-armed twice a second.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @dataclass
@@ -103,8 +111,16 @@ def run_config(environment: Environment) -> LoadRun:
 @events.init_command_line_parser.add_listener
 def _add_options(parser: LocustArgumentParser) -> None:
     parser.add_argument(OPTION, type=str, default="", metavar="PATH",
-                        help="A saaslab run configuration (JSON of loadtests/common/runconfig.py's LoadRun), "
-                             "as `saaslab load` writes it; without it, the locustfile's defaults.")
+                        help="saaslab: a run configuration (JSON of loadtests/common/runconfig.py's LoadRun), as "
+                             "`saaslab load` writes it; it sets the workload, seed and output folder, and lets a "
+                             "finished scenario end the run. Without it, the locustfile's defaults, and the run "
+                             "lasts until --run-time or you stop it. `--list` names the user classes; each one's "
+                             "purpose is logged at start.")
+
+
+def harness_run(environment: Environment) -> bool:
+    """Whether a run file drives this run (`saaslab load`), which lets a finished scenario end the run."""
+    return bool(getattr(environment.parsed_options, "saaslab_run", ""))
 
 
 def worker_index(runner: Runner | None) -> int:
@@ -113,7 +129,10 @@ def worker_index(runner: Runner | None) -> int:
 
 
 class LabUser(FastHttpUser):
-    """Base of the lab's Locust users: provisioned tenants, one `drive` per process, a history."""
+    """Base of the lab's Locust users: provisioned tenants, one `drive` per process, a history.
+
+    A subclass's docstring is what Locust's web UI shows for it: say what the user does.
+    """
 
     abstract = True
     wait_time = constant(0)
@@ -175,7 +194,7 @@ class LabUser(FastHttpUser):
     def drive_once(self) -> None:
         run = self.lab
         if run.claimed:
-            raise StopUser()
+            self._rest()
         run.claimed = True
         run.user = self
         if not run.ready.wait(SETUP_TIMEOUT_S):
@@ -199,8 +218,19 @@ class LabUser(FastHttpUser):
             self._quit(exit_code=2)
             raise StopUser() from None
         write_outputs(self)
-        self._quit()
-        raise StopUser()
+        if harness_run(self.environment):
+            self._quit()
+            raise StopUser()
+        log.info("%s finished its scenario; the run goes on until it is stopped", type(self).__name__)
+        self._rest()
+
+    def _rest(self) -> NoReturn:
+        """A user with nothing (more) to drive: under the harness it stops; in a plain run it idles until the run
+        stops, so the web UI keeps counting it and a finished probe never looks like a stopped run."""
+        if harness_run(self.environment):
+            raise StopUser()
+        while True:
+            gevent.sleep(3600)
 
     def _quit(self, exit_code: int | None = None) -> None:
         """End the run: quit (headless, or a worker), or just stop so the web UI stays up."""
@@ -220,15 +250,24 @@ def write_outputs(user: LabUser) -> None:
         return
     run.written = True
     stem = user._file_stem()
+    # The harness reads the tenants' keys back (the ledger, the state checks); a plain run has no use for them
+    # on disk, where they would outlive the run.
+    keep_keys = harness_run(user.environment)
     data = {
         "user_class": type(user).__name__,
         "run": user.load_run.label,
         "worker_index": worker_index(user.environment.runner),
         "workers": run.workers,
-        "tenants": {n: t._asdict() for n, t in run.tenants.items()},
+        "tenants": {n: t._asdict() if keep_keys else {"tenant_id": t.tenant_id} for n, t in run.tenants.items()},
         "history": f"{stem}.history.jsonl",
         "summary": user.summary(),
     }
+    driver = getattr(user, "driver", None)
+    if isinstance(driver, OpenModelDriver):
+        due, sent = driver.due(), driver.sent
+        data["progress"] = {"due": due, "sent": sent, "scheduled": len(driver.schedule)}
+        log.info("%s sent %d of the %d requests due (%.1f%%; %d scheduled in all)", type(user).__name__, sent, due,
+                 100.0 * sent / due if due else 100.0, len(driver.schedule))
     if hasattr(user, "history"):
         user.history.close()
     path = user.load_run.out_dir / f"{stem}.json"
@@ -236,6 +275,12 @@ def write_outputs(user: LabUser) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(path)
+
+
+def purpose(cls: type) -> str:
+    """The first paragraph of a user class's docstring, on one line."""
+    doc = (cls.__doc__ or "").strip().split("\n\n")[0]
+    return " ".join(doc.split()) or "(no description)"
 
 
 def _lab_classes(environment: Environment) -> list[type[LabUser]]:
@@ -246,6 +291,8 @@ def _lab_classes(environment: Environment) -> list[type[LabUser]]:
 def _on_init(environment: Environment, runner: Runner | None = None, **_kw: Any) -> None:
     for cls in _lab_classes(environment):
         cls.configure(run_config(environment))
+        if not isinstance(runner, WorkerRunner):
+            log.info("%s: %s", cls.__name__, purpose(cls))
     if runner is not None and not isinstance(runner, MasterRunner):
         runner.register_message(SETUP_MESSAGE, _on_setup)
 
@@ -270,16 +317,17 @@ def _on_test_start(environment: Environment, **_kw: Any) -> None:
     try:
         token = admin_token_from_env()
         setup = {}
-        for cls in _lab_classes(environment):
-            tenants = create_tenants(environment.host or "", token, cls.tenants_for(run_config(environment)),
-                                     limits=cls.tenant_limits)
-            setup[cls.__name__] = {
-                "tenants": {n: list(t) for n, t in tenants.items()},
-                "workers": runner.worker_count if distributed else 1,
-                "start_at": time.time() + START_MARGIN_S if distributed else None,
-            }
+        with Admin(environment.host or "", token) as admin:
+            admin.check_lab()
+            for cls in _lab_classes(environment):
+                tenants = admin.create_tenants(cls.tenants_for(run_config(environment)), limits=cls.tenant_limits)
+                setup[cls.__name__] = {
+                    "tenants": {n: list(t) for n, t in tenants.items()},
+                    "workers": runner.worker_count if distributed else 1,
+                    "start_at": time.time() + START_MARGIN_S if distributed else None,
+                }
     except (ProvisioningError, OSError) as e:
-        log.error("provisioning failed: %s", e)
+        log.error("cannot start: %s", e)
         environment.process_exit_code = 2
         gevent.spawn(runner.quit)
         return

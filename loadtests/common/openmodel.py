@@ -14,6 +14,7 @@ queued. This module needs gevent but not Locust, so it is testable in a plain pr
 
 from __future__ import annotations
 
+import bisect
 import gc
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -155,12 +156,12 @@ class OpenModelDriver:
         self.sent = 0
         self.dropped = 0
         self._group = Group()
-        self._start = 0.0
+        self._start: float | None = None
         self._finished_sending: float | None = None
 
     def run(self, start: float | None = None) -> OpenModelResult:
         """Send the schedule with offsets counted from clock time `start` (default: now)."""
-        self._start = self.clock() if start is None else start
+        origin = self._start = self.clock() if start is None else start
         # gevent's timers sleep in whole milliseconds; on the real monotonic clock a timerfd wakes the
         # hub at the intended instant instead (saaslab.timerfd), so the send lag stays the server's.
         timer = timerfd.open_timer() if self.clock is time.monotonic else None
@@ -169,7 +170,7 @@ class OpenModelDriver:
         gc.freeze()
         try:
             for offset_us, tenant in self.schedule:
-                intended = self._start + offset_us / 1e6
+                intended = origin + offset_us / 1e6
                 self._wait_until(intended, timer)
                 c = self.counters.setdefault(tenant, TenantCounters())
                 c.offered += 1
@@ -218,10 +219,21 @@ class OpenModelDriver:
             else:
                 c.timeouts += 1
 
+    def due(self) -> int:
+        """How many arrivals of the schedule were due by now (all of them once sending is over): what a run
+        stopped early should have sent, to set against `sent` (0 before `run` starts)."""
+        if self._start is None:
+            return 0
+        if self._finished_sending is not None:
+            return len(self.schedule)
+        now_us = (self.clock() - self._start) * 1e6
+        return bisect.bisect_right(self.schedule, now_us, key=lambda arrival: arrival[0])
+
     def result(self) -> OpenModelResult:
         """The counters so far (a run stopped early reports what it did)."""
+        start = self.clock() if self._start is None else self._start
         end = self._finished_sending if self._finished_sending is not None else self.clock()
-        window = max(self.duration_s, end - self._start)
+        window = max(self.duration_s, end - start)
         return OpenModelResult(duration_s=self.duration_s, scheduled=len(self.schedule), sent=self.sent,
                                dropped=self.dropped, send_window_s=window, tenants=self.counters,
                                send_lag=self.send_lag)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import httpx
@@ -112,13 +113,38 @@ class Admin:
                                     "SAASLAB_LAB_MODE=1")
         _raise_for(resp, what)
 
-    def clear_faults(self) -> None:
+    def check_lab(self) -> None:
+        """Raise, with what to set, unless the service answers in lab mode and accepts the admin token."""
         try:
-            resp = self._client.delete("/admin/faults")
+            resp = self._client.get("/admin/faults")
         except httpx.HTTPError as e:
-            raise ProvisioningError(f"clearing faults failed: {e!r}") from None
-        if resp.status_code != 404:  # lab mode off: nothing is armed
-            _raise_for(resp, "clearing faults")
+            raise ProvisioningError(f"the service at {self.base_url} does not answer ({type(e).__name__}); "
+                                    "start it with `saaslab serve`, or pass its URL as --host") from None
+        if resp.status_code == 404:
+            raise ProvisioningError(f"{self.base_url} is not in lab mode: start the service with SAASLAB_LAB_MODE=1")
+        if resp.status_code in (401, 403):
+            raise ProvisioningError(f"{self.base_url} refused the admin token: set {ADMIN_TOKEN_ENV} to the token "
+                                    "the service was started with")
+        _raise_for(resp, "reading the lab's faults")
+
+    def clear_faults(self, connections: int = 1) -> None:
+        """Clear the faults armed on the service, over `connections` fresh connections at once: faults live in
+        each service worker, and each connection lands on whichever worker accepts it."""
+
+        def clear_one() -> None:
+            try:
+                resp = self._client.delete("/admin/faults", headers={"Connection": "close"})
+            except httpx.HTTPError as e:
+                raise ProvisioningError(f"clearing faults failed: {e!r}") from None
+            if resp.status_code != 404:  # lab mode off: nothing is armed
+                _raise_for(resp, "clearing faults")
+
+        if connections <= 1:
+            clear_one()
+            return
+        with ThreadPoolExecutor(max_workers=connections) as pool:
+            for done in [pool.submit(clear_one) for _ in range(connections)]:
+                done.result()
 
 
 def create_tenants(base_url: str, token: str, specs: Iterable[TenantSpec], *,
