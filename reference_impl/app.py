@@ -35,6 +35,7 @@ without auth, Redis, PostgreSQL or the scheduler, to compare `GET /v1/projects/{
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import inspect
 import secrets
@@ -52,7 +53,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from reference_impl.common.auth import TenantAuthMiddleware, TenantResolver, admin_guard
 from reference_impl.common.db import DB_UNAVAILABLE_ERRORS, Pool, make_pool, migrate, ping
-from reference_impl.common.faults import Faults, faults_router
+from reference_impl.common.faults import CLEAR_ALL, Faults, faults_channel, faults_router, follow_clears
 from reference_impl.common.metrics import Metrics
 from reference_impl.common.middleware import BodyLimitMiddleware, ErrorMiddleware, MetricsMiddleware
 from reference_impl.common.per_request import PerRequest
@@ -138,18 +139,26 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
     per_request = ctx.find(PerRequest) or PerRequest(settings.redis_url, settings.redis_prefix)
     on_start = [hook for parts in installed for hook in parts.on_start]
     on_stop = [hook for parts in reversed(installed) for hook in parts.on_stop]
+    channel = faults_channel(settings.redis_prefix)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await pool.open(timeout_s=30.0)
+        following: asyncio.Task[None] | None = None
         try:
             await migrate(pool, MIGRATIONS)
             for start in on_start:
                 await start()
+            if settings.lab_mode:  # a DELETE /admin/faults on any worker clears this one too
+                following = asyncio.create_task(follow_clears(faults, settings.redis_url or "", channel))
             if worker:
                 settle_gc()
             yield
         finally:
+            if following is not None:
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await following
             for stop in on_stop:
                 await stop()
             await per_request.close()
@@ -180,7 +189,8 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
                _config_router(settings, ctx.require_admin),
                *(r for rs in routes for r in rs.rest)]
     if settings.lab_mode:
-        routers.append(faults_router(faults, ctx.require_admin))
+        routers.append(faults_router(faults, ctx.require_admin,
+                                     clear_everywhere=lambda: redis_client.publish(channel, CLEAR_ALL)))
     install_problem_handlers(app, UNAVAILABLE_ERRORS, allow=allowed_methods(routers))
     for router in routers:
         app.include_router(router)

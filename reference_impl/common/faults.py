@@ -12,6 +12,11 @@ takes the armed fault with `faults.take(point)` and applies it itself. Modes:
 
 At most one fault is armed per point; it fires with `probability` and disarms after `count` firings.
 With lab mode off nothing can be armed and every /admin/faults route is absent (404).
+
+Faults live in each worker process: a POST arms the worker that took the connection (so a crash
+fault kills one worker, and `count` counts its firings). A DELETE clears every worker: the worker
+that takes it publishes on a Redis channel, and each worker follows that channel (`follow_clears`),
+so a load test that stops leaves no fault armed anywhere, whichever worker its request reached.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Literal, NoReturn
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
+from redis.asyncio import Redis
 from starlette.responses import JSONResponse, Response
 
 from reference_impl.common.metrics import Metrics
@@ -123,7 +129,37 @@ class FaultIn(BaseModel):
     delay_ms: int = Field(default=0, ge=0, le=600_000)
 
 
-def faults_router(faults: Faults, require_admin: Callable[..., Awaitable[None]]) -> APIRouter:
+CLEAR_ALL = "clear"
+FOLLOW_RETRY_S = 1.0
+
+
+def faults_channel(redis_prefix: str) -> str:
+    return f"{redis_prefix}:lab:faults"
+
+
+async def follow_clears(faults: Faults, redis_url: str, channel: str) -> None:
+    """Clear this worker's faults whenever any worker is asked to (runs for the worker's life, lab mode only).
+
+    Its own connection without a read timeout: a subscriber waits for messages, it does not answer requests."""
+    while True:
+        client = Redis.from_url(redis_url, socket_timeout=None, health_check_interval=0)
+        try:
+            async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                await pubsub.subscribe(channel)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        faults.clear()
+        except (OSError, ConnectionError, TimeoutError) as e:
+            log.warning("lab mode: lost the fault channel (%s); following it again in %g s", e, FOLLOW_RETRY_S)
+        except Exception as e:  # a Redis error class; keep following rather than leave a worker deaf
+            log.warning("lab mode: fault channel error (%s); following it again in %g s", e, FOLLOW_RETRY_S)
+        finally:
+            await client.aclose()
+        await asyncio.sleep(FOLLOW_RETRY_S)
+
+
+def faults_router(faults: Faults, require_admin: Callable[..., Awaitable[None]],
+                  clear_everywhere: Callable[[], Awaitable[object]] | None = None) -> APIRouter:
     """/admin/faults; mount it only in lab mode, so that without it every such route is 404."""
     router = APIRouter(prefix="/admin/faults", tags=["lab"], dependencies=[Depends(require_admin)],
                        responses=PROBLEM_RESPONSES)
@@ -140,11 +176,14 @@ def faults_router(faults: Faults, require_admin: Callable[..., Awaitable[None]])
 
     @router.get("")
     async def list_faults() -> dict[str, object]:
-        return {"points": faults.points, "armed": [asdict(f) for f in faults.armed.values()]}
+        # `worker`: which process answered, since faults are armed per worker.
+        return {"points": faults.points, "armed": [asdict(f) for f in faults.armed.values()], "worker": os.getpid()}
 
     @router.delete("", status_code=204)
     async def clear_faults() -> Response:
         faults.clear()
+        if clear_everywhere is not None:
+            await clear_everywhere()
         return Response(status_code=204)
 
     return router

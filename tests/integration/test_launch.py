@@ -80,3 +80,32 @@ def test_provisioned_tenants_work_and_faults_arm(settings: Settings) -> None:
             admin.arm_fault("no.such.point", "delay", delay_ms=1)
         with Admin(svc.url, "wrong-token") as stranger, pytest.raises(ProvisioningError, match="admin token"):
             stranger.create_tenant("x")
+
+
+def test_a_fault_clear_reaches_every_worker(settings: Settings) -> None:
+    """Faults are armed per worker; DELETE /admin/faults on any one worker clears them all (reference_impl/common/faults.py)."""
+    config = settings.model_copy(update={"lab_mode": True, "admin_token": "clear-token"})
+    admin = {"Authorization": "Bearer clear-token"}
+    fault = {"point": "tenancy.query", "mode": "delay", "delay_ms": 1}
+
+    def fresh(method: str, url: str, **kw: object) -> httpx.Response:
+        with httpx.Client(timeout=5.0) as c:  # a new connection: any worker may take it
+            return c.request(method, url, headers=admin, **kw)
+
+    with launched(config, workers=2) as svc:
+        armed: set[int] = set()
+        for _ in range(200):  # arm on fresh connections until both workers hold the fault
+            assert fresh("POST", f"{svc.url}/admin/faults", json=fault).status_code == 201
+            answer = fresh("GET", f"{svc.url}/admin/faults").json()
+            if answer["armed"]:
+                armed.add(answer["worker"])
+            if len(armed) == 2:
+                break
+        assert len(armed) == 2, "the kernel handed every connection to one worker; nothing to show"
+        assert fresh("DELETE", f"{svc.url}/admin/faults").status_code == 204
+        time.sleep(0.3)  # the clear travels through Redis
+        seen = {}
+        for _ in range(60):
+            answer = fresh("GET", f"{svc.url}/admin/faults").json()
+            seen[answer["worker"]] = answer["armed"]
+        assert seen and all(a == [] for a in seen.values()), seen
