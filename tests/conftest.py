@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -31,9 +32,8 @@ def service_urls() -> Iterator[Settings]:
         yield s
 
 
-@pytest.fixture(scope="session")
-def settings(service_urls: Settings) -> Iterator[Settings]:
-    """Settings on a fresh database of this session, with a Redis prefix of its own."""
+@contextmanager
+def _fresh_database(service_urls: Settings) -> Iterator[Settings]:
     tag = uuid.uuid4().hex[:10]
     dbname = f"saaslab_t_{tag}"
     admin_url = service_urls.database_url
@@ -48,6 +48,21 @@ def settings(service_urls: Settings) -> Iterator[Settings]:
     finally:
         with psycopg.connect(admin_url, autocommit=True) as c:
             c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+@pytest.fixture(scope="session")
+def settings(service_urls: Settings) -> Iterator[Settings]:
+    """Settings on a fresh database of this session, with a Redis prefix of its own."""
+    with _fresh_database(service_urls) as s:
+        yield s
+
+
+@pytest.fixture
+def own_settings(service_urls: Settings) -> Iterator[Settings]:
+    """Settings on a database and Redis prefix of this test alone: for a test whose service leaves state that
+    scans across tenants would see (abandoned claims a completer would take over)."""
+    with _fresh_database(service_urls) as s:
+        yield s
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -55,10 +55,19 @@ EXCEPTION
 END
 $$;
 
--- A superuser may SET ROLE to anyone (pg_has_role is true for it); any other login role needs membership.
+-- A superuser may SET ROLE to anyone (pg_has_role is true for it); any other login role needs membership
+-- with the right to SET ROLE. From PostgreSQL 16 a role's creator holds it with ADMIN OPTION only, which
+-- counts as MEMBER but not SET, so there the SET right is what is checked (15 and older know no 'SET').
 DO $$
+DECLARE
+    may_set boolean;
 BEGIN
-    IF NOT pg_has_role(current_user, 'saaslab_app', 'MEMBER') THEN
+    IF current_setting('server_version_num')::int >= 160000 THEN
+        may_set := pg_has_role(current_user, 'saaslab_app', 'SET');
+    ELSE
+        may_set := pg_has_role(current_user, 'saaslab_app', 'MEMBER');
+    END IF;
+    IF NOT may_set THEN
         EXECUTE format('GRANT saaslab_app TO %I', current_user);
     END IF;
 EXCEPTION WHEN insufficient_privilege THEN

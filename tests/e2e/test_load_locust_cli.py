@@ -59,8 +59,8 @@ def _a_projects(history: Path) -> int:
                and op.value["actor_name"] == "probe_a")
 
 
-def test_plain_locust_runs_with_defaults_and_with_a_run_file(settings: Settings, tmp_path: Path) -> None:
-    with launched(settings.model_copy(update={"lab_mode": True})) as svc:
+def test_plain_locust_runs_with_defaults_and_with_a_run_file(own_settings: Settings, tmp_path: Path) -> None:
+    with launched(own_settings.model_copy(update={"lab_mode": True})) as svc:
         # No run file: the locustfile's defaults, its output where Locust was started; the finished probe does
         # not end the run.
         plain = _locust(svc.url, svc.token, tmp_path, run_time="4s")
@@ -95,9 +95,9 @@ def test_a_run_file_with_an_unknown_field_is_refused(tmp_path: Path) -> None:
     assert LoadRun.read(None) == LoadRun()
 
 
-def test_each_locustfile_runs_plain_for_its_whole_time_and_leaves_nothing_behind(settings: Settings,
+def test_each_locustfile_runs_plain_for_its_whole_time_and_leaves_nothing_behind(own_settings: Settings,
                                                                                  tmp_path: Path) -> None:
-    with launched(settings.model_copy(update={"lab_mode": True}), workers=2) as svc:
+    with launched(own_settings.model_copy(update={"lab_mode": True}), workers=2) as svc:
         for name, main in MAIN_SCENARIOS.items():
             cwd = tmp_path / name
             cwd.mkdir()
