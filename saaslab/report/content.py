@@ -56,6 +56,8 @@ class Report:
     """Index into `figures` of the plot that opens the report (shown there, not again with the rest)."""
     send_lag: Table | None = None
     """The load generator's send lag beside the live latencies it sits under."""
+    by_section: dict[str, list[str]] = field(default_factory=dict)
+    """The conclusions again, by the name of the section that said them (notebooks show one section's)."""
 
     @property
     def headline(self) -> str:

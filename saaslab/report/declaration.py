@@ -164,12 +164,14 @@ def build(decl: PatternReport, data: PatternData) -> Report:
     tables: list[Table] = []
     figures: list[Figure] = []
     headline_figure = None
+    by_section: dict[str, list[str]] = {}
     for section in decl.sections:
         if not section.when(ctx):
             continue
         for rule in section.conclusions:
             said[rule] = _sentences_of(rule(ctx))
             conclusions += said[rule]
+            by_section.setdefault(section.name, []).extend(said[rule])
         for table_rule in section.tables:
             made = table_rule(ctx)
             tables += [] if made is None else [made] if isinstance(made, Table) else list(made)
@@ -198,4 +200,5 @@ def build(decl: PatternReport, data: PatternData) -> Report:
     return Report(designs=decl.designs(ctx), conclusions=conclusions, tables=tables, figures=figures,
                   invariants=invariants, sim_vs_live=sim_vs_live, sim_vs_live_note=sim_vs_live_note, notes=notes,
                   answer=_answer(decl, said, lag_answer), headline_figure=headline_figure, send_lag=lag_table,
+                  by_section=by_section,
                   **base)
