@@ -217,7 +217,10 @@ class EmbeddedServices:
             log.touch()
             shutil.chown(log, user)
         port = free_port(PG_PORT_DEFAULT)
+        # max_prepared_transactions: the sagas pattern's two-phase-commit design runs PREPARE TRANSACTION,
+        # which PostgreSQL refuses while the setting is at its default of 0.
         opts = (f"-c listen_addresses=127.0.0.1 -p {port} -k {self.pgdata} -c max_connections=300 "
+                "-c max_prepared_transactions=100 "
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB")
         r = subprocess.run([str(binp / "pg_ctl"), "-D", str(self.pgdata), "-l", str(log), "-o", opts, "-w",
                             "-t", "60", "start"], capture_output=True, text=True, user=user)
