@@ -209,8 +209,8 @@ def generator_line(run: RunData) -> str | None:
     for w in workers:
         lags = [r.value for r in run.rows if r.tenant == w and r.metric == SEND_LAG_METRIC]
         ratios = _ratios(run.rows, w)
-        lag = f"send lag p99 up to {fmt_num(max(lags))} ms" if lags else f"send lag {NOT_RECORDED}"
-        sent = f"sent {_pct_span(ratios)} of its target rate" if ratios else ""
+        lag = f"send lag p99 at most {fmt_num(max(lags))} ms" if lags else f"send lag {NOT_RECORDED}"
+        sent = f"sent {_pct_span(ratios)} of its share's rate" if ratios else ""
         parts.append(f"{w} {', '.join(x for x in (sent, lag) if x)}")
     total = _ratios(run.rows, ALL_TENANTS)
     together = f"; all together {_pct_span(total)} of the target rate" if total and len(workers) > 1 else ""
@@ -219,4 +219,5 @@ def generator_line(run: RunData) -> str | None:
     else:
         head = (f"{len(workers)} Locust processes (Locust's distributed mode), each sending one in every "
                 f"{len(workers)} arrivals of the one seeded schedule from a common start")
-    return f"Load generator: {head}; per run, {'; '.join(parts)}{together}."
+    runs = len({(r.design, load_key(r.load_point), r.seed) for r in run.rows if r.tenant in workers})
+    return f"Load generator: {head}; over {runs} run{'s' if runs != 1 else ''}, {'; '.join(parts)}{together}."
