@@ -254,11 +254,11 @@ def sim(
 
 
 def _load(pattern: Pattern, out: Path, quick: bool, host: str | None, rate: float | None,
-          duration: float | None, unsafe: bool = False) -> Path:
+          duration: float | None, unsafe: bool = False, processes: int = 1) -> Path:
     settings = Settings()
     with services_for(settings) as s:
         return pattern.module("live").run(s, out, quick=quick, host=host, rate=rate, duration=duration,
-                                          progress=lambda msg: console.log(msg), unsafe=unsafe)
+                                          progress=lambda msg: console.log(msg), unsafe=unsafe, processes=processes)
 
 
 @app.command()
@@ -272,12 +272,17 @@ def load(
         "--unsafe", help="Also run the pattern's deliberately unsafe design in the same harness, into "
         f"<out>/unsafe/live/ ({_UNSAFE_LIST}), to see the checker catch it: "
         "`saaslab check PATTERN --out <out>/unsafe`.")] = False,
+    processes: Annotated[int, typer.Option(
+        metavar="N", min=1, max=64,
+        help="Locust processes sharing the open-model schedule (Locust's distributed mode: a master and N "
+        "workers here, each sending every N-th arrival from one common start); the rows show each worker's "
+        "sent rate and send lag. For more than one machine, see the README.")] = 1,
     out: OutOpt = None,
 ) -> None:
     """Drive the live service with Locust; writes <out>/live/results.csv, run.json, history and checks."""
     chosen = _patterns(pattern, "live")
     for p in chosen:
-        path = _load(p, _out_dir(out, p.slug, len(chosen) > 1), quick, host, rate, duration, unsafe)
+        path = _load(p, _out_dir(out, p.slug, len(chosen) > 1), quick, host, rate, duration, unsafe, processes)
         console.print(f"{p.slug}: measured results in {path}")
 
 

@@ -29,6 +29,14 @@ Source = Literal["sim", "live"]
 COLUMNS = ("run_id", "source", "pattern", "design", "seed", "load_point", "tenant", "metric", "value", "unit")
 ALL_TENANTS = "*"
 """The `tenant` of a row that describes the whole run rather than one tenant."""
+WORKER_PREFIX = "worker-"
+"""The `tenant` of a live row that describes one load-generator process (`worker_label`): its share of the
+schedule and how late it sent, beside the run-level (`ALL_TENANTS`) row that merges every process."""
+
+
+def worker_label(index: int) -> str:
+    """The `tenant` of the rows about Locust process `index` (0 for a run of one process)."""
+    return f"{WORKER_PREFIX}{index}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,10 @@ How a run unfolds, with `--processes N` or without:
 What the run is (its workload, seed, design, where to write) is a `LoadRun`
 (`loadtests/common/runconfig.py`), read from the file Locust's `--saaslab-run PATH` option names
 (added to Locust's own parser here), or its defaults without one. A user class reads it as
-`self.load_run`; `configure` and `tenants_for` see it before any user starts.
+`self.load_run`; `configure` and `tenants_for` see it before any user starts. Only the master (or the
+single process) reads the file: it sends the run itself in the setup message, so a worker on another
+host (`--worker --master-host`) runs the master's run without a copy of the file, and writes its
+outputs under the run's `out_dir` on its own host.
 
 This module imports Locust, which monkey-patches the process for gevent: import it only from
 locustfiles, never from the orchestrator (it uses `provision` and `openmodel`).
@@ -298,7 +301,14 @@ def _on_init(environment: Environment, runner: Runner | None = None, **_kw: Any)
 
 
 def _on_setup(environment: Environment, msg: Message, **_kw: Any) -> None:
-    for name, setup in msg.data.items():
+    # The master's run, under the path Locust's spawn message will set as this worker's `--saaslab-run`: the
+    # file need not exist here (a worker on another host), and the classes are configured for it before
+    # Locust makes their users, which the spawn message that follows this one asks for.
+    config = LoadRun.model_validate(msg.data["run"])
+    _configs[msg.data["path"]] = config
+    for cls in _lab_classes(environment):
+        cls.configure(config)
+    for name, setup in msg.data["classes"].items():
         run = _runs.setdefault(name, ProcessRun())
         run.tenants = {n: Tenant(*t) for n, t in setup["tenants"].items()}
         run.workers = int(setup["workers"])
@@ -316,7 +326,7 @@ def _on_test_start(environment: Environment, **_kw: Any) -> None:
     distributed = isinstance(runner, MasterRunner)
     try:
         token = admin_token_from_env()
-        setup = {}
+        setup: dict[str, Any] = {}
         with Admin(environment.host or "", token) as admin:
             admin.check_lab()
             for cls in _lab_classes(environment):
@@ -331,7 +341,9 @@ def _on_test_start(environment: Environment, **_kw: Any) -> None:
         environment.process_exit_code = 2
         gevent.spawn(runner.quit)
         return
-    runner.send_message(SETUP_MESSAGE, setup)
+    runner.send_message(SETUP_MESSAGE, {"path": getattr(environment.parsed_options, "saaslab_run", "") or "",
+                                        "run": run_config(environment).model_dump(mode="json"),
+                                        "classes": setup})
 
 
 @events.test_stop.add_listener

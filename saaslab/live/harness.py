@@ -35,7 +35,7 @@ from loadtests.common.openmodel import OpenModelResult
 from loadtests.common.runconfig import OPTION, LoadRun
 from saaslab.history import Op, load
 from saaslab.launch import ROOT, Service, child_env, launched, log_reason, spawn, stop_process, wait_ready
-from saaslab.results import ALL_TENANTS, Row
+from saaslab.results import ALL_TENANTS, Row, worker_label
 from saaslab.services import ServiceError
 from saaslab.settings import Settings
 from scenarios.kernel.metrics import RunKey
@@ -124,8 +124,14 @@ class LocustRun:
         return {t["tenant_id"]: t["api_key"] for o in self.outputs for t in o["tenants"].values()}
 
     def open_model(self) -> OpenModelResult:
-        return OpenModelResult.merge(OpenModelResult.from_json(o["summary"]["open_model"]) for o in self.outputs
-                                     if o["summary"].get("open_model"))
+        """Every process's open-model counters merged: the run's aggregate."""
+        return OpenModelResult.merge(self.open_model_by_worker().values())
+
+    def open_model_by_worker(self) -> dict[int, OpenModelResult]:
+        """Each process's own open-model counters (its share of the schedule), by worker index."""
+        return {int(o["worker_index"]): OpenModelResult.from_json(o["summary"]["open_model"])
+                for o in sorted(self.outputs, key=lambda o: int(o["worker_index"]))
+                if o["summary"].get("open_model")}
 
 
 def _check_locust() -> None:
@@ -134,13 +140,27 @@ def _check_locust() -> None:
                            "`.venv/bin/pip install -e .`")
 
 
+MAX_PROCESSES = 64
+
+
+def check_processes(processes: int) -> int:
+    """`processes` if it is a Locust process count the harness runs, else a one-line ServiceError."""
+    if not 1 <= processes <= MAX_PROCESSES:
+        raise ServiceError(f"--processes must be between 1 and {MAX_PROCESSES}, not {processes}")
+    return processes
+
+
 def run_locust(url: str, locustfile: str, user_class: str, *, run: LoadRun, token: str, processes: int,
                budget_s: float, logs: Path, progress: Progress | None = None,
                cpus: Collection[int] | None = None, niceness: int | None = GENERATOR_NICENESS) -> LocustRun:
     """Run `loadtests/<locustfile>.py`'s `user_class` headless as `run` says; every process drives once, then quits.
 
+    With `processes` > 1 it is Locust's own distributed mode on this machine (`--processes`: a master and
+    that many workers); each worker sends its share of the schedule (`loadtests.common.openmodel.shard`)
+    from one common start, and the returned run holds every worker's JSON and all their histories.
     `cpus` pins the Locust processes to those cores, `niceness` sets their priority (None: ours)."""
     _check_locust()
+    check_processes(processes)
     started = time.monotonic()
     label = run.label
     with tempfile.TemporaryDirectory(prefix="saaslab-locust-") as raw:
@@ -180,6 +200,33 @@ def send_lag_rows(key: RunKey, result: OpenModelResult, *, prefix: str = "") -> 
     time includes it, so a report can tell the generator's share of a tail from the service's."""
     return [key.row(ALL_TENANTS, f"{prefix}send_lag_{name}", result.send_lag.percentile_ms(q), "ms")
             for name, q in SEND_LAG_PERCENTILES]
+
+
+def worker_rows(key: RunKey, run: LocustRun, *, prefix: str = "") -> list[Row]:
+    """Per Locust process (tenant `worker_label(index)`), its share of one open-model run: `scheduled` and
+    `sent` (requests), `target_rate` and `sent_rate` (rps) and its `send_lag_p50`, `send_lag_p99`,
+    `send_lag_max` (ms). The run-level rows merge the processes; these show whether any one of them fell
+    behind its share (a worker whose lag grows while the others keep time is short of CPU, not the service
+    slow)."""
+    rows: list[Row] = []
+    for index, result in run.open_model_by_worker().items():
+        label = worker_label(index)
+        rows += [
+            key.row(label, f"{prefix}scheduled", result.scheduled, "requests"),
+            key.row(label, f"{prefix}sent", result.sent, "requests"),
+            key.row(label, f"{prefix}target_rate", result.target_rate, "rps"),
+            key.row(label, f"{prefix}sent_rate", result.sent_rate, "rps"),
+            *(key.row(label, f"{prefix}send_lag_{name}", result.send_lag.percentile_ms(q), "ms")
+              for name, q in SEND_LAG_PERCENTILES),
+        ]
+    return rows
+
+
+def worker_line(run: LocustRun) -> str:
+    """'2 processes: worker-0 sent 120.1/s of 120.0/s, send lag p99 1.1 ms; worker-1 ...', for progress lines."""
+    parts = [f"{worker_label(i)} sent {r.sent_rate:.1f}/s of {r.target_rate:.1f}/s, send lag p99 "
+             f"{r.send_lag.percentile_ms(99):.1f} ms" for i, r in run.open_model_by_worker().items()]
+    return f"{len(parts)} process{'es' if len(parts) != 1 else ''}: " + "; ".join(parts)
 
 
 def read_metrics(url: str) -> dict[str, float]:

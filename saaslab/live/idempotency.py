@@ -62,7 +62,7 @@ from reference_impl.idempotency import completer
 from reference_impl.idempotency.invariants import check
 from reference_impl.idempotency.ledger import LedgerState, read_state
 from saaslab.history import Op, save
-from saaslab.live.harness import Progress, run_locust, served_settings, service
+from saaslab.live.harness import Progress, check_processes, run_locust, served_settings, service
 from saaslab.live.idempotency_results import (
     PATTERN,
     UNSAFE,
@@ -78,7 +78,7 @@ from saaslab.live.idempotency_results import (
     verdicts_line,
     write_check,
 )
-from saaslab.results import Row, new_run_id, write_run
+from saaslab.results import ALL_TENANTS, Row, new_run_id, write_run
 from saaslab.services import ServiceError
 from saaslab.settings import Settings
 from scenarios import idempotency as scenario
@@ -129,12 +129,13 @@ class IdempotencyPlan:
     quick: bool = False
     reconcile_after_s: float = RECONCILE_AFTER_S
     processes: int = 1
-    """One Locust process drives the few hundred attempts/s these rates make and leaves the cores to the service."""
+    """One Locust process drives the few hundred attempts/s these rates make and leaves the cores to the service;
+    more (`--processes N`) share the schedule, worker 0 arming the faults."""
     seed: int = LIVE_SEED
 
 
 def idempotency_plan(settings: Settings, *, quick: bool, host: str | None, rate: float | None,
-                     duration: float | None) -> IdempotencyPlan:
+                     duration: float | None, processes: int = 1) -> IdempotencyPlan:
     """Every design at the simulation's load points for its full duration; quick: `QUICK_LOAD_POINTS` for
     `QUICK_DURATION_S`. `rate` (logical payments/s) replaces the load points with one, measured against the
     capacity; `duration` the seconds of each run; with `host` the one design is the settings' (the service's own)."""
@@ -144,7 +145,8 @@ def idempotency_plan(settings: Settings, *, quick: bool, host: str | None, rate:
     else:
         load_points = QUICK_LOAD_POINTS if quick else scenario.LIVE_PLAN.load_points
     default_s = QUICK_DURATION_S if quick else scenario.LIVE_PLAN.duration_s
-    return IdempotencyPlan(designs, load_points, duration if duration is not None else default_s, rate, quick=quick)
+    return IdempotencyPlan(designs, load_points, duration if duration is not None else default_s, rate, quick=quick,
+                           processes=check_processes(processes))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,13 +403,17 @@ def _write(live: Path, cells: list[Cell], m: Measured, plan: IdempotencyPlan, *,
         history += c.run.history
         states[c.design].append(c.state)
         tenants[c.design] += c.tenant_ids
+        # Worker 0 arms the faults (loadtests/idempotency.py), so its summary holds them; every worker counts phases.
         summary = c.summaries()[0]
-        got = {r.metric: r.value for r in cell_rows_}
+        phases: dict[str, Counter[str]] = defaultdict(Counter)
+        for s in c.summaries():
+            for phase, counts in s["counters"]["phases"].items():
+                phases[phase].update(counts)
+        got = {r.metric: r.value for r in cell_rows_ if r.tenant == ALL_TENANTS}
         measured.append({"design": c.design, "load_point": c.load_point, "rate": c.rate,
                          "wall_s": round(c.run.wall_s, 1), "crashes": c.crashes, "abandoned": c.abandoned,
                          "counters": dict(totals(c)),
-                         "phases": {p: {k: v for k, v in n.items() if v}
-                                    for p, n in summary["counters"]["phases"].items()},
+                         "phases": {p: {k: v for k, v in n.items() if v} for p, n in phases.items()},
                          "faults": summary["faults"],
                          **{k: got[k] for k in ("duplicates_per_10k", "orphans_per_10k", "latency_p99",
                                                 "provider_timeouts", "checks_valid")}})
@@ -449,10 +455,11 @@ def _write(live: Path, cells: list[Cell], m: Measured, plan: IdempotencyPlan, *,
 
 def run(settings: Settings, out: Path, *, quick: bool = False, host: str | None = None,
         rate: float | None = None, duration: float | None = None, progress: Progress | None = None,
-        unsafe: bool = False, seed: int = LIVE_SEED) -> Path:
+        unsafe: bool = False, processes: int = 1, seed: int = LIVE_SEED) -> Path:
     """Each design's double-click payments into `<out>/live/`; returns its results.csv.
 
     `rate` (logical payments/s) replaces the load points with one, `duration` the seconds of each run;
+    `processes` Locust processes share each run's schedule;
     `unsafe` also writes the `none` design's part alone to `<out>/unsafe/live/` (running it there when
     the main run had no `none`, as with `--host`), where its checks are expected to fail.
     """
@@ -462,7 +469,7 @@ def run(settings: Settings, out: Path, *, quick: bool = False, host: str | None 
     if host is not None:
         # The service's own design and lock timeout are measured, and recorded as it answered them.
         settings, served = served_settings(settings, host, token)
-    plan = idempotency_plan(settings, quick=quick, host=host, rate=rate, duration=duration)
+    plan = idempotency_plan(settings, quick=quick, host=host, rate=rate, duration=duration, processes=processes)
     plan.seed = seed
     live = out / "live"
     m = _measure(settings, plan, token=token, logs=live / "logs", host=host, progress=progress)

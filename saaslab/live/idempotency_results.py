@@ -24,7 +24,7 @@ from reference_impl.idempotency.invariants import SUCCEEDED, check
 from reference_impl.idempotency.ledger import LedgerState, Payment
 from reference_impl.idempotency.provider import Charge
 from saaslab.history import CheckResult, Op, load
-from saaslab.live.harness import SEND_LAG_PERCENTILES, LocustRun
+from saaslab.live.harness import SEND_LAG_PERCENTILES, LocustRun, worker_line, worker_rows
 from saaslab.results import ALL_TENANTS, LatencyHistogram, Row
 from saaslab.services import ServiceError
 from saaslab.settings import Settings
@@ -145,7 +145,8 @@ def cell_rows(key: RunKey, cell: Cell, results: Sequence[CheckResult]) -> list[R
     ]
     if cell.crashes is not None:
         values.append(("crashes", sum(cell.crashes.values()), "count"))
-    return [key.row(ALL_TENANTS, metric, value, unit) for metric, value, unit in values]
+    return [*(key.row(ALL_TENANTS, metric, value, unit) for metric, value, unit in values),
+            *worker_rows(key, cell.run)]
 
 
 def summary_value(cell: Cell, name: str) -> float:
@@ -237,7 +238,8 @@ def cell_line(c: Cell) -> str:
             f"them reconciled); {crashes} worker crashes; the completer finished {c.completed_during} claims "
             f"during the run and {c.abandoned} after it; duplicates {dup:.0f} per 10k; p99 "
             f"{attempt_latency(c).percentile_ms(99):.1f} ms; the generator's send lag p99 "
-            f"{c.run.open_model().send_lag.percentile_ms(99):.1f} ms")
+            f"{c.run.open_model().send_lag.percentile_ms(99):.1f} ms"
+            + (f" ({worker_line(c.run)})" if len(c.run.outputs) > 1 else ""))
 
 
 def verdicts_line(results: Sequence[CheckResult]) -> str:

@@ -18,7 +18,8 @@ quota), per tenant (`noisy`, `quiet1`..`quiet4`) and for the run ("*"):
 answer, 200 or 429, from its intended send time), `offered`, `admitted`, `rejected` (requests);
 for the run also `dropped`, `errors`, `timeouts`, `undecided` (requests), `sent_rate`,
 `target_rate` (rps) and `send_lag_p50`, `send_lag_p99`, `send_lag_max` (ms: how late the generator
-launched its sends). The race goes to run.json (`race`), its decisions
+launched its sends); per Locust process (tenant `worker-<i>`, `harness.worker_rows`) its `scheduled`,
+`sent`, `target_rate`, `sent_rate` and send lag. The race goes to run.json (`race`), its decisions
 to the history. With `unsafe`, the deliberately unsafe `naive` runs in the same harness into
 `<out>/unsafe/live/`, where the checker must fail.
 """
@@ -43,11 +44,14 @@ from saaslab.live.harness import (
     CLIENT_TIMEOUT_S,
     LocustRun,
     Progress,
+    check_processes,
     refuse_unmodelled,
     run_locust,
     send_lag_rows,
     served_settings,
     service,
+    worker_line,
+    worker_rows,
 )
 from saaslab.results import ALL_TENANTS, LatencyHistogram, Row, new_run_id, write_run
 from saaslab.services import ServiceError
@@ -76,12 +80,13 @@ class RateLimitPlan:
     load_points: tuple[float, ...]
     duration_s: float
     processes: int = 1
-    """One Locust process drives the 240 requests/s of load point 10 and leaves the cores to the service."""
+    """One Locust process drives the 240 requests/s of load point 10 and leaves the cores to the service; more
+    (`--processes N`) share the schedule. The race always runs in one."""
     seed: int = LIVE_SEED
 
 
 def ratelimit_plan(settings: Settings, *, quick: bool, host: str | None, rate: float | None,
-                   duration: float | None) -> RateLimitPlan:
+                   duration: float | None, processes: int = 1) -> RateLimitPlan:
     """Every strict algorithm at load points 1, 2 and 10 for the simulation's neighbour duration.
 
     Quick: `QUICK_DESIGNS` at load point 10 for the quick simulation's duration. `rate` is the
@@ -100,7 +105,8 @@ def ratelimit_plan(settings: Settings, *, quick: bool, host: str | None, rate: f
     else:
         load_points = QUICK_LOAD_POINTS if quick else LOAD_POINTS
     durations = scenario.QUICK_DURATIONS_S if quick else scenario.DURATIONS_S
-    return RateLimitPlan(designs, load_points, duration if duration is not None else durations["neighbour"])
+    return RateLimitPlan(designs, load_points, duration if duration is not None else durations["neighbour"],
+                         check_processes(processes))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,7 +210,7 @@ def _measure(settings: Settings, plan: RateLimitPlan, *, run_id: str, token: str
                     key = RunKey(run_id=run_id, pattern=scenario.PATTERN, design=design, seed=plan.seed,
                                  load_point=lp, source="live")
                     result, statuses = nn.open_model(), _statuses(nn)
-                    rows = neighbour_rows(key, result, statuses, _undecided(nn.history))
+                    rows = [*neighbour_rows(key, result, statuses, _undecided(nn.history)), *worker_rows(key, nn)]
                     m.rows += rows
                     m.history += nn.history
                     got = {(r.tenant, r.metric): r.value for r in rows}
@@ -223,6 +229,8 @@ def _measure(settings: Settings, plan: RateLimitPlan, *, run_id: str, token: str
                                  f"{got[(ALL_TENANTS, 'latency_p99')]:.1f} ms; sent {result.sent_rate:.1f}/s of "
                                  f"{result.target_rate:.1f}/s, dropped {result.dropped}, errors "
                                  f"{got[(ALL_TENANTS, 'errors')]:.0f}")
+                        if plan.processes > 1:
+                            progress(f"{tag}, {worker_line(nn)}")
                 race = run_locust(svc.url, LOCUSTFILE, "RaceBurst", token=token,
                                   run=LoadRun(label=f"{design}-race", design=design,
                                               probe_size=scenario.LIVE_RACE_REQUESTS),
@@ -284,10 +292,11 @@ def _write(live: Path, plan: RateLimitPlan, m: Measured, *, run_id: str, quick: 
 
 def run(settings: Settings, out: Path, *, quick: bool = False, host: str | None = None,
         rate: float | None = None, duration: float | None = None, progress: Progress | None = None,
-        unsafe: bool = False, seed: int = LIVE_SEED) -> Path:
+        unsafe: bool = False, processes: int = 1, seed: int = LIVE_SEED) -> Path:
     """The noisy neighbour and the race per strict algorithm into `<out>/live/`; returns its results.csv.
 
     `rate` (the noisy tenant's requests/s) and `duration` (seconds per run) override the workload;
+    `processes` Locust processes share the noisy neighbour's schedule;
     `unsafe` also runs `naive` the same way into `<out>/unsafe/live/` (its checks are expected to fail).
     """
     token = settings.admin_token or secrets.token_urlsafe(24)
@@ -296,7 +305,7 @@ def run(settings: Settings, out: Path, *, quick: bool = False, host: str | None 
         # The service's own algorithm is measured; its limiter must decide every admission as ours would.
         settings, served = served_settings(settings, host, token)
         refuse_unmodelled(host, served, LIMITER_SETTINGS)
-    plan = ratelimit_plan(settings, quick=quick, host=host, rate=rate, duration=duration)
+    plan = ratelimit_plan(settings, quick=quick, host=host, rate=rate, duration=duration, processes=processes)
     plan.seed = seed
     runs = [(out / "live", plan, host)]
     if unsafe:

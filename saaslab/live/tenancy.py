@@ -12,16 +12,19 @@ runs too. Everything lands in `<out>/live/`: `results.csv` and `run.json` (the s
 metric names, source "live"), `history.jsonl`, `state.json` (objects read back per tenant) and
 `check.json` (the invariants).
 
-Locust runs headless (`saaslab.live.harness`). In full mode it forks min(2, cores) worker
-processes: one Locust process drives a few hundred requests per second comfortably, and on a
-2-core machine the service, PostgreSQL and Redis need the rest; quick mode uses one process.
+Locust runs headless (`saaslab.live.harness`), in one process unless `processes` asks for more (`saaslab
+load tenancy --processes N`: Locust's distributed mode, each worker sending its share of the schedule). One
+open-model process drives a few hundred requests per second, and on a 2-core machine the service,
+PostgreSQL and Redis need the rest; more processes are for higher rates or more cores. The rows say,
+per worker, what it sent against its share and how late (`worker_rows`), so a generator short of CPU
+shows. The cross-tenant probe runs in one process whatever `processes` says: it asks about isolation,
+not rate.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -42,12 +45,15 @@ from saaslab.live.harness import (
     LocustRun,
     Progress,
     Service,
+    check_processes,
     read_metrics,
     refuse_unmodelled,
     run_locust,
     send_lag_rows,
     served_settings,
     service,
+    worker_line,
+    worker_rows,
 )
 from saaslab.results import ALL_TENANTS, LatencyHistogram, Row, new_run_id, write_run
 from saaslab.services import ServiceError
@@ -109,13 +115,13 @@ class TenancyPlan:
     load_points: tuple[float, ...]
     burst: dict[str, float]
     solo: dict[str, Any]
-    processes: int
+    processes: int = 1
     seed: int = LIVE_SEED
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
 def tenancy_plan(settings: Settings, *, quick: bool, host: str | None, rate: float | None,
-                 duration: float | None) -> TenancyPlan:
+                 duration: float | None, processes: int = 1) -> TenancyPlan:
     """The simulation's canonical workload (quick: one load point), unless `rate`/`duration` override it."""
     designs = scenario.DESIGNS if host is None else (settings.scheduler,)
     if rate is not None:
@@ -128,8 +134,8 @@ def tenancy_plan(settings: Settings, *, quick: bool, host: str | None, rate: flo
         burst = {"duration_s": scenario.DURATION_S, "burst_start_s": scenario.BURST_START_S,
                  "burst_length_s": scenario.BURST_LENGTH_S}
     solo_s = min(burst["duration_s"], scenario.SOLO_DURATION_S)
-    processes = 1 if quick else max(1, min(2, os.cpu_count() or 1))
-    return TenancyPlan(designs, load_points, burst, {"duration_s": solo_s, "burst": False}, processes)
+    return TenancyPlan(designs, load_points, burst, {"duration_s": solo_s, "burst": False},
+                       check_processes(processes))
 
 
 def _pooled(result: OpenModelResult, names: Iterable[str]) -> LatencyHistogram:
@@ -305,10 +311,11 @@ def modelled_service(settings: Settings, host: str, token: str) -> tuple[Setting
 
 def run(settings: Settings, out: Path, *, quick: bool = False, host: str | None = None,
         rate: float | None = None, duration: float | None = None, progress: Progress | None = None,
-        unsafe: bool = False, seed: int = LIVE_SEED) -> Path:
+        unsafe: bool = False, processes: int = 1, seed: int = LIVE_SEED) -> Path:
     """The noisy neighbour per scheduler design (with its solo baseline) and the cross-tenant probe.
 
     `rate` (requests/s before the burst) and `duration` (seconds) override the canonical workload;
+    `processes` Locust processes share the open-model schedule (each sends every N-th arrival);
     `unsafe` also probes a service with the deliberately leaky isolation design, into
     `<out>/unsafe/live/` (its checks are expected to fail).
     """
@@ -317,7 +324,7 @@ def run(settings: Settings, out: Path, *, quick: bool = False, host: str | None 
     served: dict[str, Any] | None = None
     if host is not None:
         settings, served = modelled_service(settings, host, token)
-    plan = tenancy_plan(settings, quick=quick, host=host, rate=rate, duration=duration)
+    plan = tenancy_plan(settings, quick=quick, host=host, rate=rate, duration=duration, processes=processes)
     plan.seed = seed
     live = out / "live"
     logs = live / "logs"
@@ -352,7 +359,8 @@ def run(settings: Settings, out: Path, *, quick: bool = False, host: str | None 
                                  load_point=lp, source="live")
                     b, s = burst.open_model(), solo.open_model()
                     point_rows = [*tenancy_rows(key, b, s), *slot_rows(key, between - before, b),
-                                  *slot_rows(key, after - between, s, prefix="solo_")]
+                                  *slot_rows(key, after - between, s, prefix="solo_"),
+                                  *worker_rows(key, burst), *worker_rows(key, solo, prefix="solo_")]
                     rows += point_rows
                     got = {r.metric: r.value for r in point_rows if r.tenant == ALL_TENANTS}
                     measured.append({"design": design, "load_point": lp, "burst_wall_s": round(burst.wall_s, 1),
@@ -364,6 +372,8 @@ def run(settings: Settings, out: Path, *, quick: bool = False, host: str | None 
                                  f"{got.get('slot_hold_ms', math.nan):.1f} ms, outside the slot "
                                  f"{got.get('outside_slot_ms', math.nan):.1f} ms (solo "
                                  f"{got.get('solo_outside_slot_ms', math.nan):.1f} ms)")
+                        if plan.processes > 1:
+                            progress(f"{tag} burst, {worker_line(burst)}")
                     history += burst.history + solo.history
                     states.append(read_state(svc.url, {**burst.api_keys, **solo.api_keys}))
                 if design == plan.designs[0]:

@@ -62,7 +62,8 @@ class Pattern:
     - `invariants`: the checker, pure functions over a history and a final state.
     - `simulation`: `run(out, *, quick, seeds, jobs, progress) -> Path` (results.csv).
     - `service`: `install(ctx) -> ServiceParts` (routers, migrations, fault points, metrics, middleware), or None.
-    - `live`: `run(settings, out, *, quick, host, rate, duration, progress, unsafe) -> Path`, or None.
+    - `live`: `run(settings, out, *, quick, host, rate, duration, progress, unsafe, processes=1) -> Path`, or None;
+      `processes` Locust processes (Locust's distributed mode) share each open-model schedule.
     - `loadtest`: the locustfile `live` drives, also runnable as plain Locust.
     - `report`: `REPORT`, the report's declaration for the report engine.
     - `notebook`: the notebook that puts simulated and measured results side by side.

@@ -4,7 +4,8 @@ thin data, the live run's setup line and trouble, and the load generator's send 
 The send lag is how late the open-model generator (loadtests/common/openmodel.py) launched a
 request against its schedule. Latency counts from the intended send time, so a lag is inside every
 measured latency but is not the service's: a latency whose cell's lag p99 exceeds a tenth of it is
-flagged.
+flagged. With several Locust processes (`saaslab load --processes N`) each one's share and lag are
+rows of their own (tenant `worker-<i>`), summed up in `generator_line`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from saaslab.report.content import Table
 from saaslab.report.data import RunData
 from saaslab.report.numbers import Summary, fmt_list, fmt_load, fmt_loads, fmt_num, load_key
-from saaslab.results import ALL_TENANTS
+from saaslab.results import ALL_TENANTS, WORKER_PREFIX, Row
 
 MIN_SEEDS = 5
 """Seeds per cell below which a simulation's intervals are too wide to conclude from."""
@@ -180,3 +181,43 @@ def send_lag_sentence(run: RunData, latencies: Sequence[LiveLatency], live_modul
 def lag_flagged(run: RunData, latencies: Sequence[LiveLatency]) -> bool:
     lags = send_lags(run)
     return any(_flagged(lags.get((x.design, load_key(x.load_point))), x) for x in latencies)
+
+
+def _ratios(rows: Sequence[Row], tenant: str) -> list[float]:
+    """sent_rate / target_rate of each cell (design, load point, seed) of `tenant`'s rows."""
+    by_cell: dict[tuple[str, float, int], dict[str, float]] = {}
+    for r in rows:
+        if r.tenant == tenant and r.metric in ("sent_rate", "target_rate"):
+            by_cell.setdefault((r.design, load_key(r.load_point), r.seed), {})[r.metric] = r.value
+    return [c["sent_rate"] / c["target_rate"] for c in by_cell.values()
+            if c.get("target_rate") and "sent_rate" in c]
+
+
+def _pct_span(ratios: Sequence[float]) -> str:
+    low, high = (f"{100 * x:.1f}%" for x in (min(ratios), max(ratios)))
+    return low if low == high else f"{low} to {high}"
+
+
+def generator_line(run: RunData) -> str | None:
+    """'Load generator: 2 Locust processes ...': what each process sent against its share of the schedule and
+    its worst send lag p99 over the run's cells, from the `worker-<i>` rows; None for a run without them."""
+    workers = sorted({r.tenant for r in run.rows if r.tenant.startswith(WORKER_PREFIX)},
+                     key=lambda t: (len(t), t))
+    if not workers:
+        return None
+    parts = []
+    for w in workers:
+        lags = [r.value for r in run.rows if r.tenant == w and r.metric == SEND_LAG_METRIC]
+        ratios = _ratios(run.rows, w)
+        lag = f"send lag p99 at most {fmt_num(max(lags))} ms" if lags else f"send lag {NOT_RECORDED}"
+        sent = f"sent {_pct_span(ratios)} of its share's rate" if ratios else ""
+        parts.append(f"{w} {', '.join(x for x in (sent, lag) if x)}")
+    total = _ratios(run.rows, ALL_TENANTS)
+    together = f"; all together {_pct_span(total)} of the target rate" if total and len(workers) > 1 else ""
+    if len(workers) == 1:
+        head = "1 Locust process"
+    else:
+        head = (f"{len(workers)} Locust processes (Locust's distributed mode), each sending one in every "
+                f"{len(workers)} arrivals of the one seeded schedule from a common start")
+    runs = len({(r.design, load_key(r.load_point), r.seed) for r in run.rows if r.tenant in workers})
+    return f"Load generator: {head}; over {runs} run{'s' if runs != 1 else ''}, {'; '.join(parts)}{together}."

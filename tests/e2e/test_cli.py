@@ -32,6 +32,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
     (["sim", "tenancy", "--seeds", "0"], "--seeds"),
     (["frobnicate"], "No such command"),
     (["load", "nosuchpattern"], "unknown pattern"),
+    (["load", "tenancy", "--processes", "0"], "--processes"),
     (["report", "nosuchpattern"], "unknown pattern"),
 ])
 def test_wrong_arguments_print_one_line_and_fail(args: list[str], needle: str) -> None:

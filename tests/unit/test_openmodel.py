@@ -35,6 +35,39 @@ def test_shards_of_the_real_workload_keep_each_tenants_share() -> None:
         assert abs(sum(1 for _, t in a if t == tenant) - n / 2) < 0.1 * n
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3, 4])
+def test_the_split_of_a_seeded_schedule_sums_to_the_target_and_is_the_same_for_the_same_seed(workers: int) -> None:
+    """`saaslab load --processes N`: each worker sends its share of one seeded arrival process, so together
+    they offer exactly the simulation's schedule at its rate, each at 1/N of it, and a rerun splits alike."""
+    workload = noisy_neighbour(0.5)
+    schedule = arrivals(workload, seed=3)
+    parts = [shard(arrivals(workload, seed=3), i, workers) for i in range(workers)]
+    assert sorted(a for p in parts for a in p) == schedule
+    target_rps = len(schedule) / workload.duration_s
+    assert sum(len(p) for p in parts) / workload.duration_s == target_rps
+    for p in parts:
+        assert len(p) / workload.duration_s == pytest.approx(target_rps / workers, rel=0.01)
+        assert p == sorted(p)  # each worker's own schedule is in time order, as its driver sends it
+    assert parts == [shard(arrivals(workload, seed=3), i, workers) for i in range(workers)]
+    assert parts != [shard(arrivals(workload, seed=4), i, workers) for i in range(workers)]
+
+
+def test_merged_workers_send_at_the_target_rate_and_each_keeps_its_own_send_lag() -> None:
+    """Two drivers side by side on one schedule: the merged result is the schedule's, and each worker's lag is its own."""
+    schedule = [(i * 2 * MS, "t") for i in range(40)]
+    results = []
+    start = time.monotonic() + 0.02
+    for w in range(2):
+        drv = OpenModelDriver(shard(schedule, w, 2), lambda _t: "ok", duration_s=0.08, slo_us=10**6)
+        results.append(drv.run(start))
+    merged = OpenModelResult.merge(results)
+    assert merged.scheduled == merged.sent == len(schedule)
+    assert merged.target_rate == pytest.approx(len(schedule) / 0.08)
+    assert merged.send_lag.count == sum(r.send_lag.count for r in results) == len(schedule)
+    # Run one after the other, the second worker started late: its lag is its own, not spread over the run.
+    assert results[1].send_lag.percentile_ms(50) > results[0].send_lag.percentile_ms(50)
+
+
 def test_shard_rejects_an_index_outside_the_worker_count() -> None:
     with pytest.raises(ValueError):
         shard([(0, "a")], 2, 2)
@@ -151,3 +184,25 @@ def test_send_lag_rows_give_the_generators_lateness_per_run() -> None:
     assert set(lag) == {"solo_send_lag_p50", "solo_send_lag_p99", "solo_send_lag_max"}
     assert lag["solo_send_lag_p50"] == pytest.approx(2, rel=0.01)
     assert lag["solo_send_lag_p99"] == lag["solo_send_lag_max"] == pytest.approx(50, rel=0.01)
+
+
+def test_worker_rows_give_each_processes_share_and_send_lag_beside_the_merged_run() -> None:
+    from saaslab.live.harness import LocustRun, worker_rows
+    from scenarios.kernel.metrics import RunKey
+
+    outputs = []
+    for index, (sent, late_ms) in enumerate(((10, 1), (9, 40))):
+        result = OpenModelResult(duration_s=1.0, scheduled=10, sent=sent, dropped=10 - sent, send_window_s=1.0,
+                                 tenants={})
+        for _ in range(sent):
+            result.send_lag.record_s(late_ms / 1000)
+        outputs.append({"worker_index": index, "summary": {"open_model": result.to_json()}})
+    run = LocustRun("r", list(reversed(outputs)), [], 1.0)
+    assert run.open_model().sent == 19 and run.open_model().scheduled == 20
+    key = RunKey(run_id="r", pattern="tenancy", design="fifo", seed=1, load_point=0.5, source="live")
+    rows = {(r.tenant, r.metric): r.value for r in worker_rows(key, run, prefix="solo_")}
+    assert {t for t, _ in rows} == {"worker-0", "worker-1"}
+    assert rows[("worker-0", "solo_sent_rate")] == 10 and rows[("worker-1", "solo_sent_rate")] == 9
+    assert rows[("worker-1", "solo_target_rate")] == 10 and rows[("worker-1", "solo_scheduled")] == 10
+    assert rows[("worker-0", "solo_send_lag_p99")] == pytest.approx(1, rel=0.01)
+    assert rows[("worker-1", "solo_send_lag_p99")] == pytest.approx(40, rel=0.01)

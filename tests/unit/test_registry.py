@@ -3,6 +3,7 @@ CLI, the settings and the benchmarks offer exactly what it registers."""
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 import typing
@@ -33,6 +34,14 @@ def test_every_module_face_exists_with_its_entry_point(pattern: Pattern, face: s
     entry = ENTRY_POINTS[face]
     if entry is not None:
         assert hasattr(module, entry), f"{module.__name__} lacks {entry}"
+
+
+@pytest.mark.parametrize("pattern", [p for p in PATTERNS if p.has_live], ids=lambda p: p.slug)
+def test_every_live_face_takes_the_clis_options_and_one_process_by_default(pattern: Pattern) -> None:
+    params = inspect.signature(pattern.module("live").run).parameters
+    for name in ("quick", "host", "rate", "duration", "progress", "unsafe", "processes"):
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+    assert params["processes"].default == 1
 
 
 @pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p.slug)

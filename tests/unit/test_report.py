@@ -434,3 +434,41 @@ def test_a_simulation_alone_has_no_send_lag(tmp_path: Path) -> None:
     write_source(tmp_path, "sim", rows_for(BASE))
     report = build(tmp_path)
     assert report.send_lag is None and not any("send lag" in c for c in report.conclusions)
+
+
+def _worker_rows(design: str, worker: int, *, sent_rps: float, target_rps: float, lag_ms: float) -> list[Row]:
+    def row(metric: str, value: float, unit: str) -> Row:
+        return Row("tenancy-live-test", "live", "tenancy", design, 0, 0.5, f"worker-{worker}", metric, value, unit)
+
+    return [row("sent_rate", sent_rps, "rps"), row("target_rate", target_rps, "rps"),
+            row("send_lag_p99", lag_ms, "ms")]
+
+
+def test_the_setup_names_each_load_generator_process_its_share_and_its_send_lag(tmp_path: Path) -> None:
+    write_source(tmp_path, "sim", rows_for(BASE))
+    live = rows_for({("wfq", 0.5): 1.1, ("fifo", 0.5): 38.0}, source="live", seeds=1)
+    aggregate = [Row("tenancy-live-test", "live", "tenancy", d, 0, 0.5, ALL_TENANTS, m, v, "rps")
+                 for d in ("wfq", "fifo") for m, v in (("sent_rate", 99.5), ("target_rate", 100.0))]
+    workers = [*_worker_rows("wfq", 0, sent_rps=50.0, target_rps=50.0, lag_ms=1.5),
+               *_worker_rows("wfq", 1, sent_rps=49.5, target_rps=50.0, lag_ms=30.0),
+               *_worker_rows("fifo", 0, sent_rps=50.0, target_rps=50.0, lag_ms=2.0),
+               *_worker_rows("fifo", 1, sent_rps=49.0, target_rps=50.0, lag_ms=3.0)]
+    write_source(tmp_path, "live", [*live, _lag("wfq", 0.5, 1.0), _lag("fifo", 0.5, 1.0), *aggregate, *workers])
+    report = build(tmp_path)
+    assert ("Load generator: 2 Locust processes (Locust's distributed mode), each sending one in every 2 arrivals of "
+            "the one seeded schedule from a common start; over 2 runs, worker-0 sent 100.0% of its share's rate, send "
+            "lag p99 at most 2.00 ms; worker-1 sent 98.0% to 99.0% of its share's rate, send lag p99 at most 30.0 ms; "
+            "all together 99.5% of the target rate.") in report.workload
+    # A worker's lag is its own row: the run's lag, which the latencies are judged against, stays the merged one.
+    assert {r[4] for r in report.send_lag.rows} == {"1.00 ms"}  # type: ignore[union-attr]
+    assert not any("worker-" in " ".join(r) for t in report.tables for r in t.rows)
+
+
+def test_a_live_run_of_one_process_names_it_without_a_split() -> None:
+    from saaslab.report import RunData
+    from saaslab.report.evidence import generator_line
+
+    run = RunData("live", Path("."), _worker_rows("fifo", 0, sent_rps=99.0, target_rps=100.0, lag_ms=1.25), {})
+    assert generator_line(run) == ("Load generator: 1 Locust process; over 1 run, worker-0 sent 99.0% of its share's "
+                                   "rate, send lag p99 at most 1.25 ms.")
+    assert generator_line(RunData("live", Path("."), [], {})) is None

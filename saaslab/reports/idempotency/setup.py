@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from saaslab.report import RunData, fmt_g, fmt_list
-from saaslab.report.evidence import live_run_line
+from saaslab.report.evidence import generator_line, live_run_line
 from saaslab.reports.idempotency.view import PATTERN
 
 # --- text about the setup ---------------------------------------------------------------------------
@@ -91,6 +91,7 @@ def workload(sim: RunData | None, live: RunData | None) -> list[str]:
     if live is not None:
         keys = ("load_points", "duration_s", "rate", "workers", "seed", "designs")
         lines.append(live_run_line(live.parameters, keys))
+        lines += [g] if (g := generator_line(live)) else []
     if not lines:
         lines.append("The runs recorded no workload parameters (run.json is missing or has none).")
     return lines

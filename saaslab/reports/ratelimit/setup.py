@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from saaslab.report import RunData, fmt_g
-from saaslab.report.evidence import live_run_line
+from saaslab.report.evidence import generator_line, live_run_line
 from saaslab.reports.ratelimit.view import policy_text
 
 # --- text about the setup -----------------------------------------------------------------------
@@ -69,6 +69,7 @@ def workload(sim: RunData | None, live: RunData | None) -> list[str]:
         lp = live.parameters
         policy = [f"policy {policy_text(lp['policy'])}"] if lp.get("policy") else []
         lines.append(live_run_line(lp, ("load_points", "duration_s", "workers", "seed", "designs"), policy))
+        lines += [g] if (g := generator_line(live)) else []
     if not lines:
         lines.append("The runs recorded no workload parameters (run.json is missing or has none).")
     return lines

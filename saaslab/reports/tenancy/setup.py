@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from saaslab.report import RunData, fmt_g, fmt_load, fmt_num
+from saaslab.report.evidence import generator_line
 from saaslab.reports.tenancy.view import NOISY
 
 # --- text about the setup -----------------------------------------------------------------------
@@ -57,6 +58,8 @@ def workload(sim: RunData | None, live: RunData | None) -> list[str]:
         lines.append("The run recorded no workload parameters (run.json is missing or has none).")
     if live is not None and sim is not None:
         lines.append(_live_line(live.parameters))
+    if live is not None:
+        lines += [g] if (g := generator_line(live)) else []
     return lines
 
 
