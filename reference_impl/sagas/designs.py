@@ -128,9 +128,13 @@ def make_design(name: str, deps: SagaDeps) -> SagaDesign:
 
         return DualWrites(deps)
     if name == "choreography":
-        raise NotImplementedError("the choreography saga design is not built yet (reference_impl/sagas/choreography.py)")
+        from reference_impl.sagas.choreography import Choreography
+
+        return Choreography(deps)
     if name == "twopc":
-        raise NotImplementedError("the twopc saga design is not built yet (reference_impl/sagas/twopc.py)")
+        from reference_impl.sagas.twopc import TwoPhaseCommit
+
+        return TwoPhaseCommit(deps)
     raise ValueError(f"unknown saga design {name!r}; choose one of {', '.join(DESIGNS)}")
 
 
