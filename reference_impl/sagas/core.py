@@ -50,7 +50,8 @@ crashed driver would have waited, and a simulation replays the same waits.
 
 Fault points (`FAULT_POINTS`, one scheme for every design; lab mode arms them, see
 reference_impl/common/faults.py): `sagas.<step>.before|after` around each action,
-`sagas.<step>.undo.before|after` around each compensation, `sagas.orchestrator.*`,
+`sagas.<step>.undo.before|after` around each compensation (an `after` point takes every mode: a
+crash, error or delay once the effect is done, or `timeout_after_effect`), `sagas.orchestrator.*`,
 `sagas.coordinator.*` (two-phase commit) and `sagas.relay.*` (choreography's outbox relay). A
 compensation "that fails N times before it succeeds" is an `error` fault with `count: N` at
 `sagas.<step>.undo.before`.

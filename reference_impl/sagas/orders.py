@@ -1,4 +1,4 @@
-"""`sagas.orders` (sql/orders.sql) in the main database: every order and where its saga stands.
+"""`sagas.orders` (orders.sql) in the main database: every order and where its saga stands.
 
 Every design keeps its orders here, so the routes read one table whatever `SAASLAB_SAGA` is:
 `create` records a new order as pending (idempotent by the tenant's Idempotency-Key), `save` moves

@@ -41,7 +41,7 @@ from reference_impl.idempotency.provider import ProviderError, ProviderFault
 from reference_impl.sagas.core import PARTICIPANTS, Order, Participant, Step, step_key
 
 Result = Literal["ok", "refused"]
-SQL = Path(__file__).parent / "sql"
+SQL = Path(__file__).parent
 MIGRATIONS: dict[Participant, tuple[Path, ...]] = {
     "inventory": (SQL / "inventory.sql",),
     "payments": (provider.SCHEMA, SQL / "payments.sql"),

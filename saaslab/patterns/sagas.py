@@ -52,6 +52,7 @@ PATTERN = Pattern(
     axes=(DESIGN,),
     core="reference_impl.sagas.core",
     invariants="reference_impl.sagas.invariants",
+    service="reference_impl.sagas.wiring",
     simulation="scenarios.sagas",
     report="saaslab.reports.sagas",
     notebook="notebooks/sagas.ipynb",
