@@ -46,7 +46,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import cast
 
 import asyncpg
 
@@ -255,9 +255,15 @@ class _Branches:
         except Exception as exc:
             await self.rollback_all()
             for p in prepared:
-                with contextlib.suppress(Exception):
-                    await finish_prepared(self._pools[p], gids[p], commit=False)
+                with contextlib.suppress(Exception):  # else recovery finds it by its gid and rolls it back
+                    await self.conns[p].execute(f"ROLLBACK PREPARED {_quoted(gids[p])}")
             raise _Broken(f"prepare failed: {exc!r}") from exc
+
+
+    async def finish_prepared(self, gids: dict[Participant, str], *, commit: bool) -> None:
+        for p, conn in self.conns.items():
+            with contextlib.suppress(asyncpg.UndefinedObjectError):  # recovery resolved it already
+                await conn.execute(f"{'COMMIT' if commit else 'ROLLBACK'} PREPARED {_quoted(gids[p])}")
 
 
 class TwoPhaseCommit:
@@ -392,17 +398,18 @@ class TwoPhaseCommit:
                     await self._resolved(order.id, attempt)
                     return state
                 await branches.prepare_all(gids)
+                prepared = self.clock()
+                await self.deps.faults.before(PREPARED_POINT)
+                decision = await self._decide(order.id, attempt, "commit", state, prepared_us=prepared)
+                await self.deps.faults.before(DECIDED_POINT)
+                # On the branches' own connections: a prepared branch holds its row locks, and other
+                # attempts may hold every other connection of the pool while they wait for them.
+                await branches.finish_prepared(gids, commit=decision == "commit")
         except _Broken as exc:
             log.info("saga %s attempt %d aborted: %s", order.id, attempt, exc)
             await self._decide(order.id, attempt, "abort", None)
             await self._resolved(order.id, attempt)
             return RETRY_ATTEMPT_US
-        prepared = self.clock()
-        await self.deps.faults.before(PREPARED_POINT)
-        decision = await self._decide(order.id, attempt, "commit", state, prepared_us=prepared)
-        await self.deps.faults.before(DECIDED_POINT)
-        for p, g in gids.items():
-            await finish_prepared(self._pools[p], g, commit=decision == "commit")
         await self._resolved(order.id, attempt)
         return state if decision == "commit" else None
 

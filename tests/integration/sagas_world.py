@@ -13,6 +13,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from reference_impl.common.db import Pool, migrate
 from reference_impl.sagas.core import Item, Order
 from reference_impl.sagas.designs import (
@@ -105,6 +107,15 @@ async def lab(settings: Settings) -> AsyncIterator[Lab]:
     finally:
         await participants.close()
         await pool.close()
+
+
+async def skip_unless_runnable(world: Lab, design: str | None) -> None:
+    """Skip a `twopc` test on a server that cannot prepare transactions (max_prepared_transactions = 0)."""
+    if design == "twopc":
+        from reference_impl.sagas.twopc import prepared_capacity
+
+        if await prepared_capacity(world.participants.pools["inventory"]) <= 0:
+            pytest.skip("twopc needs PostgreSQL's max_prepared_transactions > 0; this server has 0")
 
 
 def broken(results: list[CheckResult]) -> list[str]:
