@@ -52,7 +52,8 @@ Fault points (`FAULT_POINTS`, one scheme for every design; lab mode arms them, s
 reference_impl/common/faults.py): `sagas.<step>.before|after` around each action,
 `sagas.<step>.undo.before|after` around each compensation (an `after` point takes every mode: a
 crash, error or delay once the effect is done, or `timeout_after_effect`), `sagas.orchestrator.*`,
-`sagas.coordinator.*` (two-phase commit) and `sagas.relay.*` (choreography's outbox relay). A
+`sagas.coordinator.*` (two-phase commit), `sagas.relay.*` (choreography's outbox relay) and
+`sagas.stream.*` (its deliveries: duplicated, reordered, failed). A
 compensation "that fails N times before it succeeds" is an `error` fault with `count: N` at
 `sagas.<step>.undo.before`.
 """
@@ -382,6 +383,10 @@ def _fault_points() -> dict[str, str]:
         "sagas.coordinator.decided": "2PC: after the commit decision is logged, before COMMIT PREPARED",
         "sagas.relay.before": "choreography: before the relay publishes an outbox row",
         "sagas.relay.after": "choreography: after publishing, before marking the row sent (a duplicate)",
+        "sagas.stream.duplicate": "choreography: the relay publishes the event twice (any mode)",
+        "sagas.stream.reorder": "choreography: the relay publishes the event after the rest of its batch (any mode)",
+        "sagas.stream.deliver": ("choreography: a consumer takes a delivered event (error: the delivery fails and "
+                                 "is redelivered, dead-lettered after saga_dead_letter_attempts; delay; crash)"),
     })
     return points
 

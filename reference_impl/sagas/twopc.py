@@ -418,6 +418,7 @@ class TwoPhaseCommit:
             async with asyncio.timeout(self.deps.policy.timeout_us(step) / US):
                 await self.deps.faults.before(fault_point(step, "before"))
                 result: Outcome = await branches.run(step.participant, lambda conn: _action(step, conn, order))
+            await self.deps.faults.before(fault_point(step, "after"))  # a crash, error or delay after the effect
             self.deps.faults.after(fault_point(step, "after"))
         except TimeoutError:
             await branches.undo_attempt(step.participant)
@@ -436,6 +437,7 @@ class TwoPhaseCommit:
             async with asyncio.timeout(self.deps.policy.timeout_us(step) / US):
                 await self.deps.faults.before(fault_point(step, "before", undo=True))
                 await branches.rollback(step.participant)
+            await self.deps.faults.before(fault_point(step, "after", undo=True))
             self.deps.faults.after(fault_point(step, "after", undo=True))
         except TimeoutError:
             return "timeout"

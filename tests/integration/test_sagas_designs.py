@@ -20,7 +20,7 @@ from reference_impl.sagas.orchestration import wall_clock_us
 from reference_impl.sagas.participants import get_stock
 from saaslab.settings import Settings
 
-SAFE_DESIGNS = ["orchestration", "twopc"]
+SAFE_DESIGNS = ["orchestration", "twopc", "choreography"]
 """The designs that must keep every invariant."""
 UNSAFE_DESIGNS = ["unsafe"]
 SETTLE_S = 20.0
