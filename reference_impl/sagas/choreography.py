@@ -151,6 +151,9 @@ class Choreography:
         self.resumed = 0
         """Deliveries taken back from a dead or silent consumer (a metric)."""
         self.dead_lettered = 0
+        # A payments attempt takes two connections of its pool (its row, and the provider's charge), so
+        # attempts per participant stay at half the pool: never all waiting for a second connection.
+        self._slots = {p: asyncio.Semaphore(max(1, settings.db_pool_max // 2)) for p in GROUPS}
         self._errors: dict[tuple[str, str], str] = {}
         self._wake = asyncio.Event()
         self._ready_done = False
@@ -330,8 +333,9 @@ class Choreography:
                 await asyncio.sleep(max(0, command.until_us - self.clock()) / US)
                 continue
             try:
-                state = await self._attempt(participant, command.step.name, isinstance(command, Undo), order,
-                                            state, event)
+                async with self._slots[participant]:
+                    state = await self._attempt(participant, command.step.name, isinstance(command, Undo), order,
+                                                state, event)
             except _Handled:
                 return
 

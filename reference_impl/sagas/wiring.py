@@ -17,6 +17,7 @@ from reference_impl.sagas.core import FAULT_POINTS
 from reference_impl.sagas.designs import SagaDeps, SagaDesign, make_design, policy_of
 from reference_impl.sagas.orders import OrderLog
 from reference_impl.sagas.participants import Participants
+from reference_impl.sagas.relay import dead_letter_router
 from reference_impl.sagas.routes import sagas_router
 
 MIGRATIONS = (Path(__file__).parent / "orders.sql",)
@@ -61,7 +62,8 @@ def install(ctx: ServiceContext) -> ServiceParts:
     service = SagaService(ctx)
 
     def routes() -> Routes:
-        return Routes(hot=(sagas_router(service, ctx.need(IdempotentRequests)),))
+        return Routes(hot=(sagas_router(service, ctx.need(IdempotentRequests)),),
+                      rest=(dead_letter_router(lambda: ctx.redis, ctx.settings.redis_prefix, ctx.require_admin),))
 
     return ServiceParts(
         routes=routes,
