@@ -156,6 +156,8 @@ class Choreography:
         self._slots = {p: asyncio.Semaphore(max(1, settings.db_pool_max // 2)) for p in GROUPS}
         self._errors: dict[tuple[str, str], str] = {}
         self._wake = asyncio.Event()
+        self._progress = 0
+        """Bumped by every relayed row and acknowledged delivery (see `_settled`)."""
         self._ready_done = False
         self._own_pending_taken = False
         self._forever = False
@@ -175,9 +177,8 @@ class Choreography:
     # -- the design interface (designs.py) ------------------------------------------------------------
 
     async def open(self) -> None:
+        self._forever = True  # from now on the pump runs for the life of the instance
         await self.recover()
-        self._forever = True
-        self.tasks.spawn("pump", self._pump(forever=True))
 
     async def close(self) -> None:
         self._forever = False
@@ -220,7 +221,7 @@ class Choreography:
         while time.monotonic() < deadline:
             if self.tasks.crashed is not None:
                 return True
-            if not self._handlers() and await self._quiet():
+            if await self._settled():
                 return True
             self._kick()
             await asyncio.sleep(0.02)
@@ -231,12 +232,13 @@ class Choreography:
     def _kick(self) -> None:
         self._wake.set()
         if "pump" not in self.tasks:
-            self.tasks.spawn("pump", self._pump(forever=self._forever))
+            self.tasks.spawn("pump", self._pump())
 
     def _handlers(self) -> list[str]:
         return [name for name in self.tasks.tasks if name != "pump"]
 
-    async def _pump(self, *, forever: bool) -> None:
+    async def _pump(self) -> None:
+        """Relay and deliver until everything is quiet (or, once `open`, for ever)."""
         while True:
             try:
                 busy = await self._round()
@@ -247,7 +249,7 @@ class Choreography:
                 busy = False
             if busy:
                 continue
-            if not forever and not self._handlers() and await self._quiet():
+            if not self._forever and await self._settled():
                 return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -259,6 +261,7 @@ class Choreography:
         moved = 0
         for pool in self._pools.values():
             moved += await self.relay.relay(pool)
+        self._progress += moved
         for group in GROUPS:
             reply = await self.redis.xreadgroup(group, self.consumer, {self.stream: ">"}, count=100)
             moved += await self._take(group, reply[0][1] if reply else [], reclaimed=False)
@@ -268,6 +271,12 @@ class Choreography:
             self.resumed += taken
             moved += taken
         return moved > 0
+
+    async def _settled(self) -> bool:
+        """No handler running here and nothing in flight anywhere, with no progress here while looking: a
+        handler may commit its next event and acknowledge its delivery between the two halves of `_quiet`."""
+        progress = self._progress
+        return not self._handlers() and await self._quiet() and progress == self._progress and not self._handlers()
 
     async def _quiet(self) -> bool:
         for pool in self._pools.values():
@@ -318,6 +327,8 @@ class Choreography:
             log.info("saga event %s for %s failed: %r", entry_id, group, exc)
             return
         await self.redis.xack(self.stream, group, entry_id)
+        self._progress += 1
+        log.debug("saga event %s for %s handled: %s", entry_id, group, fields.get("event", "")[:80])
         self._errors.pop((group, entry_id), None)
         self._wake.set()
 
