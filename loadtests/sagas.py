@@ -129,14 +129,14 @@ class Checkout(LabUser):
                    for at, point in (plan.crashes if self.index == 0 else ())]
         self.driver = OpenModelDriver(schedule, self.checkout, duration_s=plan.duration_s, slo_us=SLO_MS * 1000,
                                       drain_s=CLIENT_TIMEOUT_S * plan.max_attempts, tenants=[SHOP])
-        declines = gevent.spawn(self._keep_declining) if self.index == 0 and plan.p_decline > 0 else None
+        if self.index == 0 and plan.p_decline > 0:
+            crashes.append(gevent.spawn(self._keep_declining))
         try:
             self.driver.run(start=start)
-            gevent.joinall(crashes)
-        finally:
-            if declines is not None:
-                declines.kill()
-                self._admin(lambda admin: admin.clear_faults(connections=plan.spread))
+        finally:  # a run stopped early (--run-time) leaves no fault armed either
+            gevent.killall(crashes)
+            if self.index == 0:
+                self._admin(lambda admin: admin.clear_faults())  # every worker follows a clear
         self._settle()
 
     def _admin(self, work: Any) -> bool:

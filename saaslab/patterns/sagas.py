@@ -54,6 +54,7 @@ PATTERN = Pattern(
     invariants="reference_impl.sagas.invariants",
     service="reference_impl.sagas.wiring",
     live="saaslab.live.sagas",
+    bench="bench.sagas",
     loadtest="loadtests/sagas.py",
     simulation="scenarios.sagas",
     report="saaslab.reports.sagas",
