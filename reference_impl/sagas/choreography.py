@@ -66,6 +66,7 @@ from reference_impl.sagas.core import (
     step_views,
 )
 from reference_impl.sagas.designs import SagaDeps, SimulatedCrash
+from reference_impl.sagas.orchestration import provider_fault
 from reference_impl.sagas.orders import OrderRecord
 from reference_impl.sagas.relay import (
     SCHEMA,
@@ -151,8 +152,7 @@ class Choreography:
         self.resumed = 0
         """Deliveries taken back from a dead or silent consumer (a metric)."""
         self.dead_lettered = 0
-        # A payments attempt takes two connections of its pool (its row, and the provider's charge), so
-        # attempts per participant stay at half the pool: never all waiting for a second connection.
+        # Handlers wait for a slot rather than for a pool connection, where a step's timeout would run out.
         self._slots = {p: asyncio.Semaphore(max(1, settings.db_pool_max // 2)) for p in GROUPS}
         self._errors: dict[tuple[str, str], str] = {}
         self._wake = asyncio.Event()
@@ -364,7 +364,7 @@ class Choreography:
                         await self.deps.participants.compensate(step, order)
                         result: Outcome = "ok"
                     else:
-                        result = await self.deps.participants.act(step, order)
+                        result = await self.deps.participants.act(step, order, fault=provider_fault(self.deps, step))
                     new = apply(state, result, self.clock(), self.deps.policy)
                     async with self._pools[participant].connection() as conn, conn.transaction():
                         await self._publish(conn, participant, event, new)

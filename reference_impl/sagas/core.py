@@ -51,7 +51,8 @@ crashed driver would have waited, and a simulation replays the same waits.
 Fault points (`FAULT_POINTS`, one scheme for every design; lab mode arms them, see
 reference_impl/common/faults.py): `sagas.<step>.before|after` around each action,
 `sagas.<step>.undo.before|after` around each compensation (an `after` point takes every mode: a
-crash, error or delay once the effect is done, or `timeout_after_effect`), `sagas.orchestrator.*`,
+crash, error or delay once the effect is done, or `timeout_after_effect`), `sagas.charge.provider`
+(the provider declines, is slow, or charges and loses its answer), `sagas.orchestrator.*`,
 `sagas.coordinator.*` (two-phase commit), `sagas.relay.*` (choreography's outbox relay) and
 `sagas.stream.*` (its deliveries: duplicated, reordered, failed). A
 compensation "that fails N times before it succeeds" is an `error` fault with `count: N` at
@@ -366,6 +367,10 @@ def fault_point(step: Step | str, when: Literal["before", "after"], *, undo: boo
     return f"sagas.{name}.{'undo.' if undo else ''}{when}"
 
 
+PROVIDER_POINT = "sagas.charge.provider"
+"""The payment provider's own failure modes (reference_impl/idempotency/provider.py), taken by the charge."""
+
+
 def _fault_points() -> dict[str, str]:
     points: dict[str, str] = {}
     for s in CHECKOUT:
@@ -377,6 +382,8 @@ def _fault_points() -> dict[str, str]:
                 f"before {s.participant}.{s.compensation} (error with count N: fails N times, then succeeds)")
             points[fault_point(s, "after", undo=True)] = f"after {s.participant}.{s.compensation} took effect"
     points.update({
+        PROVIDER_POINT: ("the lab provider's charge: error = the card is declined (the saga compensates), delay = the "
+                         "provider is slow (delay_ms), timeout_after_effect = it charges and the answer is lost"),
         "sagas.orchestrator.logged": "after the saga log records a new saga, before its first step (crash)",
         "sagas.orchestrator.recover": "before recovery resumes an unfinished saga (crash, delay)",
         "sagas.coordinator.prepared": "2PC: after every participant prepared, before the decision is logged",

@@ -61,12 +61,22 @@ from saaslab.settings import Settings
 DESIGNS = ("orchestration", "choreography", "twopc", "unsafe")
 
 
+class ArmedFault(Protocol):
+    @property
+    def mode(self) -> str: ...
+    @property
+    def delay_ms(self) -> int: ...
+
+
 class FaultHooks(Protocol):
-    """Where lab-mode faults strike: reference_impl/common/faults.py's `Faults`, or a test's stand-in."""
+    """Where lab-mode faults strike: reference_impl/common/faults.py's `Faults`, or a test's stand-in.
+    `take` hands an effect with failure modes of its own (the payment provider) the fault armed at a point."""
 
     async def before(self, point: str) -> None: ...
 
     def after(self, point: str) -> None: ...
+
+    def take(self, point: str) -> ArmedFault | None: ...
 
 
 class NoFaults:
@@ -74,6 +84,9 @@ class NoFaults:
         """Nothing armed."""
 
     def after(self, point: str) -> None:
+        """Nothing armed."""
+
+    def take(self, point: str) -> None:
         """Nothing armed."""
 
 

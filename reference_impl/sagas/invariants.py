@@ -27,13 +27,15 @@ the completion's `order_id` when the client learnt it. Ops are matched to orders
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from reference_impl.sagas.core import TERMINAL
-from saaslab.history import CheckResult, Op, pairs
+from saaslab.history import CheckResult, Op, load, pairs
 
 MAX_EXAMPLES = 5
 LIVE_RESERVATION = frozenset({"reserved", "committed"})
@@ -272,3 +274,40 @@ def check(world: World, history: Iterable[Op] = (), *, faults_stopped_us: int | 
     return [terminal(world, faults_stopped_us=faults_stopped_us, bound_us=bound_us), all_or_nothing(world),
             stock_conserved(world), money_conserved(world), no_orphans(world), at_most_once(world),
             no_prepared_transactions(world), unknown_outcomes(list(history), world)]
+
+
+# ---------------------------------------------------------------------------------------------
+# A live run's folder: `live/history.jsonl` and `live/state.json` ({design: world}), as saaslab/live/sagas.py writes them
+
+_ROWS: dict[str, type] = {"orders": OrderRow, "stock": StockRow, "reservations": ReservationRow,
+                          "payments": PaymentRow, "charges": ChargeRow, "shipments": ShipmentRow}
+
+
+def world_to_json(world: World) -> dict[str, Any]:
+    return asdict(world)
+
+
+def world_from_json(data: Mapping[str, Any]) -> World:
+    return World(**{name: [cls(**row) for row in data.get(name, [])] for name, cls in _ROWS.items()},
+                 prepared_xacts=list(data.get("prepared_xacts", [])))
+
+
+def check_designs(history: list[Op], worlds: Mapping[str, World], **bounds: Any) -> list[CheckResult]:
+    """Every check per design, named `check[design]`; each design sees only its own ops (`value.design`)."""
+    results: list[CheckResult] = []
+    for design, world in worlds.items():
+        mine = [op for op in history if op.value.get("design") in (design, None)]
+        for r in check(world, mine, **bounds):
+            r.name = f"{r.name}[{design}]"
+            results.append(r)
+    return results
+
+
+def check_run(out_dir: Path, settings: object = None) -> list[CheckResult]:
+    """Check a run folder from the files the load run wrote (the state was read back while it ran);
+    writes `out_dir/live/check.json`. `settings` is part of every checker's interface; unused here."""
+    live = out_dir / "live"
+    state = json.loads((live / "state.json").read_text()) if (live / "state.json").exists() else {}
+    results = check_designs(load(live / "history.jsonl"), {d: world_from_json(w) for d, w in state.items()})
+    (live / "check.json").write_text(json.dumps([r.to_dict() for r in results], indent=2))
+    return results

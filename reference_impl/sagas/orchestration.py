@@ -25,9 +25,12 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from reference_impl.idempotency.payments import FaultMode
+from reference_impl.idempotency.provider import ProviderFault
 from reference_impl.sagas.core import (
     CHECKOUT,
     FAULT_POINTS,
+    PROVIDER_POINT,
     Do,
     Finished,
     Order,
@@ -193,7 +196,7 @@ async def run_step(deps: SagaDeps, step: Step, order: Order, *, undo: bool) -> O
                 await deps.participants.compensate(step, order)
                 result: Outcome = "ok"
             else:
-                result = await deps.participants.act(step, order)
+                result = await deps.participants.act(step, order, fault=provider_fault(deps, step))
         # After the effect: a crash, an error or a delay (`before` modes), or a timeout after the effect.
         await deps.faults.before(after)
         deps.faults.after(after)
@@ -204,6 +207,17 @@ async def run_step(deps: SagaDeps, step: Step, order: Order, *, undo: bool) -> O
         log.info("saga %s: %s%s failed: %r", order.id, step.name, " (undo)" if undo else "", exc)
         return "timeout" if status == 504 else "error"
     return result
+
+
+def provider_fault(deps: SagaDeps, step: Step) -> ProviderFault | None:
+    """The fault armed at `sagas.charge.provider`, as the lab provider's own failure mode."""
+    fault = deps.faults.take(PROVIDER_POINT) if step.name == "charge" else None
+    if fault is None or fault.mode not in _PROVIDER_MODES:
+        return None
+    return ProviderFault(_PROVIDER_MODES[fault.mode], fault.delay_ms)
+
+
+_PROVIDER_MODES: dict[str, FaultMode] = {"error": "fail", "delay": "slow", "timeout_after_effect": "timeout_after_effect"}
 
 
 class DualWrites:

@@ -37,7 +37,7 @@ import asyncpg
 
 from reference_impl.common.db import MigrationError, Pool, migrate
 from reference_impl.idempotency import provider
-from reference_impl.idempotency.provider import ProviderError, ProviderFault
+from reference_impl.idempotency.provider import ProviderError, ProviderFault, ProviderTimeout
 from reference_impl.sagas.core import PARTICIPANTS, Order, Participant, Step, step_key
 
 Result = Literal["ok", "refused"]
@@ -231,13 +231,16 @@ class Participants:
     def __init__(self, urls: dict[Participant, str], *, pool_size: int = 4) -> None:
         self.urls = urls
         self.pools: dict[Participant, Pool] = {p: Pool(url, min_size=1, max_size=pool_size) for p, url in urls.items()}
+        # The provider stands for another company's system: its calls never share the pool whose connections
+        # hold payment rows locked while they wait for it (a full pool would wait on itself).
+        self.provider = Pool(urls["payments"], min_size=1, max_size=pool_size)
 
     @classmethod
     async def open(cls, database_url: str, *, pool_size: int = 4) -> Participants:
         self = cls(await ensure_databases(database_url), pool_size=pool_size)
         opened: list[Pool] = []
         try:
-            for pool in self.pools.values():
+            for pool in (*self.pools.values(), self.provider):
                 await pool.open()
                 opened.append(pool)
         except BaseException:
@@ -247,7 +250,7 @@ class Participants:
         return self
 
     async def close(self) -> None:
-        for pool in self.pools.values():
+        for pool in (*self.pools.values(), self.provider):
             await pool.close()
 
     @contextlib.asynccontextmanager
@@ -301,11 +304,13 @@ class Participants:
             if row["state"] != "charging":  # declined, refunded or a tombstone: never charge (again)
                 return "refused"
             try:
-                made = await provider.charge(pool, order.tenant_id, order.amount, order.currency, key, fault,
+                made = await provider.charge(self.provider, order.tenant_id, order.amount, order.currency, key, fault,
                                              reference=order.id)
             except ProviderError:
                 await conn.execute("UPDATE saga_payments.payments SET state = 'declined' WHERE key = $1", key)
                 return "refused"
+            except ProviderTimeout:  # it may have charged: an unknown outcome, like our own timeout
+                raise TimeoutError("the payment provider did not answer in time") from None
             await conn.execute("UPDATE saga_payments.payments SET state = 'charged', charge_id = $2 WHERE key = $1",
                                key, made.id)
             return "ok"

@@ -52,7 +52,7 @@ import asyncpg
 
 from reference_impl.common.db import Pool, migrate
 from reference_impl.idempotency import provider
-from reference_impl.idempotency.provider import ProviderError
+from reference_impl.idempotency.provider import ProviderError, ProviderFault
 from reference_impl.sagas import participants as parts
 from reference_impl.sagas.core import (
     FAULT_POINTS,
@@ -73,6 +73,7 @@ from reference_impl.sagas.core import (
     step_views,
 )
 from reference_impl.sagas.designs import SagaDeps
+from reference_impl.sagas.orchestration import provider_fault
 from reference_impl.sagas.orders import OrderRecord
 from reference_impl.sagas.tasks import TaskSet, wall_clock_us
 
@@ -149,7 +150,7 @@ class _Enlisted:
         yield self._conn
 
 
-async def _charge(conn: asyncpg.Connection, order: Order, key: str) -> parts.Result:
+async def _charge(conn: asyncpg.Connection, order: Order, key: str, fault: ProviderFault | None) -> parts.Result:
     """participants.Participants.charge, inside the payments branch."""
     state = await conn.fetchval(
         "INSERT INTO saga_payments.payments (key, saga_id, tenant_id, amount, currency, state)"
@@ -161,7 +162,7 @@ async def _charge(conn: asyncpg.Connection, order: Order, key: str) -> parts.Res
         return "refused"
     try:
         made = await provider.charge(cast(Pool, _Enlisted(conn)), order.tenant_id, order.amount, order.currency,
-                                     key, reference=order.id)
+                                     key, fault, reference=order.id)
     except ProviderError:
         await conn.execute("UPDATE saga_payments.payments SET state = 'declined' WHERE key = $1", key)
         return "refused"
@@ -170,12 +171,12 @@ async def _charge(conn: asyncpg.Connection, order: Order, key: str) -> parts.Res
     return "ok"
 
 
-async def _action(step: Step, conn: asyncpg.Connection, order: Order) -> parts.Result:
+async def _action(step: Step, conn: asyncpg.Connection, order: Order, fault: ProviderFault | None) -> parts.Result:
     key = step_key(order.id, step)
     if step.name == "reserve":
         return await parts.reserve(conn, order, key)
     if step.name == "charge":
-        return await _charge(conn, order, key)
+        return await _charge(conn, order, key, fault)
     if step.name == "schedule":
         return await parts.schedule(conn, order, key)
     if step.name == "commit":
@@ -417,7 +418,8 @@ class TwoPhaseCommit:
         try:
             async with asyncio.timeout(self.deps.policy.timeout_us(step) / US):
                 await self.deps.faults.before(fault_point(step, "before"))
-                result: Outcome = await branches.run(step.participant, lambda conn: _action(step, conn, order))
+                fault = provider_fault(self.deps, step)
+                result: Outcome = await branches.run(step.participant, lambda conn: _action(step, conn, order, fault))
             await self.deps.faults.before(fault_point(step, "after"))  # a crash, error or delay after the effect
             self.deps.faults.after(fault_point(step, "after"))
         except TimeoutError:

@@ -67,6 +67,9 @@ class Faulty:
     def after(self, point: str) -> None:
         self._strike(point)
 
+    def take(self, point: str) -> None:
+        """No provider faults here."""
+
 
 @dataclass
 class Lab:

@@ -10,14 +10,18 @@ restarted worker would. tests/integration/test_sagas_service.py crashes a real w
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 from sagas_world import FAST, Faulty, Lab, broken, lab, skip_unless_runnable
 
+from reference_impl.common.db import MigrationError
 from reference_impl.sagas.core import CHECKOUT, fault_point
 from reference_impl.sagas.orchestration import wall_clock_us
-from reference_impl.sagas.participants import get_stock
+from reference_impl.sagas.participants import ensure_databases, get_stock
 from saaslab.settings import Settings
 
 SAFE_DESIGNS = ["orchestration", "twopc", "choreography"]
@@ -124,3 +128,22 @@ async def test_the_same_idempotency_key_starts_one_saga(world: Lab, design: str)
     assert await saga.settle(SETTLE_S)
     await saga.close()
     assert len((await world.world()).orders) == 1
+
+
+async def test_a_login_that_may_not_create_databases_gets_one_line_naming_the_right(settings: Settings) -> None:
+    assert settings.database_url
+    url = urlsplit(settings.database_url)
+    role, fresh = f"saga_nocreate_{uuid.uuid4().hex[:8]}", f"{url.path.lstrip('/')}_nocreate"
+    as_role = urlunsplit(url._replace(netloc=f"{role}@{url.hostname}:{url.port or 5432}", path=f"/{fresh}"))
+    admin = await asyncpg.connect(settings.database_url)
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        await admin.execute(f'CREATE DATABASE "{fresh}"')
+        with pytest.raises(MigrationError) as refused:
+            await ensure_databases(as_role)
+        message = str(refused.value)
+        assert "\n" not in message and "CREATEDB" in message and f"{fresh}_inventory" in message
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{fresh}" WITH (FORCE)')
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()
