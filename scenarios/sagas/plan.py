@@ -23,7 +23,7 @@ LOAD_POINTS = (0.3, 0.6, 0.9)
 FAILURE_RATES = (0.0, 0.05)
 """Share of participant operation attempts that fail: half before the effect (`error`), half after it with the
 answer lost (`timeout`: the driver waits out the step timeout)."""
-CRASH_RATES = (0.0, 0.5)
+CRASH_RATES = (0.0, 1.0)
 """Crashes per second of the process that drives the sagas (orchestrator, coordinator, the choreography's
 relays and consumers, the unsafe writer), while orders arrive."""
 DURATION_S = {"full": 6.0, "quick": 1.0}
@@ -65,7 +65,7 @@ class Setup:
     """A Redis Streams round trip (XADD, XACK, XAUTOCLAIM) and a blocked consumer's delivery."""
     relay_poll_ms: float = 10.0
     """choreography: how often an outbox relay looks for unsent rows."""
-    restart_ms: float = 500.0
+    restart_ms: float = 200.0
     """A crashed process is back this long after it died."""
     step_timeout_s: float = _SETTINGS.saga_step_timeout_s
     retry_policy: str = _SETTINGS.saga_retry_policy
