@@ -4,7 +4,6 @@ the orders both faces send, and how a metric's name carries the fault condition 
 
 from __future__ import annotations
 
-import math
 import random
 import re
 from dataclasses import asdict, dataclass
@@ -114,7 +113,7 @@ def sku(k: int) -> str:
 def stock_levels(load_point: float, setup: Setup = SETUP) -> dict[str, int]:
     """Units of each SKU at the start: `stock_cover` of its expected demand over the run (at least one)."""
     orders = load_point * capacity_rps(setup) * setup.duration_s
-    return {sku(k): max(1, math.floor(setup.stock_cover * orders * w * (1 + setup.p_two_items)))
+    return {sku(k): max(1, round(setup.stock_cover * orders * w * (1 + setup.p_two_items)))
             for k, w in enumerate(zipf_weights(setup.skus, setup.zipf_s))}
 
 
@@ -165,7 +164,9 @@ class Condition:
 
     @property
     def label(self) -> str:
-        return f"{100 * self.failure:g}% failures, {self.crash:g} crashes/s"
+        parts = ([f"{100 * self.failure:g}% failures"] if self.failure else []) + (
+            [f"{self.crash:g} crash{'' if self.crash == 1 else 'es'}/s"] if self.crash else [])
+        return " and ".join(parts) or "no faults"
 
 
 CALM = Condition(0.0, 0.0)
