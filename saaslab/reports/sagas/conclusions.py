@@ -52,9 +52,19 @@ def cost_sentence(v: View) -> str | None:
     found = [x for x in found if x[1].known]
     if len(found) < 2:
         return None
-    return (f"With {c.label} at load {fmt_load(lp)}, an order took a median of "
+    text = (f"With {c.label} at load {fmt_load(lp)}, an order took a median of "
             + fmt_list([f"{fmt_num(p50.mean)} ms and {fmt_num(m.mean)} messages ({d})" for d, p50, m in found])
             + ": choreography pays a relay poll and a stream hop per step, two-phase commit the fewest round trips.")
+    top = v.load_points[-1]
+    done = [(d, s) for d in v.designs if d in SAFE and (s := v.at(d, top, "throughput", c)).known]
+    if len(done) >= 2:
+        (slow, least), (_, most) = min(done, key=lambda x: x[1].mean), max(done, key=lambda x: x[1].mean)
+        if least.mean < 0.9 * most.mean:
+            why = (": its orders queue for the hottest stock rows, locked across the whole protocol" if slow == "twopc"
+                   else "")
+            text += (f" At load {fmt_load(top)} {slow} completed {fmt_num(least.mean)} orders/s against up to "
+                     f"{fmt_num(most.mean)}{why}.")
+    return text
 
 
 def lock_sentence(v: View) -> str | None:
