@@ -87,9 +87,23 @@ def _patterns(pattern: str, face: str = "simulation") -> list[Pattern]:
     return [REGISTRY[pattern]]
 
 
-def _out_dir(out: Path | None, pattern: str, many: bool) -> Path:
+# What each command writes or reads inside a pattern's results folder (None: both sim/ and live/).
+_SOURCE_OF = {"sim": "sim", "load": "live", "check": "live", "report": None}
+
+
+def _out_dir(out: Path | None, pattern: str, many: bool, command: str) -> Path:
+    """The pattern's results folder, which holds sim/ and live/: `--out`, else <SAASLAB_RESULTS_DIR>/<pattern>.
+    With PATTERN all, `--out` holds one results folder per pattern. A folder named sim or live is taken as the
+    run's own folder, so `saaslab sim P --out x/sim` writes x/sim/results.csv, not x/sim/sim/."""
     if out is None:
-        return Path("reports") / pattern
+        return Settings().results_dir / pattern
+    if out.name in ("sim", "live"):
+        source = _SOURCE_OF[command]
+        if many or (source is not None and source != out.name):
+            what = "the folder that holds one results folder per pattern" if many else "the pattern's results folder"
+            raise UserError(f"--out {out} names a {out.name}/ run folder, but --out is {what} (it holds sim/ and "
+                            f"live/): try --out {out.parent}")
+        return out.parent
     return out / pattern if many else out
 
 
@@ -101,7 +115,9 @@ PatternArg = Annotated[str, typer.Argument(metavar="PATTERN", help=_pattern_help
 LivePatternArg = Annotated[str, typer.Argument(metavar="PATTERN", help=_pattern_help("live"))]
 _UNSAFE_LIST = ", ".join(f"{p.slug}: {p.unsafe.name}" for p in with_face("live") if p.unsafe)
 QuickOpt = Annotated[bool, typer.Option("--quick", help="The short version used by `saaslab demo`.")]
-OutOpt = Annotated[Path | None, typer.Option("--out", metavar="DIR", help="Output folder (default reports/<pattern>/).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", metavar="DIR", help=(
+    "The pattern's results folder, which holds sim/ and live/ (default: <SAASLAB_RESULTS_DIR>/<pattern>/, the "
+    "project's reports/<pattern>/); with PATTERN all, one such folder per pattern inside DIR."))]
 
 
 # --- services -----------------------------------------------------------------------------------
@@ -249,7 +265,7 @@ def sim(
     """Run a pattern's SimPy scenarios; writes <out>/sim/results.csv and run.json."""
     chosen = _patterns(pattern)
     for p in chosen:
-        path = _sim(p, _out_dir(out, p.slug, len(chosen) > 1), quick, seeds, jobs)
+        path = _sim(p, _out_dir(out, p.slug, len(chosen) > 1, "sim"), quick, seeds, jobs)
         console.print(f"{p.slug}: simulated results in {path}")
 
 
@@ -277,7 +293,7 @@ def load(
     """Drive the live service with Locust; writes <out>/live/results.csv, run.json, history and checks."""
     chosen = _patterns(pattern, "live")
     for p in chosen:
-        path = _load(p, _out_dir(out, p.slug, len(chosen) > 1), quick, host, rate, duration, unsafe)
+        path = _load(p, _out_dir(out, p.slug, len(chosen) > 1, "load"), quick, host, rate, duration, unsafe)
         console.print(f"{p.slug}: measured results in {path}")
 
 
@@ -294,7 +310,9 @@ def _check(p: Pattern, out: Path) -> bool:
     pattern = p.slug
     module = _checker(p)
     if not (out / "live" / "history.jsonl").exists():
-        raise UserError(f"no history in {out / 'live'}; run `saaslab load {pattern}` first")
+        from saaslab.report.data import command
+
+        raise UserError(f"no history in {out / 'live'}; run `{command('load', pattern, out)}` first")
     with services_for(Settings()) as s:
         results = module.check_run(out, s)
     judge = getattr(module, "expected", lambda r, _: r.valid)
@@ -316,22 +334,27 @@ def _check(p: Pattern, out: Path) -> bool:
 def check(pattern: LivePatternArg, out: OutOpt = None) -> None:
     """Run a pattern's invariant checks over the last live run's history and final state."""
     chosen = _patterns(pattern, "live")
-    ok = all([_check(p, _out_dir(out, p.slug, len(chosen) > 1)) for p in chosen])
+    ok = all([_check(p, _out_dir(out, p.slug, len(chosen) > 1, "check")) for p in chosen])
     if not ok:
         raise typer.Exit(1)
 
 
 @app.command()
-def report(pattern: PatternArg) -> None:
-    """Write reports/<pattern>/index.html and summary.md, and reports/index.html."""
+def report(pattern: PatternArg, out: OutOpt = None) -> None:
+    """Write <out>/index.html and summary.md from <out>/sim/ and <out>/live/, and the index of every pattern
+    beside them (<SAASLAB_RESULTS_DIR>/index.html by default)."""
     from saaslab.report import ReportError, write_index, write_pattern_report
 
-    for p in _patterns(pattern, "report"):
+    chosen = _patterns(pattern, "report")
+    folders = [_out_dir(out, p.slug, len(chosen) > 1, "report") for p in chosen]
+    for p, folder in zip(chosen, folders, strict=True):
         try:
-            console.print(f"{p.slug}: report in {write_pattern_report(p.slug)}")
+            console.print(f"{p.slug}: report in {write_pattern_report(p.slug, directory=folder)}")
         except ReportError as e:
             raise UserError(str(e)) from e
-    console.print(f"index: {write_index()}")
+    # The index lists <root>/<pattern>/ folders, so it is written only where the reports sit in that layout.
+    if all(folder.name == p.slug for p, folder in zip(chosen, folders, strict=True)):
+        console.print(f"index: {write_index(folders[0].parent)}")
 
 
 @app.command()
@@ -345,12 +368,12 @@ def demo(
     settings = Settings()
     with services_for(settings):
         for p in REGISTRY.values():
-            out = Path("reports") / p.slug
+            out = settings.results_dir / p.slug
             _sim(p, out, quick=True, seeds=5, jobs=os.cpu_count() or 1)
             if not skip_load and p.has_live:
                 _load(p, out, quick=True, host=None, rate=None, duration=None)
-            console.print(f"{p.slug}: report in {write_pattern_report(p.slug)}")
-        index = write_index()
+            console.print(f"{p.slug}: report in {write_pattern_report(p.slug, directory=out)}")
+        index = write_index(settings.results_dir)
     console.print(f"demo finished in {time.monotonic() - started:.0f}s; open {index.resolve()}")
 
 

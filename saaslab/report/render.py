@@ -12,7 +12,7 @@ import json
 import re
 
 from saaslab.report.content import Figure, Report, Table
-from saaslab.report.data import PatternData, RunData
+from saaslab.report.data import PatternData, RunData, command
 
 CSS = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2330;
@@ -73,7 +73,7 @@ def markdown_table(t: Table) -> str:
 
 def source_lines(data: PatternData, simulation_only: bool = False) -> list[str]:
     """One line per source: what was found, or that it is missing and which command makes it."""
-    make = {"sim": f"saaslab sim {data.pattern}", "live": f"saaslab load {data.pattern}"}
+    make = {"sim": command("sim", data.pattern, data.directory), "live": command("load", data.pattern, data.directory)}
     label = {"sim": "Simulated", "live": "Measured (live)"}
     out = []
     for name, run in (("sim", data.sim), ("live", data.live)):
@@ -111,6 +111,11 @@ def _html_figure(f: Figure) -> str:
             f"{e(f.caption)}</figcaption></figure>")
 
 
+def in_results_folder(data: PatternData) -> bool:
+    """The report sits in <results>/<pattern>/, beside the index of every pattern (`--out` may name any folder)."""
+    return data.directory.name == data.pattern
+
+
 def _answer(report: Report) -> list[str]:
     return report.answer or [report.headline]
 
@@ -124,7 +129,7 @@ def render_html(report: Report, data: PatternData, generated_at: str) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>saaslab · {e(report.pattern)}</title>",
         f"<style>{CSS}</style></head><body>",
-        '<p class="muted"><a href="../index.html">← all patterns</a></p>',
+        *(['<p class="muted"><a href="../index.html">← all patterns</a></p>'] if in_results_folder(data) else []),
         f"<h1>saaslab · {e(report.pattern)}</h1>",
         f'<p class="question">{e(report.question)}</p>',
         f'<p class="muted">Generated {e(generated_at)} from {e(data.directory)}.</p>',
@@ -166,8 +171,8 @@ def render_markdown(report: Report, data: PatternData, generated_at: str) -> str
     lines = [f"# {report.pattern}: {report.question}", "", report.headline, ""]
     if rest:
         lines += [" ".join(rest), ""]
-    lines += [f"_Generated {generated_at}; the full report with plots is index.html beside this file; "
-              "all patterns: [../index.html](../index.html)._", "",
+    index = "; all patterns: [../index.html](../index.html)" if in_results_folder(data) else ""
+    lines += [f"_Generated {generated_at}; the full report with plots is index.html beside this file{index}._", "",
               "## Conclusions", "", *(f"- {c}" for c in report.conclusions), "",
               "## Data", "", *(f"- {line}" for line in source_lines(data, report.simulation_only)),
               *(f"- {n}" for n in report.notes), "",

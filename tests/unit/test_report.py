@@ -221,7 +221,8 @@ def test_a_missing_live_source_is_reported_not_a_crash(tmp_path: Path) -> None:
     assert "saaslab load tenancy --quick" in report.sim_vs_live_note
     assert "No live run" in report.invariants_note
     page = write_pattern_report("tenancy", tmp_path).read_text()
-    assert "Measured (live): missing" in page and "run `saaslab load tenancy` to produce it" in page
+    assert "Measured (live): missing" in page
+    assert f"run `saaslab load tenancy --out {tmp_path / 'tenancy'}` to produce it" in page
 
 
 def test_live_only_still_reports_and_says_the_simulation_is_missing(tmp_path: Path) -> None:
@@ -235,7 +236,7 @@ def test_live_only_still_reports_and_says_the_simulation_is_missing(tmp_path: Pa
 
 
 def test_no_source_at_all_says_which_command_to_run(tmp_path: Path) -> None:
-    with pytest.raises(ReportError, match=r"run `saaslab sim tenancy` first"):
+    with pytest.raises(ReportError, match=rf"run `saaslab sim tenancy --out {tmp_path / 'tenancy'}` first"):
         write_pattern_report("tenancy", tmp_path)
 
 
