@@ -15,7 +15,15 @@ from pathlib import Path
 
 from saaslab import patterns
 from saaslab.report.cells import Cells
-from saaslab.report.content import Figure, Report, Table, figure_data_uri, grouped_bars, use_log_scale
+from saaslab.report.content import (
+    Expected,
+    Figure,
+    Report,
+    Table,
+    figure_data_uri,
+    grouped_bars,
+    use_log_scale,
+)
 from saaslab.report.data import (
     SOURCES,
     PatternData,
@@ -126,7 +134,7 @@ def write_index(reports_dir: Path | None = None) -> Path:
 
 
 __all__ = [
-    "MISSING", "SOURCES", "SUMMARY_JSON", "Cells", "Figure", "LiveLatency", "PatternData", "PatternReport", "Report",
+    "MISSING", "SOURCES", "SUMMARY_JSON", "Cells", "Expected", "Figure", "LiveLatency", "PatternData", "PatternReport", "Report",
     "ReportError", "RunData", "Section", "Summary", "Table", "build", "checks_sentence", "checks_table",
     "declaration_for", "decimals_for", "figure_data_uri", "fmt_g", "fmt_gap", "fmt_list", "fmt_load", "fmt_loads",
     "fmt_num", "gap_cell", "gap_percent", "grouped_bars", "html_table", "load_key", "load_pattern", "load_run",

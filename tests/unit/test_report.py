@@ -296,7 +296,7 @@ def test_invariant_results_come_from_check_json(tmp_path: Path) -> None:
     assert report.invariants is not None
     assert report.invariants.rows == [["isolation", "yes", "1200", "0", ""],
                                       ["no_lost_ops", "NO", "900", "3", "3 invokes never completed"]]
-    assert "1 of 2 invariant checks failed on the live history: no_lost_ops (3 violations)." in report.conclusions
+    assert "1 of 2 invariant checks failed on the live history, a problem: no_lost_ops (3 violations)." in report.conclusions
 
     write_source(tmp_path, "live", rows_for({("wfq", 0.5): 1.1}, source="live", seeds=1), checks=checks[:1])
     assert "The invariant check isolation held on the live history (1,200 items checked)." in build(tmp_path).conclusions
