@@ -8,6 +8,7 @@ traceback) and exit non-zero.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sys
@@ -306,21 +307,38 @@ def _checker(pattern: Pattern) -> ModuleType:
     return live if hasattr(live, "check_run") else pattern.module("invariants")
 
 
+def _unsafe_only(p: Pattern, out: Path) -> bool:
+    """Whether the live run in `out` ran the pattern's deliberately unsafe design alone (as `load --unsafe` does)."""
+    try:
+        designs = json.loads((out / "live" / "run.json").read_text())["parameters"]["designs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return p.unsafe is not None and designs == [p.unsafe.name]
+
+
 def _check(p: Pattern, out: Path) -> bool:
     pattern = p.slug
     module = _checker(p)
     if not (out / "live" / "history.jsonl").exists():
         from saaslab.report.data import command
 
-        raise UserError(f"no history in {out / 'live'}; run `{command('load', pattern, out)}` first")
+        # `load --unsafe` writes the unsafe design's run into <out>/unsafe/.
+        make = command("load", pattern, out.parent) + " --unsafe" if out.name == "unsafe" else command("load", pattern, out)
+        raise UserError(f"no history in {out / 'live'}; run `{make}` first")
     with services_for(Settings()) as s:
         results = module.check_run(out, s)
     judge = getattr(module, "expected", lambda r, _: r.valid)
+    unsafe_only = _unsafe_only(p, out)
+    if unsafe_only:  # what `load --unsafe` writes: its checker is meant to fail
+        judge = lambda r, found: r.valid or any(not x.valid for x in found)  # noqa: E731
 
     def expected(r: CheckResult) -> bool:
         return judge(r, results)
 
     ok = all(expected(r) for r in results)
+    if unsafe_only and all(r.valid for r in results):
+        ok = False
+        console.print(f"{pattern}: [red]every check held on the deliberately unsafe design: it was not caught[/]")
     for r in results:
         mark = "[green]valid[/]" if r.valid else "[red]VIOLATED[/]"
         if expected(r) != r.valid:

@@ -91,3 +91,14 @@ def test_a_run_is_named_by_its_id_and_date(tmp_path: Path) -> None:
     assert run is not None
     line = run_line(run)
     assert line.startswith("simulation tenancy-sim-test of 20") and " UTC, in " in line
+
+
+def test_check_knows_a_run_of_the_unsafe_design_alone(tmp_path: Path) -> None:
+    from saaslab.patterns import REGISTRY
+
+    ratelimit = REGISTRY["ratelimit"]
+    for designs, alone in ((["naive"], True), (["gcra", "naive"], False), (["gcra"], False)):
+        write_run(tmp_path / "live", run_id="r", pattern="ratelimit", source="live", rows=[],
+                  parameters={"designs": designs})
+        assert cli._unsafe_only(ratelimit, tmp_path) is alone
+    assert not cli._unsafe_only(ratelimit, tmp_path / "nothing")
