@@ -35,6 +35,8 @@ class ShardingSettings(BaseModel):
     shard_query_timeout_s: float = Field(default=2.0, gt=0, le=600)
     # A catch-up round that applies at most this many changes lets the mover put the write fence up.
     shard_fence_backlog: int = Field(default=50, ge=0)
+    # A write refused at a move's fence is retried this long against the new placement, then answered 503.
+    shard_fence_wait_s: float = Field(default=5.0, gt=0, le=600)
     # Pool size per shard (the control database keeps db_pool_min/db_pool_max).
     shard_pool_max: int = Field(default=10, ge=1)
 
@@ -48,6 +50,7 @@ PATTERN = Pattern(
     axes=(ROUTER, MOVER),
     core="reference_impl.sharding.core",
     invariants="reference_impl.sharding.invariants",
+    service="reference_impl.sharding.wiring",
     simulation="scenarios.sharding",
     report="saaslab.reports.sharding",
     notebook="notebooks/sharding.ipynb",

@@ -231,7 +231,7 @@ async def test_error_fault_fires_count_times(lab: LiveService) -> None:
     assert r.status_code == 201
     listing = (await lab.client.get("/admin/faults", headers=lab.admin)).json()
     assert set(listing["points"]) == {"tenancy.query", "tenancy.commit", "idempotency.provider",
-                                      "idempotency.charged", "idempotency.charge_created"}
+                                      "idempotency.charged", "idempotency.charge_created", "sharding.cutover"}
     assert [f["mode"] for f in listing["armed"]] == ["error"]
     statuses = [(await lab.client.get(f"/v1/projects/{project['id']}", headers=tenant.headers)).status_code
                 for _ in range(4)]

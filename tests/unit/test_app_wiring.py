@@ -39,10 +39,10 @@ def test_the_hot_v1_routes_come_first_then_the_app_s_own_then_admin() -> None:
 def test_patterns_contribute_fault_points_metrics_state_and_migrations_in_registry_order() -> None:
     app = create_app(OFFLINE)
     assert list(app.state.faults.points) == ["tenancy.query", "tenancy.commit", "idempotency.provider",
-                                             "idempotency.charged", "idempotency.charge_created"]
+                                             "idempotency.charged", "idempotency.charge_created", "sharding.cutover"]
     assert all(hasattr(app.state, name) for name in ("gate", "store", "idempotency"))
-    assert [p.name for p in MIGRATIONS] == ["schema.sql", "provider.sql", "schema.sql"]
-    assert [p.parent.name for p in MIGRATIONS] == ["tenancy", "idempotency", "idempotency"]
+    assert [p.name for p in MIGRATIONS] == ["schema.sql", "provider.sql", "schema.sql", "control.sql"]
+    assert [p.parent.name for p in MIGRATIONS] == ["tenancy", "idempotency", "idempotency", "sharding"]
     metrics = app.state.metrics.render().decode()
     order = [metrics.index(name) for name in ("saaslab_scheduler_slots", "saaslab_ratelimit_decisions_total",
                                               "saaslab_idempotency_decisions_total")]
