@@ -51,6 +51,7 @@ PATTERN = Pattern(
     core="reference_impl.sharding.core",
     invariants="reference_impl.sharding.invariants",
     service="reference_impl.sharding.wiring",
+    bench="bench.sharding",
     simulation="scenarios.sharding",
     report="saaslab.reports.sharding",
     notebook="notebooks/sharding.ipynb",
