@@ -41,10 +41,10 @@ def test_patterns_contribute_fault_points_metrics_state_and_migrations_in_regist
     app = create_app(OFFLINE)
     assert list(app.state.faults.points) == ["tenancy.query", "tenancy.commit", "idempotency.provider",
                                              "idempotency.charged", "idempotency.charge_created",
-                                             *SAGA_FAULT_POINTS]
+                                             *SAGA_FAULT_POINTS, "sharding.cutover"]
     assert all(hasattr(app.state, name) for name in ("gate", "store", "idempotency", "sagas"))
-    assert [p.name for p in MIGRATIONS] == ["schema.sql", "provider.sql", "schema.sql", "orders.sql"]
-    assert [p.parent.name for p in MIGRATIONS] == ["tenancy", "idempotency", "idempotency", "sagas"]
+    assert [p.name for p in MIGRATIONS] == ["schema.sql", "provider.sql", "schema.sql", "orders.sql", "control.sql"]
+    assert [p.parent.name for p in MIGRATIONS] == ["tenancy", "idempotency", "idempotency", "sagas", "sharding"]
     metrics = app.state.metrics.render().decode()
     order = [metrics.index(name) for name in ("saaslab_scheduler_slots", "saaslab_ratelimit_decisions_total",
                                               "saaslab_idempotency_decisions_total")]
