@@ -32,7 +32,15 @@ from typing import Any
 import numpy as np
 import simpy
 
-from reference_impl.sharding.core import Move, MoveState, Placement, RoutingCache, advance, make_router, start_move
+from reference_impl.sharding.core import (
+    Move,
+    MoveState,
+    Placement,
+    RoutingCache,
+    advance,
+    make_router,
+    start_move,
+)
 from reference_impl.sharding.invariants import ShardWorld, check
 from saaslab.history import CheckResult, History
 from saaslab.results import LatencyHistogram

@@ -51,7 +51,13 @@ from saaslab.reports.sharding.figures import (
     ring_table,
     spread_table,
 )
-from saaslab.reports.sharding.live import Comparison, agreement_sentences, comparisons, live_notes, no_live_table
+from saaslab.reports.sharding.live import (
+    Comparison,
+    agreement_sentences,
+    comparisons,
+    live_notes,
+    no_live_table,
+)
 from saaslab.reports.sharding.live import sim_vs_live_table as comparison_table
 from saaslab.reports.sharding.setup import DESIGN_TEXT, workload
 from saaslab.reports.sharding.view import NO_LIVE, PATTERN, View

@@ -167,9 +167,8 @@ def headline_figure(v: View) -> Figure | None:
     floors = [next((s.mean for d in HASHED if (s := v.at(d, "load_floor", **{**cell, "zipf": z})).known), 1.0)
               for z in zipfs]
     ax.plot(range(len(zipfs)), floors, "k_", markersize=30, label="floor")
-    ax.set_yscale("log")
     _panel(ax, f"hottest shard, {big(cell['tenants'])} tenants / {cell['shards']:g} shards", "request skew",
-           "max / mean shard load (log)")
+           "max / mean shard load")
     ax = fig.add_subplot(1, 3, 2)
     shards = v.axis("moved_theory", "shards")
     tenants = v.axis("moved_theory", "tenants")
