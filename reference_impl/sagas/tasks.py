@@ -1,9 +1,11 @@
-"""The background tasks of one saga design instance, and the crash rule the in-process crash tests rely on:
-one task's `SimulatedCrash` ends every task of the instance, as the death of the process would."""
+"""The background tasks of one saga design instance (orchestration's and twopc's drivers, choreography's
+pump and deliveries), and the crash rule the in-process crash tests rely on: one task's `SimulatedCrash`
+ends every task of the instance, as the death of the process would."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Coroutine
@@ -63,3 +65,14 @@ class TaskSet:
                 return False
             await asyncio.wait(list(self.tasks.values()), timeout=left)
         return True
+
+    async def close(self, loop: asyncio.Task[Any] | None = None, timeout_s: float = 5.0) -> None:
+        """A design's `close`: stop `loop` (its recovery loop, if any) and every task; work in flight is left
+        to recovery, as a crash would leave it."""
+        if loop is not None:
+            loop.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError, SimulatedCrash):
+                await loop
+        self.cancel()
+        with contextlib.suppress(Exception):
+            await self.settle(timeout_s)

@@ -304,13 +304,7 @@ class TwoPhaseCommit:
         self._recovering = asyncio.create_task(self._recover_forever())
 
     async def close(self) -> None:
-        if self._recovering is not None:
-            self._recovering.cancel()
-            with contextlib.suppress(BaseException):
-                await self._recovering
-        self.drivers.cancel()
-        with contextlib.suppress(Exception):
-            await self.drivers.settle(5.0)
+        await self.drivers.close(self._recovering)
 
     async def settle(self, timeout_s: float) -> bool:
         return await self.drivers.settle(timeout_s)
