@@ -21,7 +21,7 @@ Rows (source `live`, tenant "*"; the schema saaslab/reports/sagas/ reads, with t
 pending once the run settled); `latency_p50`, `latency_p99` (ms from the order's record to its saga's end, HDR
 histogram); `throughput` (orders completed while the load ran, per second of it); `unknown_outcomes` (POSTs with
 no final answer); `anomalies_per_10k` (violations of all-or-nothing, conservation, at-most-once and orphans, per
-10,000 orders). choreography: `events_per_saga` (stream entries written per order, duplicates included: what
+10,000 orders); `send_lag_p50`/`_p99`/`_max` (ms: how late Locust sent against its schedule). choreography: `events_per_saga` (stream entries written per order, duplicates included: what
 its relays published). twopc: `lock_hold_p50`/`_p99` (ms from an attempt's start to its COMMIT PREPARED: as
 long as its stock rows can stay locked) and `in_doubt_p50`/`_p99` (ms from PREPARE TRANSACTION to COMMIT
 PREPARED), from the coordinator log (`twopc.timings`). The simulation's `messages_per_saga` counts every round
@@ -56,7 +56,14 @@ from reference_impl.sagas.relay import events_stream
 from reference_impl.sagas.twopc import timings
 from saaslab import patterns
 from saaslab.history import CheckResult, Op, save
-from saaslab.live.harness import CLIENT_TIMEOUT_S, Progress, run_locust, served_settings, service
+from saaslab.live.harness import (
+    CLIENT_TIMEOUT_S,
+    Progress,
+    run_locust,
+    send_lag_rows,
+    served_settings,
+    service,
+)
 from saaslab.results import ALL_TENANTS, LatencyHistogram, Row, new_run_id, write_run
 from saaslab.services import ServiceError
 from saaslab.settings import Settings
@@ -149,8 +156,8 @@ class _Live:
             key = RunKey(run_id=run_id, pattern=PATTERN, design=design, seed=SEED, load_point=load_point,
                          source="live")
             results = check_designs(locust.history, {design: world})
-            mine = design_rows(key, world, locust.history, results, self.duration) + [
-                key.row(ALL_TENANTS, m, v, u) for m, v, u in extra]
+            mine = [*design_rows(key, world, locust.history, results, self.duration),
+                    *(key.row(ALL_TENANTS, m, v, u) for m, v, u in extra), *send_lag_rows(key, locust.open_model())]
             rows += mine
             summaries[design] = [o["summary"]["counters"] for o in locust.outputs]
             if self.progress:
