@@ -50,14 +50,12 @@ from loadtests.common.provision import Admin, ProvisioningError, admin_token_fro
 from loadtests.common.runconfig import LoadRun
 from reference_impl.sagas.core import PROVIDER_POINT
 from scenarios.kernel.workload import TenantSpec, Workload, arrivals, zipf_weights
-from scenarios.sagas.plan import SETUP, capacity_rps, stock_levels
+from scenarios.sagas.plan import LIVE_LOAD_POINT, SETUP, capacity_rps, stock_levels
 
 SHOP = "shop"
 ORDERS = "/v1/orders"
 SLO_MS = 1000
 RETRY_STATUSES = frozenset({0, 409, 429, 500, 502, 503, 504})
-LIVE_LOAD_POINT = 0.3
-"""The live run's load point: the simulation's lowest (scenarios/sagas/plan.py `LOAD_POINTS`)."""
 
 
 @dataclass(frozen=True)

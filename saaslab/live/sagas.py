@@ -27,7 +27,7 @@ long as its stock rows can stay locked) and `in_doubt_p50`/`_p99` (ms from PREPA
 PREPARED), from the coordinator log (`twopc.timings`). The simulation's `messages_per_saga` counts every round
 trip to a database, which the live service does not count, so it has no live row. run.json's
 `parameters.failure_rate` is 0 (no participant failures are injected; declined cards are the workload's) and
-`parameters.crash_rate` the crashes per second of load.
+`parameters.crash_rate` the crashes armed per second of load (mean over the designs).
 
 Files: `results.csv`, `run.json`, `history.jsonl`, `state.json` ({design: the world read back}), `check.json`,
 and the service and Locust logs. With `host`, the run drives that service (its design only) and reads the
@@ -46,7 +46,6 @@ from typing import Any
 import asyncpg
 
 from loadtests.common.runconfig import LoadRun
-from loadtests.sagas import LIVE_LOAD_POINT, Plan
 from reference_impl.common.db import Pool
 from reference_impl.common.redis_client import make_redis
 from reference_impl.sagas.invariants import World, check_designs, world_to_json
@@ -68,7 +67,7 @@ from saaslab.results import ALL_TENANTS, LatencyHistogram, Row, new_run_id, writ
 from saaslab.services import ServiceError
 from saaslab.settings import Settings
 from scenarios.kernel.metrics import RunKey
-from scenarios.sagas.plan import SETUP, capacity_rps
+from scenarios.sagas.plan import LIVE_LOAD_POINT, SETUP, capacity_rps
 
 PATTERN = "sagas"
 LOCUSTFILE = "sagas"
@@ -138,10 +137,6 @@ class _Live:
     progress: Progress | None
     processes: int
 
-    @property
-    def crash_rate(self) -> float:
-        return len(Plan().crashes) / self.duration
-
     def measure(self, live: Path, designs: tuple[str, ...], skipped: dict[str, str]) -> Path:
         run_id = new_run_id(PATTERN, "live")
         load_point = round(self.rate / capacity_rps(SETUP), 4)
@@ -165,13 +160,15 @@ class _Live:
                 self.progress(f"saga={design}: {got['orders']:.0f} orders, {got['throughput']:.1f} completed/s, "
                               f"p99 {got['latency_p99']:.0f} ms, {got['compensated_share']:.0%} compensated, "
                               f"{sum(not r.valid for r in results)} checks violated")
+        crashes = [sum(c["crashes_armed"] for c in counters) for counters in summaries.values()]
         results = check_designs(history, worlds)
         save(live / "history.jsonl", history)
         (live / "state.json").write_text(json.dumps({d: world_to_json(w) for d, w in worlds.items()}))
         (live / "check.json").write_text(json.dumps([r.to_dict() for r in results], indent=2))
         parameters = {"designs": list(designs), "skipped": skipped, "rate": self.rate, "load_point": load_point,
                       "capacity_rps": capacity_rps(SETUP), "duration_s": self.duration, "quick": self.quick,
-                      "failure_rate": 0.0, "crash_rate": self.crash_rate, "workers": WORKERS, "service": FAST,
+                      "failure_rate": 0.0,
+                      "crash_rate": sum(crashes) / len(crashes) / self.duration if crashes else 0.0, "workers": WORKERS, "service": FAST,
                       "host": self.host, "counters": summaries}
         return write_run(live, run_id=run_id, pattern=PATTERN, source="live", rows=rows, parameters=parameters)
 
