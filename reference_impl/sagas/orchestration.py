@@ -44,7 +44,7 @@ from reference_impl.sagas.core import (
 )
 from reference_impl.sagas.designs import SagaDeps
 from reference_impl.sagas.orders import OrderRecord
-from reference_impl.sagas.tasks import TaskSet, wall_clock_us
+from reference_impl.sagas.tasks import TaskSet, recover_forever, wall_clock_us
 
 log = logging.getLogger("saaslab.sagas")
 US = 1_000_000
@@ -67,7 +67,8 @@ class Orchestrator:
 
     async def open(self) -> None:
         await self.recover()
-        self._recovering = asyncio.create_task(self._recover_forever())
+        self._recovering = asyncio.create_task(
+            recover_forever(self.recover, self.deps.settings.saga_recovery_interval_s, self.name))
 
     async def close(self) -> None:
         await self.drivers.close(self._recovering)
@@ -91,15 +92,6 @@ class Orchestrator:
             self.drivers.spawn(record.id, self._drive(record))
         self.resumed += len(due)
         return len(due)
-
-    async def _recover_forever(self) -> None:
-        interval = self.deps.settings.saga_recovery_interval_s
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.recover()
-            except Exception as exc:  # the database may be down: try again next time
-                log.warning("saga recovery failed: %r", exc)
 
     async def _drive(self, record: OrderRecord, *, fresh: bool = False) -> None:
         """Run one saga's step machine to its end, saving its state after every step."""

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from reference_impl.sagas.designs import SimulatedCrash
@@ -18,6 +18,16 @@ log = logging.getLogger("saaslab.sagas")
 
 def wall_clock_us() -> int:
     return time.time_ns() // 1000
+
+
+async def recover_forever(recover: Callable[[], Awaitable[object]], interval_s: float, design: str) -> None:
+    """A design's recovery loop (designs.py, `open`): `recover` every `interval_s`, for the life of the instance."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await recover()
+        except Exception as exc:  # a database may be down: try again next time
+            log.warning("%s recovery failed: %r", design, exc)
 
 
 class TaskSet:
