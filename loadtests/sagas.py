@@ -9,12 +9,15 @@ its own tenant and stock and arms its own faults:
 `saaslab load sagas` does this per design, then reads the three participant databases back and
 runs the checker (saaslab/live/sagas.py).
 
-The scenario (`Checkout`; every knob is a field of `Plan`): checkouts arrive open-model (Poisson,
-the seeded schedule of `scenarios.kernel.workload.arrivals`) at `rate` per second for `duration_s`.
-Each buys `qty` units (1 or 2) of one SKU drawn with Zipf skew `zipf_s` from `skus` SKUs, so the hot
-SKUs contend and run out: each SKU starts with `stock` units, fewer than the run asks for, so
-orders are refused (and earlier steps compensated) for honest reasons. SKUs are per Locust process
-(`w<index>-sku-<n>`), so several processes never share a SKU's stock. Each checkout is one
+The scenario (`Checkout`; every knob is a field of `Plan`) is the simulation's workload
+(scenarios/sagas/plan.py, `SETUP`): checkouts arrive open-model (Poisson, the seeded schedule of
+`scenarios.kernel.workload.arrivals`) at `rate` per second for `duration_s`, `rate` defaulting to the run's
+`load_point` x `capacity_rps(SETUP)` as in the simulation (`LIVE_LOAD_POINT` without one). Each buys one
+unit of one SKU drawn with Zipf skew `zipf_s` from `skus` SKUs, and with probability `p_two_items` one unit of a
+second SKU, so the hot SKUs contend and run out: each SKU starts with `stock_cover` of its expected demand
+(`plan.stock_levels`; `stock` sets every SKU's instead), so orders are refused (and earlier steps compensated)
+for honest reasons. SKUs are per Locust process (`w<index>-sku-<n>`, stocked for that process's share of
+the orders), so several processes never share a SKU's stock. Each checkout is one
 `POST /v1/orders` with its own Idempotency-Key, retried with the same key after a timeout, a dropped
 connection, a 409 or a 5xx (at most `max_attempts`), so a crash between the log and the answer never
 makes two orders. The provider declines a share `p_decline` of charges (a lab fault standing for a
@@ -24,10 +27,10 @@ of the duration, fault point) kill a service worker in the middle of a saga.
 Once the schedule is done, the user waits (at most `settle_s`) until the tenant has no pending
 order: every saga must end, completed, compensated or failed, once faults stop.
 
-History: one `checkout` op per order, invoke `{"tenant_id", "key", "sku", "qty", "amount"}`, then
+History: one `checkout` op per order, invoke `{"tenant_id", "key", "items": {sku: qty}, "amount"}`, then
 `ok` with its `order_id` (202), `fail` (a 4xx other than 409: nothing happened) or `info` (no answer
 after every attempt: unknown, never counted as failed). The run (`--saaslab-run PATH`, a
-`loadtests.common.runconfig.LoadRun`): `rate`, `seed`, `design` (recorded with each op), `workload`
+`loadtests.common.runconfig.LoadRun`): `rate` or `load_point`, `seed`, `design` (recorded with each op), `workload`
 (fields of `Plan`, e.g. `{"duration_s": 5, "crashes": []}`), `out_dir`.
 """
 
@@ -36,7 +39,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import gevent
@@ -47,6 +50,7 @@ from loadtests.common.provision import Admin, ProvisioningError, admin_token_fro
 from loadtests.common.runconfig import LoadRun
 from reference_impl.sagas.core import PROVIDER_POINT
 from scenarios.kernel.workload import TenantSpec, Workload, arrivals, zipf_weights
+from scenarios.sagas.plan import LIVE_LOAD_POINT, SETUP, capacity_rps, stock_levels
 
 SHOP = "shop"
 ORDERS = "/v1/orders"
@@ -56,17 +60,20 @@ RETRY_STATUSES = frozenset({0, 409, 429, 500, 502, 503, 504})
 
 @dataclass(frozen=True)
 class Plan:
-    rate: float = 20.0
+    rate: float = LIVE_LOAD_POINT * capacity_rps(SETUP)
     duration_s: float = 15.0
-    skus: int = 10
-    stock: int = 12
-    zipf_s: float = 1.1
+    skus: int = SETUP.skus
+    zipf_s: float = SETUP.zipf_s
+    p_two_items: float = SETUP.p_two_items
+    stock_cover: float = SETUP.stock_cover
+    stock: int | None = None
+    """Every SKU's units at the start; None: `stock_cover` of its expected demand, as the simulation stocks."""
     amount: int = 2500
     max_attempts: int = 4
     retry_wait_s: float = 0.2
     settle_s: float = 40.0
     crashes: tuple[tuple[float, str], ...] = ((0.3, "sagas.charge.after"), (0.6, "sagas.reserve.undo.before"))
-    p_decline: float = 0.15
+    p_decline: float = SETUP.p_decline
     """Share of charges the provider declines (`sagas.charge.provider`, mode error): the saga then releases
     its reservation, a compensation for a business reason."""
     rearm_s: float = 1.0
@@ -85,7 +92,17 @@ class Plan:
             extra["crashes"] = tuple((float(at), str(point)) for at, point in extra["crashes"])
         if run.rate is not None:
             extra["rate"] = run.rate
+        elif run.load_point is not None:
+            extra["rate"] = run.load_point * capacity_rps(SETUP)
         return cls(**extra)
+
+    def stock_levels(self, workers: int) -> list[int]:
+        """Each of this process's SKUs' units: `stock`, or `stock_cover` of its share of the expected demand."""
+        if self.stock is not None:
+            return [self.stock] * self.skus
+        setup = replace(SETUP, duration_s=self.duration_s / workers, skus=self.skus, zipf_s=self.zipf_s,
+                        p_two_items=self.p_two_items, stock_cover=self.stock_cover)
+        return list(stock_levels(self.rate / capacity_rps(SETUP), setup).values())
 
 
 @dataclass
@@ -117,8 +134,8 @@ class Checkout(LabUser):
 
     def drive(self) -> None:
         plan = self.plan
-        for sku in self.skus:
-            with self.client.put(f"/v1/inventory/{sku}", json={"on_hand": plan.stock}, headers=self.headers(SHOP),
+        for sku, units in zip(self.skus, plan.stock_levels(self.lab.workers), strict=True):
+            with self.client.put(f"/v1/inventory/{sku}", json={"on_hand": units}, headers=self.headers(SHOP),
                                  name="PUT /v1/inventory/{sku}", catch_response=True) as resp:
                 if resp.status_code != 200:
                     raise RuntimeError(f"stocking {sku} answered {resp.status_code}")
@@ -160,12 +177,12 @@ class Checkout(LabUser):
 
     def checkout(self, tenant: str) -> Outcome:
         plan = self.plan
-        sku = self.rng.choices(self.skus, self.weights)[0]
-        qty = self.rng.choice((1, 1, 2))
+        skus = self._pick()
         key = uuid.uuid4().hex
         tid = self.tenants[tenant].tenant_id
-        body = {"items": [{"sku": sku, "qty": qty}], "amount": plan.amount * qty, "currency": "EUR"}
-        invoked = self.history.invoke("checkout", {"tenant_id": tid, "key": key, "sku": sku, "qty": qty,
+        body = {"items": [{"sku": sku, "qty": 1} for sku in skus], "amount": plan.amount * len(skus),
+                "currency": "EUR"}
+        invoked = self.history.invoke("checkout", {"tenant_id": tid, "key": key, "items": dict.fromkeys(skus, 1),
                                                    "amount": body["amount"], "design": self.load_run.design})
         status = 0
         for attempt in range(1, plan.max_attempts + 1):
@@ -189,6 +206,16 @@ class Checkout(LabUser):
         self.counters.unknown += 1
         self.history.complete(invoked, "info", {"status": status})
         return "timeout" if status == 0 else "error"
+
+    def _pick(self) -> list[str]:
+        """One Zipf-chosen SKU, and with probability `p_two_items` a second, different one (as plan.Orders)."""
+        first = self.rng.choices(self.skus, self.weights)[0]
+        skus = [first]
+        if len(self.skus) > 1 and self.rng.random() < self.plan.p_two_items:
+            while (second := self.rng.choices(self.skus, self.weights)[0]) == first:
+                pass
+            skus.append(second)
+        return skus
 
     def _settle(self) -> None:
         """Wait until the tenant has no pending order, then count the final statuses."""

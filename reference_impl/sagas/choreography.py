@@ -182,9 +182,7 @@ class Choreography:
 
     async def close(self) -> None:
         self._forever = False
-        self.tasks.cancel()
-        with contextlib.suppress(Exception):
-            await self.tasks.settle(5.0)
+        await self.tasks.close()
         if self._own_redis:
             await self.redis.aclose()
 

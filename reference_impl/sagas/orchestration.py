@@ -19,11 +19,8 @@ final status only. It exists so the checker (invariants.py) can be seen to catch
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 from reference_impl.idempotency.payments import FaultMode
 from reference_impl.idempotency.provider import ProviderFault
@@ -45,57 +42,15 @@ from reference_impl.sagas.core import (
     start,
     step_views,
 )
-from reference_impl.sagas.designs import SagaDeps, SimulatedCrash
+from reference_impl.sagas.designs import SagaDeps
 from reference_impl.sagas.orders import OrderRecord
+from reference_impl.sagas.tasks import TaskSet, recover_forever, wall_clock_us
 
 log = logging.getLogger("saaslab.sagas")
 US = 1_000_000
 LOGGED_POINT = "sagas.orchestrator.logged"
 RECOVER_POINT = "sagas.orchestrator.recover"
 assert LOGGED_POINT in FAULT_POINTS and RECOVER_POINT in FAULT_POINTS
-
-
-def wall_clock_us() -> int:
-    return time.time_ns() // 1000
-
-
-class _Drivers:
-    """This process's running saga tasks, and the crash rule: one task's `SimulatedCrash` ends them all,
-    as the death of the process would."""
-
-    def __init__(self) -> None:
-        self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.crashed: SimulatedCrash | None = None
-
-    def spawn(self, saga_id: str, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(work)
-        self.tasks[saga_id] = task
-        task.add_done_callback(lambda t: self._done(saga_id, t))
-
-    def _done(self, saga_id: str, task: asyncio.Task[None]) -> None:
-        if self.tasks.get(saga_id) is task:
-            del self.tasks[saga_id]
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if isinstance(exc, SimulatedCrash):
-            self.crashed = exc
-            self.cancel()
-        elif exc is not None:
-            log.error("saga %s driver failed: %r (recovery will resume it)", saga_id, exc)
-
-    def cancel(self) -> None:
-        for task in list(self.tasks.values()):
-            task.cancel()
-
-    async def settle(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while self.tasks:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            await asyncio.wait(list(self.tasks.values()), timeout=left)
-        return True
 
 
 class Orchestrator:
@@ -105,23 +60,18 @@ class Orchestrator:
         self.deps = deps
         self.clock = clock
         self.lease_us = round(deps.settings.saga_lease_s * US)
-        self.drivers = _Drivers()
+        self.drivers = TaskSet()
         self._recovering: asyncio.Task[None] | None = None
         self.resumed = 0
         """Sagas recovery resumed (a metric)."""
 
     async def open(self) -> None:
         await self.recover()
-        self._recovering = asyncio.create_task(self._recover_forever())
+        self._recovering = asyncio.create_task(
+            recover_forever(self.recover, self.deps.settings.saga_recovery_interval_s, self.name))
 
     async def close(self) -> None:
-        if self._recovering is not None:
-            self._recovering.cancel()
-            with contextlib.suppress(asyncio.CancelledError, SimulatedCrash):
-                await self._recovering
-        self.drivers.cancel()
-        with contextlib.suppress(Exception):
-            await self.drivers.settle(5.0)
+        await self.drivers.close(self._recovering)
 
     async def settle(self, timeout_s: float) -> bool:
         return await self.drivers.settle(timeout_s)
@@ -136,21 +86,12 @@ class Orchestrator:
 
     async def recover(self) -> int:
         now = self.clock()
-        due = [r for r in await self.deps.orders.due(now) if r.id not in self.drivers.tasks and r.design == self.name]
+        due = [r for r in await self.deps.orders.due(now) if r.id not in self.drivers and r.design == self.name]
         for record in due:
             await self.deps.faults.before(RECOVER_POINT)
             self.drivers.spawn(record.id, self._drive(record))
         self.resumed += len(due)
         return len(due)
-
-    async def _recover_forever(self) -> None:
-        interval = self.deps.settings.saga_recovery_interval_s
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.recover()
-            except Exception as exc:  # the database may be down: try again next time
-                log.warning("saga recovery failed: %r", exc)
 
     async def _drive(self, record: OrderRecord, *, fresh: bool = False) -> None:
         """Run one saga's step machine to its end, saving its state after every step."""
@@ -228,15 +169,13 @@ class DualWrites:
     def __init__(self, deps: SagaDeps, *, clock: Callable[[], int] = wall_clock_us) -> None:
         self.deps = deps
         self.clock = clock
-        self.drivers = _Drivers()
+        self.drivers = TaskSet()
 
     async def open(self) -> None:
         """No log, so nothing to recover."""
 
     async def close(self) -> None:
-        self.drivers.cancel()
-        with contextlib.suppress(Exception):
-            await self.drivers.settle(5.0)
+        await self.drivers.close()
 
     async def settle(self, timeout_s: float) -> bool:
         return await self.drivers.settle(timeout_s)

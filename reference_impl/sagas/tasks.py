@@ -1,12 +1,14 @@
-"""The background tasks of one saga design instance, and the crash rule the in-process crash tests rely on:
-one task's `SimulatedCrash` ends every task of the instance, as the death of the process would."""
+"""The background tasks of one saga design instance (orchestration's and twopc's drivers, choreography's
+pump and deliveries), and the crash rule the in-process crash tests rely on: one task's `SimulatedCrash`
+ends every task of the instance, as the death of the process would."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from reference_impl.sagas.designs import SimulatedCrash
@@ -16,6 +18,16 @@ log = logging.getLogger("saaslab.sagas")
 
 def wall_clock_us() -> int:
     return time.time_ns() // 1000
+
+
+async def recover_forever(recover: Callable[[], Awaitable[object]], interval_s: float, design: str) -> None:
+    """A design's recovery loop (designs.py, `open`): `recover` every `interval_s`, for the life of the instance."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await recover()
+        except Exception as exc:  # a database may be down: try again next time
+            log.warning("%s recovery failed: %r", design, exc)
 
 
 class TaskSet:
@@ -63,3 +75,14 @@ class TaskSet:
                 return False
             await asyncio.wait(list(self.tasks.values()), timeout=left)
         return True
+
+    async def close(self, loop: asyncio.Task[Any] | None = None, timeout_s: float = 5.0) -> None:
+        """A design's `close`: stop `loop` (its recovery loop, if any) and every task; work in flight is left
+        to recovery, as a crash would leave it."""
+        if loop is not None:
+            loop.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError, SimulatedCrash):
+                await loop
+        self.cancel()
+        with contextlib.suppress(Exception):
+            await self.settle(timeout_s)

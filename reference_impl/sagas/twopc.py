@@ -75,7 +75,7 @@ from reference_impl.sagas.core import (
 from reference_impl.sagas.designs import SagaDeps
 from reference_impl.sagas.orchestration import provider_fault
 from reference_impl.sagas.orders import OrderRecord
-from reference_impl.sagas.tasks import TaskSet, wall_clock_us
+from reference_impl.sagas.tasks import TaskSet, recover_forever, wall_clock_us
 
 log = logging.getLogger("saaslab.sagas.twopc")
 SCHEMA = Path(__file__).with_name("twopc.sql")
@@ -301,16 +301,11 @@ class TwoPhaseCommit:
     async def open(self) -> None:
         await self._ready()
         await self.recover()
-        self._recovering = asyncio.create_task(self._recover_forever())
+        self._recovering = asyncio.create_task(
+            recover_forever(self.recover, self.deps.settings.saga_recovery_interval_s, self.name))
 
     async def close(self) -> None:
-        if self._recovering is not None:
-            self._recovering.cancel()
-            with contextlib.suppress(BaseException):
-                await self._recovering
-        self.drivers.cancel()
-        with contextlib.suppress(Exception):
-            await self.drivers.settle(5.0)
+        await self.drivers.close(self._recovering)
 
     async def settle(self, timeout_s: float) -> bool:
         return await self.drivers.settle(timeout_s)
@@ -333,14 +328,6 @@ class TwoPhaseCommit:
             self.drivers.spawn(record.id, self._drive(record, fresh=False))
         self.resumed += resolved + len(due)
         return resolved + len(due)
-
-    async def _recover_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.deps.settings.saga_recovery_interval_s)
-            try:
-                await self.recover()
-            except Exception as exc:  # a database may be down: try again next time
-                log.warning("twopc recovery failed: %r", exc)
 
     # -- one order ------------------------------------------------------------------------------------
 

@@ -69,7 +69,9 @@ condition it ran under (`plan.Condition.metric`; `plan.split_metric` reads it ba
   `unresolved_after_crash`: orders pending at a crash that never finished (orders)
 - `anomalies_per_10k`: orders the checker flags (`terminal`: never finished; `all_or_nothing`: finished with
   effects left or missing), per 10,000 orders (per_10k)
-- `redeliveries` (choreography only): stream entries reclaimed after the visibility timeout (count)
+- `redeliveries` (choreography only): stream entries reclaimed after the visibility timeout (count);
+  `events_per_saga` (choreography only): stream entries written per order, duplicates included (messages: the
+  live run's measure of messages, which cannot count database round trips)
 - `terminal`, `all_or_nothing`, `stock_conserved`, `money_conserved`, `no_orphans`, `at_most_once`,
   `no_prepared_transactions`, `unknown_outcomes`: 1 if the check held (bool); `checks_valid`: all of them
 

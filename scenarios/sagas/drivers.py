@@ -347,6 +347,7 @@ class Choreography(Driver):
             yield from lab.round_trip()  # SELECT the unsent rows
             for event in unsent:
                 yield from lab.redis_trip()  # XADD
+                lab.stats.events += 1
                 entry = _Entry(event)
                 self.pending.append(entry)
                 lab.spawn(self._consume(entry))

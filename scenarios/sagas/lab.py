@@ -60,6 +60,8 @@ class Saga:
 @dataclass
 class Stats:
     messages: int = 0
+    events: int = 0
+    """choreography: stream entries written (XADDs, duplicates included)."""
     rejected: int = 0
     crashes: list[tuple[int, list[str]]] = field(default_factory=list)
     """(when, the orders pending at that moment) per crash."""

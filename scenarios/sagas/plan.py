@@ -19,6 +19,8 @@ DESIGNS = tuple(d.name for d in DESIGN.designs)
 UNSAFE = next(d.name for d in DESIGN.designs if d.unsafe)
 LOAD_POINTS = (0.3, 0.6, 0.9)
 """Offered orders per second as a fraction of `capacity_rps(setup)`."""
+LIVE_LOAD_POINT = LOAD_POINTS[0]
+"""The load `saaslab load sagas` offers (loadtests/sagas.py): a swept one, so the live cell has a simulated twin."""
 FAILURE_RATES = (0.0, 0.05)
 """Share of participant operation attempts that fail: half before the effect (`error`), half after it with the
 answer lost (`timeout`: the driver waits out the step timeout)."""

@@ -99,7 +99,8 @@ class RunResult:
                     ("in_doubt_p99", s.in_doubt.percentile_ms(99), "ms"),
                     ("in_doubt_max", s.in_doubt_max_us / 1000 if s.in_doubt.count else NAN, "ms")]
         if self.design == "choreography":
-            out.append(("redeliveries", s.redeliveries, "count"))
+            out += [("redeliveries", s.redeliveries, "count"),
+                    ("events_per_saga", s.events / n if n else NAN, "messages")]
         out += [(c.name, float(c.valid), "bool") for c in self.checks]
         out.append(("checks_valid", float(self.valid), "bool"))
         return [(m, v if not (isinstance(v, float) and math.isinf(v)) else NAN, u) for m, v, u in out]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from saaslab.report import build, declaration_for, load_pattern, split_sentences
+from saaslab.reports.sagas.live import live_run_notes
 from saaslab.results import ALL_TENANTS, Row, write_run
 from scenarios import sagas as sg
 
@@ -51,3 +52,12 @@ def test_live_rows_are_compared_under_the_live_runs_fault_condition(reports: Pat
     assert all(r[:3] == ["choreography", "0.3", "5% failures"] for r in table.rows)
     assert by_metric["p50 (ms)"][5] == "80.0" and "±" in by_metric["p50 (ms)"][4]
     assert any("measured values agree with the simulation" in s for s in report.conclusions)
+
+
+def test_the_notes_say_what_the_live_run_did_differently_from_the_model() -> None:
+    notes = live_run_notes({"skipped": {"twopc": "the server's max_prepared_transactions is 0 (twopc needs it > 0)"},
+                            "crash_rate": 0.5, "workers": 2, "service": {"saga_lease_s": 2.0}})
+    assert notes[0] == "The live run skipped twopc: the server's max_prepared_transactions is 0 (twopc needs it > 0)."
+    assert "crashed one of its 2 service workers 0.5 times per second" in notes[1] and "lease of 2 s" in notes[1]
+    assert "(lease 10 s" in notes[1]
+    assert len(live_run_notes({})) == 1  # no crashes, nothing skipped: only the provider's difference

@@ -10,18 +10,22 @@ simulation, so the report can set them side by side):
 
 * `live/results.csv`: rows of the results schema with source "live", pattern "sagas", design in {orchestration,
   choreography, twopc, unsafe}, `seed` the live run's seed, `load_point` as in the simulation (offered checkouts
-  per second over the service's capacity), tenant "*", and the metrics
+  per second over the modelled capacity, scenarios/sagas/plan.py `capacity_rps`: a live cell offered the same
+  checkouts per second as the simulated one beside it), tenant "*", and the metrics
   - `latency_p50`, `latency_p99` (ms): from the POST to the order's terminal state (completed, compensated or
     failed, as GET /v1/orders reports it), through the HDR histogram;
   - `throughput` (orders/s): orders completed while the load ran, per second of it;
   - `compensated_share` (ratio, 0 to 1): orders that ended compensated, over orders accepted.
-  Optional, compared when present: `messages_per_saga` (messages), `lock_hold_p99` (ms), `in_doubt_p99` (ms,
+  Optional, compared when present: `messages_per_saga` (messages), `events_per_saga` (messages: stream entries
+  written per order, choreography), `lock_hold_p50`, `lock_hold_p99` (ms), `in_doubt_p50`, `in_doubt_p99` (ms,
   twopc), `time_to_consistency` (ms: from a crash until every order it caught had finished, mean over crashes),
   `anomalies_per_10k` (per_10k: orders `terminal` or `all_or_nothing` flags, per 10,000). Shown as trouble
   when present: `errors`, `timeouts`, `dropped` (requests).
   A metric may carry the condition suffix the simulation uses; without one it is read under the fault
   condition of the live run's run.json: `parameters.failure_rate` (share of participant operation attempts
-  made to fail) and `parameters.crash_rate` (crashes per second), both 0 when absent.
+  made to fail) and `parameters.crash_rate` (crashes per second), both 0 when absent. `parameters.skipped`
+  ({design: why}: twopc on a server without prepared transactions), `parameters.service` (the settings the
+  live service ran with) and `parameters.workers` are quoted in the notes.
 * `live/check.json`: the `CheckResult`s of `reference_impl.sagas.invariants.check` over the live history and
   the three databases read back, one per check (a name may carry `[<design>]`).
 
@@ -51,6 +55,7 @@ from saaslab.reports.sagas.live import (
     agreement_sentences,
     comparisons,
     live_notes,
+    live_run_notes,
     no_live_table,
     sim_vs_live_table,
 )
@@ -102,7 +107,8 @@ def _sim_vs_live(c: Sagas) -> tuple[Table | None, str]:
 
 def _notes(c: Sagas) -> list[str]:
     notes = [n for n in (seeds_note(PATTERN, c.sim.max_seeds) if c.sim else None,) if n]
-    return notes + (live_notes(c.sim, c.live) if c.live else [])
+    live = live_notes(c.sim, c.live) + live_run_notes(c.data.live.parameters) if c.live and c.data.live else []
+    return notes + live
 
 
 def _designs(c: Sagas) -> dict[str, str]:

@@ -50,6 +50,17 @@ def _setup_lines(params: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _live_line(p: dict[str, Any]) -> str:
+    try:
+        return (f"Live run: load {fmt_g(float(p['load_point']))} ({fmt_g(round(float(p['rate']), 1))} checkouts/s "
+                f"offered) for {fmt_g(float(p['duration_s']))} s, designs {', '.join(p['designs'])}; "
+                f"{fmt_g(100 * float(p['failure_rate']))}% participant failures injected, "
+                f"{fmt_g(float(p['crash_rate']))} worker crashes/s; {p['workers']} service workers.")
+    except (KeyError, TypeError, ValueError):
+        keys = ("load_point", "duration_s", "rate", "failure_rate", "crash_rate", "designs")
+        return live_run_line(p, keys)
+
+
 def workload(sim: RunData | None, live: RunData | None) -> list[str]:
     lines = []
     if sim is not None and sim.parameters.get("setup"):
@@ -59,8 +70,7 @@ def workload(sim: RunData | None, live: RunData | None) -> list[str]:
             lines.append(f"The simulated run's setup in run.json is incomplete (an older version?): re-run "
                          f"`saaslab sim {PATTERN}`.")
     if live is not None:
-        keys = ("load_points", "duration_s", "rate", "failure_rate", "crash_rate", "designs", "seed")
-        lines.append(live_run_line(live.parameters, keys))
+        lines.append(_live_line(live.parameters))
     if not lines:
         lines.append("The runs recorded no workload parameters (run.json is missing or has none).")
     return lines
