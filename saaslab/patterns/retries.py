@@ -9,7 +9,7 @@ PATTERN = Pattern(
               "policies keep a system from staying collapsed after a latency spike?"),
     axes=(
         Axis(None, (
-            Design("none", "no backoff: retry at once"),
+            Design("no_backoff", "no backoff: retry at once"),
             Design("fixed", "a fixed delay"),
             Design("exponential", "exponential backoff, no jitter"),
             Design("equal_jitter", "half the exponential delay plus a random half"),

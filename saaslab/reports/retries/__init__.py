@@ -68,7 +68,7 @@ _contention_figure = on("contention", contention_figure)
 def _map(c: Retries) -> list[str]:
     assert c.map is not None
     m = c.params.get("metastability") or {}
-    return map_sentences(c.map, m.get("recovery_s"), m.get("recovered_share"))
+    return map_sentences(c.map, m.get("recovery_s"), m.get("recovered_share"), m.get("collapsed_share"))
 
 
 def _notes(c: Retries) -> list[str]:
