@@ -189,12 +189,11 @@ def test_run_writes_both_experiments_and_their_parameters(small_run: Path) -> No
     assert p["metastability"]["designs"] == list(META_DESIGNS)
 
 
-def test_the_report_builds_from_a_run_and_says_there_is_no_live_face(small_run: Path) -> None:
+def test_the_report_builds_from_a_simulated_run_and_says_how_to_measure(small_run: Path) -> None:
     html = write_pattern_report("retries", small_run.parent).read_text()
     report = retries_report.build(load_pattern("retries", small_run.parent))
-    assert "Measured (live): none — retries is a simulation-only pattern" in html
-    assert "run `saaslab load retries`" not in html
-    assert report.simulation_only and report.sim_vs_live is None and "simulation-only" in report.sim_vs_live_note
+    assert "saaslab load retries" in html and "simulation-only" not in html
+    assert not report.simulation_only and report.sim_vs_live is None and "No live run yet" in report.sim_vs_live_note
     assert [t.title for t in report.tables] == [
         "Contention: write calls until every client succeeded", "Contention: time to completion (ms)",
         "Metastability map: state after the spike", "Metastability map: load that retries add"]

@@ -16,6 +16,9 @@ DESIGN_TEXT = {
     "full_jitter": "Full jitter: U(0, v) with v the capped exponential term.",
     "decorrelated_jitter": "Decorrelated jitter: min(cap, U(base, 3·previous wait)).",
     "single_attempt": "Map baseline: one attempt, never retried.",
+    "if_match": "Live clients write with If-Match: the version they read, refused with 412 if it moved.",
+    "blind_write": ("Deliberately unsafe live clients: If-Match: *, writing over versions they never read (lost "
+                    "updates the checker must catch; `saaslab load retries --unsafe`)."),
     "full_jitter+budget": ("Full jitter, with a retry budget per client host: retries at most a share of successes "
                            "plus a small floor rate (a token bucket refilled by successes)."),
     "full_jitter+breaker": ("Full jitter, with a circuit breaker per client host: after consecutive timeouts calls "
@@ -61,5 +64,5 @@ def workload(params: dict[str, Any]) -> list[str]:
                      "the requests offered were served. Otherwise: still draining (most requests served, but not yet "
                      "every bin back).")
     if not lines:
-        lines.append("The run recorded no workload parameters (run.json is missing or has none).")
+        lines.append("The simulated run recorded no workload parameters (run.json is missing or has none).")
     return lines
