@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import nbformat
-import pytest
 from pathlib import Path
 
+import nbformat
+import pytest
 from notebook_run import NOTEBOOKS, execute, images, lines_of, printed_table, text_of
 
 from reference_impl.retries.core import BROOKER_POLICIES

@@ -15,13 +15,13 @@ from saaslab.reports import retries as retries_report
 from saaslab.results import ALL_TENANTS, Row, read_rows, write_run
 from scenarios import retries
 from scenarios.retries import (
-    CONTENTION_POLICIES,
-    META_DESIGNS,
     COLLAPSED_SHARE,
+    CONTENTION_POLICIES,
+    HOLD_S,
+    META_DESIGNS,
     RECOVERY_S,
     SINGLE_ATTEMPT,
     TRIGGER_AT_S,
-    HOLD_S,
     OpenRun,
     client_design,
     contention_trial,

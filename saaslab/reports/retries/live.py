@@ -11,7 +11,7 @@ from matplotlib.figure import Figure as MplFigure
 
 from saaslab.report import Figure, Summary, Table, figure_data_uri, fmt_gap, fmt_list, fmt_num, gap_percent
 from saaslab.reports.retries.data import Cell, Contention, Map, calls_words, client_counts
-from scenarios.retries import goodput_metric, trigger_metric
+from scenarios.retries import goodput_metric
 
 AGREE_PCT = 15.0
 """Live calls within this many percent of the simulation's count as agreeing."""
