@@ -23,6 +23,7 @@ import uuid
 from typing import Any
 
 import gevent
+import httpx
 from gevent.pool import Group
 
 from loadtests.common.lab import LabUser
@@ -38,6 +39,8 @@ PROJECTS = "/v1/projects"
 TENANT = "retries"
 F_PATCH = "patch_project"
 HOSTS = [f"host{i}" for i in range(scenario.CLIENT_HOSTS)]
+IDLE_GAUGES = ("saaslab_scheduler_queued_requests", "saaslab_scheduler_busy_slots")
+IDLE_WAIT_S = 120.0
 FAULT_POINT = "tenancy.query"
 """Where a delay holds each read's scheduler slot (reference_impl/tenancy/repository.py): its service time."""
 
@@ -255,6 +258,24 @@ class RetriesLab(LabUser):
                                  drain_s=lifetime_s + 1, tenants=HOSTS)
         result = driver.run(start=origin)
         gevent.joinall([spike_on, spike_off])
+        idle_s = self._drain()
         return {"design": design, "load": load, "trigger_s": trigger_s, "seed": plan.seed,
                 "timeline": dict(plan.timeline), "offered": offered, "served": served, "attempts": attempts,
-                "sent": result.sent, "dropped": result.dropped, "send_lag": result.send_lag.encode()}
+                "sent": result.sent, "dropped": result.dropped, "send_lag": result.send_lag.encode(),
+                "drained_s": round(idle_s, 2)}
+
+    def _drain(self) -> float:
+        """Clear the delay and wait until the service has no request queued or running: a collapsed cell leaves
+        a backlog of abandoned requests the service still works through, which the next cell must not inherit.
+        Returns how long that took."""
+        assert self.admin is not None
+        self.admin.clear_faults()
+        started = time.monotonic()
+        while time.monotonic() - started < IDLE_WAIT_S:
+            text = httpx.get(f"{self.admin.base_url}/metrics", timeout=10).text
+            values = {line.split()[0]: float(line.split()[-1]) for line in text.splitlines()
+                      if line.split() and line.split()[0] in IDLE_GAUGES}
+            if values and all(v == 0 for v in values.values()):
+                break
+            gevent.sleep(0.1)
+        return time.monotonic() - started
