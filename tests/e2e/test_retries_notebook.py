@@ -65,7 +65,7 @@ def test_it_shows_the_reports_live_comparison(tmp_path: Path) -> None:
                                             "hold_s": timeline.hold_s}})
     nb, _ = execute("retries", tmp_path)
     lines = lines_of(nb)
-    assert any(line.startswith("live run: ") for line in lines)
+    assert any(line.startswith("live run ") and " of " in line for line in lines)
     assert any("agree" in line and "yes" in line for line in lines) or any(" | yes" in line for line in lines)
     table = printed_table(lines, "Contention, simulated versus measured")
     assert [r[1] for r in table[1:]] == list(BROOKER_POLICIES)
