@@ -184,7 +184,8 @@ class Member:
 
 def choose_leader(members: Sequence[Member], *, replicas_total: int, leader_lsn: int = 0,
                   max_lag_bytes: int | None = None, sync_standbys: int = 0) -> str | None:
-    """The replica to promote, or None when no safe choice can be made from what was seen.
+    """The replica to promote, or None when no safe choice can be made from what was seen, or while a
+    primary still answers (a fenced one should be reported `down`).
 
     The most advanced live replica by LSN (ties: the smaller name, so every agent picks the same one),
     refused when it lags `leader_lsn` by more than `max_lag_bytes` (Patroni's
@@ -192,6 +193,8 @@ def choose_leader(members: Sequence[Member], *, replicas_total: int, leader_lsn:
     an acknowledged commit is on at least k replicas, so at least `replicas_total - k + 1` must answer
     for the most advanced of them to hold every acknowledged commit.
     """
+    if any(m.role == "primary" for m in members):  # Patroni: never while a primary answers
+        return None
     live = [m for m in members if m.role == "replica"]
     if sync_standbys and len(live) < replicas_total - sync_standbys + 1:
         return None
@@ -207,13 +210,13 @@ def _neg(name: str) -> tuple[int, ...]:
     return tuple(-ord(c) for c in name)
 
 
-def needs_rewind(my_timeline: int, my_lsn: int, leader_timeline: int, fork_lsn: int | None) -> bool:
+def needs_rewind(my_timeline: int, my_lsn: int | None, leader_timeline: int, fork_lsn: int | None) -> bool:
     """Whether a member must be rewound before it can follow the leader: it is on an older timeline and
-    wrote past the point where the leader's timeline forked from it (`fork_lsn`, from the leader's
-    timeline history; None when unknown, which forces a rewind)."""
+    its WAL ends past the point where the leader's timeline forked from it (`fork_lsn`, from the
+    leader's timeline history). An unknown end (`my_lsn` None: the member crashed) or fork forces one."""
     if my_timeline >= leader_timeline:
         return my_timeline != leader_timeline
-    return fork_lsn is None or my_lsn > fork_lsn
+    return fork_lsn is None or my_lsn is None or my_lsn > fork_lsn
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,38 +286,43 @@ def renewed(state: AgentState, at_us: int) -> AgentState:
 
 
 def step(state: AgentState, obs: Observation, policy: Policy) -> tuple[AgentState, tuple[Action, ...]]:
-    """One loop of one member's agent: what to do given what it observed."""
+    """One loop of one member's agent: what to do given what it observed.
+
+    A member that led (it has a renewal on record) and is not a replica fences itself once its
+    renewals are overdue, whether its server answers or not (a paused server is stopped, as Patroni's
+    watchdog resets the node); a primary that sees another holder fences itself before following.
+    """
     me, now = obs.me, obs.now_us
+    holder = None if obs.lease is None else held_by(obs.lease, now)
     overdue = state.renewed_us is not None and now >= fence_deadline_us(state.renewed_us, policy.timers)
-    must_fence = policy.fencing and me.role == "primary" and not state.fenced
+    someone_else = holder is not None and holder != me.name
+    fence: tuple[Action, ...] = ()
+    if policy.fencing and not state.fenced and me.role != "replica" and (
+            overdue or (me.role == "primary" and (someone_else or (obs.lease is None and state.renewed_us is None)))):
+        fence = (Fence(),)
+        state = replace(state, fenced=True)
     if obs.lease is None:  # the store is out of reach: nothing can be decided, only fenced
-        if must_fence and (overdue or state.renewed_us is None):
-            return replace(state, fenced=True), (Fence(),)
-        return state, ()
-    holder = held_by(obs.lease, now)
+        return state, fence
     if holder == me.name:
         if me.role == "primary":
-            if state.fenced:
+            if state.fenced and not fence:
                 return replace(state, fenced=False), (Renew(), Unfence())
-            return state, (Renew(),)
+            return state, (*fence, Renew())
         if me.role == "replica":  # won the lease on an earlier loop; promotion did not finish
             return state, (Acquire(promote=True),)
-        return state, ()  # my server is down: let the lease lapse
-    if holder is not None:  # someone else leads
-        if me.role == "primary":
-            fence = (Fence(),) if must_fence else ()
-            return replace(state, renewed_us=None, fenced=policy.fencing), (*fence, Follow(holder, True))
-        if me.role == "down":
-            return state, (Follow(holder, True),)
-        return replace(state, renewed_us=None, fenced=False), (Follow(holder, False),)
+        return state, fence  # my server does not answer: let the lease lapse
+    if someone_else:
+        assert holder is not None
+        if me.role == "replica":
+            return replace(state, renewed_us=None, fenced=False), (Follow(holder, False),)
+        return replace(state, renewed_us=None), (*fence, Follow(holder, True))
     # The lease is free or has lapsed.
     if me.role == "primary":
-        fence = (Fence(),) if must_fence and overdue else ()
-        return replace(state, fenced=state.fenced or bool(fence)), (*fence, Acquire(promote=False))
+        return state, (*fence, Acquire(promote=False))
     if me.role == "replica":
         winner = choose_leader((me, *obs.peers), replicas_total=policy.replicas_total,
                                leader_lsn=obs.lease.leader_lsn, max_lag_bytes=policy.max_lag_bytes,
                                sync_standbys=policy.sync_standbys)
         if winner == me.name:
-            return state, (Acquire(promote=True),)
-    return state, ()
+            return replace(state, fenced=False), (Acquire(promote=True),)
+    return state, fence

@@ -141,7 +141,8 @@ def test_an_old_primary_that_sees_another_leader_demotes_and_checks_its_timeline
     new, actions = step(state, _obs(5 * S, "primary", other), SAFE)
     assert actions == (Fence(), Follow("n2", True)) and new.renewed_us is None
     assert step(state, _obs(5 * S, "primary", other), UNSAFE)[1] == (Follow("n2", True),)
-    assert step(state, _obs(5 * S, "down", other), SAFE)[1] == (Follow("n2", True),)
+    assert step(state, _obs(5 * S, "down", other), SAFE)[1] == (Fence(), Follow("n2", True))  # overdue
+    assert step(AgentState("n1"), _obs(5 * S, "down", other), SAFE)[1] == (Follow("n2", True),)
 
 
 def test_a_primary_whose_lease_lapsed_fences_then_tries_to_take_it_back() -> None:
@@ -150,3 +151,14 @@ def test_a_primary_whose_lease_lapsed_fences_then_tries_to_take_it_back() -> Non
     new, actions = step(state, _obs(3 * S, "primary", lapsed), SAFE)
     assert actions == (Fence(), Acquire(promote=False)) and new.fenced
     assert step(state, _obs(3 * S, "primary", lapsed), UNSAFE)[1] == (Acquire(promote=False),)
+
+
+def test_a_paused_leader_is_fenced_when_overdue_but_the_unsafe_design_waits() -> None:
+    state = renewed(AgentState("n1"), 0)
+    lease = Lease("n1", 3 * S, 1)
+    assert step(state, _obs(S, "down", lease), SAFE)[1] == ()
+    fenced, actions = step(state, _obs(2 * S, "down", lease), SAFE)
+    assert actions == (Fence(),) and fenced.fenced
+    assert step(state, _obs(2 * S, "down", lease), UNSAFE)[1] == ()
+    # a replica that once led (renewals on record) is never fenced
+    assert step(state, _obs(9 * S, "replica", None), SAFE)[1] == ()
