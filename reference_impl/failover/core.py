@@ -22,8 +22,9 @@ observes its own server, the lease and the other members, and `step` tells it wh
   good one (`fence_deadline_us`), it fences itself, and still has `retry_timeout` of margin before
   its lease can lapse and another member may take it.
 * **Fencing** (`Policy.fencing`): a primary whose own lease lapses stops taking writes, and one that
-  sees another holder demotes. The unsafe design turns fencing off: an old primary that was paused
-  or cut off keeps taking writes until it learns of the new leader.
+  sees another holder demotes. The unsafe design turns fencing off, as repmgr without a fencing
+  script: an old primary that was paused or cut off comes back still a primary and keeps taking
+  writes until an operator rejoins it.
 * **The leader decision** (`choose_leader`): among the members seen, the most advanced replica by
   LSN, within `max_lag_bytes` of the last position the leader published; with synchronous
   replication, only when enough replicas answer that every acknowledged commit is on one of them.
@@ -315,6 +316,8 @@ def step(state: AgentState, obs: Observation, policy: Policy) -> tuple[AgentStat
         assert holder is not None
         if me.role == "replica":
             return replace(state, renewed_us=None, fenced=False), (Follow(holder, False),)
+        if me.role == "primary" and not policy.fencing:
+            return state, ()  # as repmgr: an old primary that came back stays one until an operator rejoins it
         return replace(state, renewed_us=None), (*fence, Follow(holder, True))
     # The lease is free or has lapsed.
     if me.role == "primary":

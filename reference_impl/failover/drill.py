@@ -4,9 +4,10 @@
 failover manager, writers on the majority's side through a `PrimaryPool` (each writer reads some of
 its own acknowledged writes back: the read-your-writes probe) and, for a partition, one writer on the
 primary's own side of it. After `warmup_s` the nemesis strikes the primary (`kill`: SIGKILL;
-`pause`: SIGSTOP, SIGCONT `hold_s` later; `partition`: the primary's host cut off, its agent cut
-off from the lease, both healed `hold_s` later); the drill then waits for the old primary to rejoin,
-stops the writers, reads every id back from the surviving primary and runs the checker
+`pause`: SIGSTOP, SIGCONT `hold_s` later, with one writer pinned to the old primary; `partition`: the
+primary's host cut off, its agent cut off from the lease, both healed `hold_s` later); the writers go on for `settle_s`, then stop; the old
+primary rejoins (by itself, or for the unsafe design by the drill acting as the operator); every id
+is read back from the surviving primary and the checker runs
 (reference_impl/failover/invariants.py).
 """
 
@@ -29,6 +30,7 @@ from reference_impl.failover.manager import Manager, now_us
 from reference_impl.failover.pgcluster import TABLE, Cluster, Node
 from reference_impl.failover.pool import PrimaryPool, PrimaryUnavailable, WriteUnknown
 from saaslab.history import History
+from saaslab.results import Row
 
 FAULTS = ("kill", "pause", "partition")
 DESIGN_POLICY = {"async": (False, True), "sync": (True, True), "unsafe": (False, False)}
@@ -82,6 +84,11 @@ class Writers:
                 self.history.complete(op, "ok", {"server": rows[0]["s"] if rows else server})
             except PrimaryUnavailable as err:
                 self.history.complete(op, "info" if isinstance(err, WriteUnknown) else "fail", {"error": str(err)})
+                await asyncio.sleep(0.05)
+                continue
+            except Exception as err:  # whatever it was, the outcome is unknown and the writer goes on
+                self.pool.drop()
+                self.history.complete(op, "info", {"error": repr(err)[:200]})
                 await asyncio.sleep(0.05)
                 continue
             if seq % self.probe_every == 0:
@@ -157,8 +164,12 @@ async def pg_drill(root: Path, redis_url: str, *, design: str, fault: str, seed:
         await _until(lambda: manager.leader() == old, 10, "the first primary to take the lease", manager)
         majority = Writers(PrimaryPool(_members(cluster.nodes), timeout_s=1.0), history, "w", writers)
         load = asyncio.create_task(majority.run())
+        pinned: Writers | None = None
         if fault == "partition" and net:
             minority = _minority_thread(net.hosts[old], cluster.nodes, history, minority_stop)
+        elif fault == "pause":  # a client pinned to the old primary, as a pool that never looks again
+            pinned = Writers(PrimaryPool({old: _members(cluster.nodes)[old]}, timeout_s=1.0), history, "m", 1)
+            pinned_task = asyncio.create_task(pinned.run())
         await asyncio.sleep(warmup_s)
         fault_us = now_us()
         node = cluster.nodes[old]
@@ -173,13 +184,21 @@ async def pg_drill(root: Path, redis_url: str, *, design: str, fault: str, seed:
         if fault != "kill":
             await asyncio.sleep(hold_s)
             node.resume() if fault == "pause" else (net.heal(), manager.cut_off(old, False))  # type: ignore[union-attr]
-        await _until(lambda: manager.first("rejoined", fault_us) is not None, 30, f"{old} to rejoin", manager)
+        await _until(lambda: manager.first("promoted", fault_us) is not None, 20, "a promotion", manager)
+        if fencing:
+            await _until(lambda: manager.first("rejoined", fault_us) is not None, 30, f"{old} to rejoin", manager)
         await asyncio.sleep(settle_s)
         majority.stop.set()
         minority_stop.set()
         await load
+        if pinned is not None:
+            pinned.stop.set()
+            await pinned_task
         if minority is not None:
             await asyncio.to_thread(minority.join, 10)
+        if not fencing and manager.first("rejoined", fault_us) is None:
+            await manager.rejoin(old)
+        await _until(lambda: manager.first("rejoined", fault_us) is not None, 30, f"{old} to rejoin", manager)
         new = next(n for n in reversed([e.node for e in manager.events if e.what == "promoted"]))
         reader = PrimaryPool({new: _members(cluster.nodes)[new]}, timeout_s=5)
         rows, _ = await reader.fetch(f"SELECT id FROM {TABLE}", write=False)
@@ -209,3 +228,13 @@ async def _until(predicate: Any, timeout_s: float, what: str, manager: Manager) 
             raise TimeoutError(f"waited {timeout_s:g} s for {what}; the manager's last events: "
                                + "; ".join(f"{e.node} {e.what} {e.detail}" for e in manager.events[-3:]))
         await asyncio.sleep(0.05)
+
+
+def result_rows(result: DrillResult, run_id: str) -> list[Row]:
+    """A drill as result rows: `design` the design, `tenant` the fault, `seed` the seed; metrics from
+    invariants.rows plus `failover_time` (fault to promotion, s)."""
+    metrics = dict(invariants.rows(result.verdict))
+    if result.failover_s is not None:
+        metrics["failover_time"] = (result.failover_s, "s")
+    return [Row(run_id, "live", "failover", result.design, result.seed, 0.0, result.fault, name, float(value), unit)
+            for name, (value, unit) in metrics.items()]

@@ -19,8 +19,9 @@ the same client saw acknowledged), the `ok` completion `found` (bool).
   first acknowledgement (so certainly accepted while both led), and the new primary's writes
   acknowledged before the last of those.
 * `no_stale_reads`: a probe never misses a write its client saw acknowledged before asking.
-* `unavailability`: from the first write that failed after the fault to the first write acknowledged
-  after it; also the longest gap between acknowledgements after the fault.
+* `unavailability`: from the moment a client first saw a write fail after the fault to the first
+  acknowledgement of a write sent after that moment; also the longest gap between acknowledgements
+  after the fault (with a partition, the minority side's acknowledgements count too).
 """
 
 from __future__ import annotations
@@ -163,9 +164,9 @@ def unavailability(ws: list[Write], fault_us: int) -> Unavailability:
     longest = max(gaps, default=0)
     if not failures:
         return Unavailability(0, longest)
-    first = min(w.invoke_us for w in failures)
-    recovered = next((w.complete_us for w in sorted(ws, key=lambda w: w.complete_us or 0)
-                      if w.outcome == "ok" and w.invoke_us >= first and w.complete_us is not None), None)
+    first = min(w.complete_us or w.invoke_us for w in failures)
+    recovered = min((w.complete_us for w in ws if w.outcome == "ok" and w.invoke_us >= first
+                     and w.complete_us is not None), default=None)
     return Unavailability(None if recovered is None else recovered - first, longest, first, recovered)
 
 

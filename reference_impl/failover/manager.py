@@ -55,6 +55,8 @@ class Agent:
     state: core.AgentState
     cut: bool = False
     following: str | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held for each loop, and by an operator's rejoin: one thing at a time happens to a member."""
     last: Status = field(default_factory=lambda: Status("down"))
 
 
@@ -97,7 +99,8 @@ class Manager:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                await self.once(agent)
+                async with agent.lock:
+                    await self.once(agent)
             except Exception as err:  # an agent outlives a failed action and tries again next loop
                 self._event(agent, "error", repr(err)[-400:])
             await asyncio.sleep(max(0.0, wait_s - (time.monotonic() - started)))
@@ -183,6 +186,16 @@ class Manager:
         agent.state = core.AgentState(node.name)
         agent.following = leader.name
         self._event(agent, "rejoined")
+
+    async def rejoin(self, name: str) -> None:
+        """What an operator does for a design without fencing: demote `name` to follow the leader."""
+        agent = self.agents[name]
+        lease = await self.store.read()
+        if lease.holder is None or lease.holder == name:
+            raise RuntimeError(f"{name} cannot rejoin: the lease is held by {lease.holder}")
+        async with agent.lock:
+            mine = await status(agent.node.local_kwargs(), self.timeout_s)
+            await self._follow(agent, core.Follow(lease.holder, True), mine)
 
     def _event(self, agent: Agent, what: str, detail: str = "") -> None:
         self.events.append(Event(now_us(), agent.node.name, what, detail))

@@ -100,7 +100,9 @@ class PrimaryPool:
         except asyncpg.exceptions.ReadOnlySQLTransactionError:
             self.drop()
             raise WriteRefused(f"{name} is read-only (25006): fenced or demoted", self.retry_after_s) from None
-        except CONNECTION_ERRORS as err:
+        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as err:
+            # Any other server error (a backend terminated by a fence, a server in recovery) also means
+            # this primary cannot be trusted now; a write already sent may have happened.
             self.drop()
             kind = WriteUnknown if (sent and write) else WriteRefused
             raise kind(f"{name}: {type(err).__name__}", self.retry_after_s) from None

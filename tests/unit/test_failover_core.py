@@ -140,7 +140,7 @@ def test_an_old_primary_that_sees_another_leader_demotes_and_checks_its_timeline
     state = renewed(AgentState("n1"), 0)
     new, actions = step(state, _obs(5 * S, "primary", other), SAFE)
     assert actions == (Fence(), Follow("n2", True)) and new.renewed_us is None
-    assert step(state, _obs(5 * S, "primary", other), UNSAFE)[1] == (Follow("n2", True),)
+    assert step(state, _obs(5 * S, "primary", other), UNSAFE)[1] == ()  # stays a second primary
     assert step(state, _obs(5 * S, "down", other), SAFE)[1] == (Fence(), Follow("n2", True))  # overdue
     assert step(AgentState("n1"), _obs(5 * S, "down", other), SAFE)[1] == (Follow("n2", True),)
 
