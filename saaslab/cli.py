@@ -26,6 +26,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from saaslab import __version__
+from saaslab.failover_cli import app as failover_app
 from saaslab.history import CheckResult
 from saaslab.patterns import REGISTRY, Pattern, with_face
 from saaslab.services import EmbeddedServices, ServiceError, exit_on_sigterm, port_is_free, services_for
@@ -46,6 +47,7 @@ app = typer.Typer(
 services_app = typer.Typer(help="The PostgreSQL and Redis the lab uses (embedded unless SAASLAB_*_URL are set).",
                            no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(services_app, name="services")
+app.add_typer(failover_app, name="failover")
 
 _debug = False
 
