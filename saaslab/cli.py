@@ -8,6 +8,7 @@ traceback) and exit non-zero.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sys
@@ -87,9 +88,23 @@ def _patterns(pattern: str, face: str = "simulation") -> list[Pattern]:
     return [REGISTRY[pattern]]
 
 
-def _out_dir(out: Path | None, pattern: str, many: bool) -> Path:
+# What each command writes or reads inside a pattern's results folder (None: both sim/ and live/).
+_SOURCE_OF = {"sim": "sim", "load": "live", "check": "live", "report": None}
+
+
+def _out_dir(out: Path | None, pattern: str, many: bool, command: str) -> Path:
+    """The pattern's results folder, which holds sim/ and live/: `--out`, else <SAASLAB_RESULTS_DIR>/<pattern>.
+    With PATTERN all, `--out` holds one results folder per pattern. A folder named sim or live is taken as the
+    run's own folder, so `saaslab sim P --out x/sim` writes x/sim/results.csv, not x/sim/sim/."""
     if out is None:
-        return Path("reports") / pattern
+        return Settings().results_dir / pattern
+    if out.name in ("sim", "live"):
+        source = _SOURCE_OF[command]
+        if many or (source is not None and source != out.name):
+            what = "the folder that holds one results folder per pattern" if many else "the pattern's results folder"
+            raise UserError(f"--out {out} names a {out.name}/ run folder, but --out is {what} (it holds sim/ and "
+                            f"live/): try --out {out.parent}")
+        return out.parent
     return out / pattern if many else out
 
 
@@ -101,7 +116,9 @@ PatternArg = Annotated[str, typer.Argument(metavar="PATTERN", help=_pattern_help
 LivePatternArg = Annotated[str, typer.Argument(metavar="PATTERN", help=_pattern_help("live"))]
 _UNSAFE_LIST = ", ".join(f"{p.slug}: {p.unsafe.name}" for p in with_face("live") if p.unsafe)
 QuickOpt = Annotated[bool, typer.Option("--quick", help="The short version used by `saaslab demo`.")]
-OutOpt = Annotated[Path | None, typer.Option("--out", metavar="DIR", help="Output folder (default reports/<pattern>/).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", metavar="DIR", help=(
+    "The pattern's results folder, which holds sim/ and live/ (default: <SAASLAB_RESULTS_DIR>/<pattern>/, the "
+    "project's reports/<pattern>/); with PATTERN all, one such folder per pattern inside DIR."))]
 
 
 # --- services -----------------------------------------------------------------------------------
@@ -249,7 +266,7 @@ def sim(
     """Run a pattern's SimPy scenarios; writes <out>/sim/results.csv and run.json."""
     chosen = _patterns(pattern)
     for p in chosen:
-        path = _sim(p, _out_dir(out, p.slug, len(chosen) > 1), quick, seeds, jobs)
+        path = _sim(p, _out_dir(out, p.slug, len(chosen) > 1, "sim"), quick, seeds, jobs)
         console.print(f"{p.slug}: simulated results in {path}")
 
 
@@ -282,7 +299,7 @@ def load(
     """Drive the live service with Locust; writes <out>/live/results.csv, run.json, history and checks."""
     chosen = _patterns(pattern, "live")
     for p in chosen:
-        path = _load(p, _out_dir(out, p.slug, len(chosen) > 1), quick, host, rate, duration, unsafe, processes)
+        path = _load(p, _out_dir(out, p.slug, len(chosen) > 1, "load"), quick, host, rate, duration, unsafe, processes)
         console.print(f"{p.slug}: measured results in {path}")
 
 
@@ -295,19 +312,38 @@ def _checker(pattern: Pattern) -> ModuleType:
     return live if hasattr(live, "check_run") else pattern.module("invariants")
 
 
+def _unsafe_only(p: Pattern, out: Path) -> bool:
+    """Whether the live run in `out` ran the pattern's deliberately unsafe design alone (as `load --unsafe` does)."""
+    try:
+        designs = json.loads((out / "live" / "run.json").read_text())["parameters"]["designs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return p.unsafe is not None and designs == [p.unsafe.name]
+
+
 def _check(p: Pattern, out: Path) -> bool:
     pattern = p.slug
     module = _checker(p)
     if not (out / "live" / "history.jsonl").exists():
-        raise UserError(f"no history in {out / 'live'}; run `saaslab load {pattern}` first")
+        from saaslab.report.data import command
+
+        # `load --unsafe` writes the unsafe design's run into <out>/unsafe/.
+        make = command("load", pattern, out.parent) + " --unsafe" if out.name == "unsafe" else command("load", pattern, out)
+        raise UserError(f"no history in {out / 'live'}; run `{make}` first")
     with services_for(Settings()) as s:
         results = module.check_run(out, s)
     judge = getattr(module, "expected", lambda r, _: r.valid)
+    unsafe_only = _unsafe_only(p, out)
+    if unsafe_only:  # what `load --unsafe` writes: its checker is meant to fail
+        judge = lambda r, found: r.valid or any(not x.valid for x in found)  # noqa: E731
 
     def expected(r: CheckResult) -> bool:
         return judge(r, results)
 
     ok = all(expected(r) for r in results)
+    if unsafe_only and all(r.valid for r in results):
+        ok = False
+        console.print(f"{pattern}: [red]every check held on the deliberately unsafe design: it was not caught[/]")
     for r in results:
         mark = "[green]valid[/]" if r.valid else "[red]VIOLATED[/]"
         if expected(r) != r.valid:
@@ -321,22 +357,27 @@ def _check(p: Pattern, out: Path) -> bool:
 def check(pattern: LivePatternArg, out: OutOpt = None) -> None:
     """Run a pattern's invariant checks over the last live run's history and final state."""
     chosen = _patterns(pattern, "live")
-    ok = all([_check(p, _out_dir(out, p.slug, len(chosen) > 1)) for p in chosen])
+    ok = all([_check(p, _out_dir(out, p.slug, len(chosen) > 1, "check")) for p in chosen])
     if not ok:
         raise typer.Exit(1)
 
 
 @app.command()
-def report(pattern: PatternArg) -> None:
-    """Write reports/<pattern>/index.html and summary.md, and reports/index.html."""
+def report(pattern: PatternArg, out: OutOpt = None) -> None:
+    """Write <out>/index.html and summary.md from <out>/sim/ and <out>/live/, and the index of every pattern
+    beside them (<SAASLAB_RESULTS_DIR>/index.html by default)."""
     from saaslab.report import ReportError, write_index, write_pattern_report
 
-    for p in _patterns(pattern, "report"):
+    chosen = _patterns(pattern, "report")
+    folders = [_out_dir(out, p.slug, len(chosen) > 1, "report") for p in chosen]
+    for p, folder in zip(chosen, folders, strict=True):
         try:
-            console.print(f"{p.slug}: report in {write_pattern_report(p.slug)}")
+            console.print(f"{p.slug}: report in {write_pattern_report(p.slug, directory=folder)}")
         except ReportError as e:
             raise UserError(str(e)) from e
-    console.print(f"index: {write_index()}")
+    # The index lists <root>/<pattern>/ folders, so it is written only where the reports sit in that layout.
+    if all(folder.name == p.slug for p, folder in zip(chosen, folders, strict=True)):
+        console.print(f"index: {write_index(folders[0].parent)}")
 
 
 @app.command()
@@ -350,12 +391,12 @@ def demo(
     settings = Settings()
     with services_for(settings):
         for p in REGISTRY.values():
-            out = Path("reports") / p.slug
+            out = settings.results_dir / p.slug
             _sim(p, out, quick=True, seeds=5, jobs=os.cpu_count() or 1)
             if not skip_load and p.has_live:
                 _load(p, out, quick=True, host=None, rate=None, duration=None)
-            console.print(f"{p.slug}: report in {write_pattern_report(p.slug)}")
-        index = write_index()
+            console.print(f"{p.slug}: report in {write_pattern_report(p.slug, directory=out)}")
+        index = write_index(settings.results_dir)
     console.print(f"demo finished in {time.monotonic() - started:.0f}s; open {index.resolve()}")
 
 

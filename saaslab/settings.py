@@ -18,6 +18,14 @@ from saaslab.patterns import REGISTRY
 _PATTERN_SETTINGS = tuple(p.settings for p in REGISTRY.values() if p.settings is not None)
 
 
+def project_reports() -> Path:
+    """The project's reports/ folder when saaslab runs from its checkout (installed with `pip install -e`), else
+    reports/ in the current folder. An absolute default lets the CLI, run from any folder, and the notebooks,
+    whose kernels run in notebooks/, find the same results."""
+    root = Path(__file__).resolve().parent.parent
+    return root / "reports" if (root / "pyproject.toml").is_file() else Path("reports")
+
+
 class Settings(*_PATTERN_SETTINGS, BaseSettings):  # type: ignore[misc]
     model_config = SettingsConfigDict(env_prefix="SAASLAB_", extra="ignore")
 
@@ -25,6 +33,11 @@ class Settings(*_PATTERN_SETTINGS, BaseSettings):  # type: ignore[misc]
     database_url: str | None = None
     redis_url: str | None = None
     state_dir: Path = Path(".saaslab")
+
+    # Where `saaslab sim/load/check/report`, `saaslab demo` and the notebooks keep results: one folder per
+    # pattern, <results_dir>/<pattern>/ holding sim/, live/ and the report. A relative path is taken from the
+    # folder a command runs in (a notebook runs in notebooks/).
+    results_dir: Path = Field(default_factory=project_reports)
 
     # Prefix for every Redis key, so several runs can share one Redis without clashing.
     redis_prefix: str = "saaslab"

@@ -47,7 +47,11 @@ def _fresh_database(service_urls: Settings) -> Iterator[Settings]:
         })
     finally:
         with psycopg.connect(admin_url, autocommit=True) as c:
-            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+            # With it go the databases a pattern derived from its name (the sagas participants': <db>_inventory, ...).
+            derived = [r[0] for r in c.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
+                                                (f"{dbname}_",))]
+            for name in (dbname, *derived):
+                c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture(scope="session")

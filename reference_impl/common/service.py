@@ -28,7 +28,7 @@ from fastapi import APIRouter, Request
 from redis.asyncio import Redis
 from starlette.middleware import Middleware
 
-from reference_impl.common.db import Pool
+from reference_impl.common.db import PipelinedReads, Pool
 from reference_impl.common.faults import Faults
 from reference_impl.common.metrics import Metrics, Reading
 from saaslab.settings import Settings
@@ -131,3 +131,28 @@ class PaymentSink(Protocol):
     request publishes again). Tenancy provides it, idempotency needs it (reference_impl/*/wiring.py)."""
 
     def __call__(self, payment: RecordedPayment, /) -> Awaitable[None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRoute:
+    """Where one tenant's rows are now: its shard's pool and pipelined reads, and the placement's epoch."""
+
+    shard: int
+    epoch: int
+    pool: Pool
+    reads: PipelinedReads
+
+
+class TenantShards(Protocol):
+    """Routes a tenant's queries to its shard. Sharding provides it when shards are configured; tenancy's store
+    asks it for every query (without it, every tenant's rows are in the main database).
+
+    `cached` answers without awaiting when it can (the hot path); `route` always answers. A write a shard
+    refuses because the tenant is fenced there (moving away, or moved) raises an error `refused` recognises:
+    the caller awaits `refused(tenant_id, error)` and, when it returns True, routes again and retries (the
+    placement was invalidated and the new one may take a moment to settle); False means it was another error.
+    """
+
+    def cached(self, tenant_id: str) -> ShardRoute | None: ...
+    async def route(self, tenant_id: str) -> ShardRoute: ...
+    async def refused(self, tenant_id: str, error: BaseException) -> bool: ...

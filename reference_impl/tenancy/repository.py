@@ -42,7 +42,7 @@ import asyncpg
 from reference_impl.common.db import READ_TAG, PipelinedReads, Pool, Transaction
 from reference_impl.common.faults import Faults
 from reference_impl.common.identity import Tenant
-from reference_impl.common.service import PaymentSink, RecordedPayment
+from reference_impl.common.service import PaymentSink, RecordedPayment, TenantShards
 from reference_impl.tenancy.core import hash_api_key, new_api_key
 
 COMMIT_POINT = "tenancy.commit"
@@ -166,6 +166,13 @@ class Store:
         self._pool = pool
         self._faults = faults
         self.reads = PipelinedReads(pool)
+        self.shards: TenantShards | None = None
+        """Where tenants' rows are when they are spread over shards (`use_shards`); None: all in `pool`."""
+
+    def use_shards(self, shards: TenantShards | None) -> None:
+        """Route every tenant's queries to its shard (the sharding pattern provides `shards`). Reads go where
+        the placement says; a write the old shard refuses at a move's fence is retried on the new placement."""
+        self.shards = shards
 
     async def provision(self, tenant: Tenant) -> None:
         """Prepare storage for a new tenant (nothing to do for shared tables)."""
@@ -178,12 +185,34 @@ class Store:
 
     def _read(self, tenant: Tenant, statement: Statement, values: Mapping[str, Any], *, one: bool) -> Awaitable[Any]:
         # A future of the pipeline, not a coroutine: no frame of ours sits on the hot path's stack.
-        return self.reads.fetch(statement.sql, statement.args(values), one=one)
+        if self.shards is None:
+            return self.reads.fetch(statement.sql, statement.args(values), one=one)
+        route = self.shards.cached(tenant.id)
+        if route is not None:
+            return route.reads.fetch(statement.sql, statement.args(values), one=one)
+        return self._routed_read(tenant, statement, values, one=one)
+
+    async def _routed_read(self, tenant: Tenant, statement: Statement, values: Mapping[str, Any], *, one: bool) -> Any:
+        assert self.shards is not None
+        route = await self.shards.route(tenant.id)
+        return await route.reads.fetch(statement.sql, statement.args(values), one=one)
 
     async def _write(self, tenant: Tenant, statement: Statement, values: Mapping[str, Any],
                      execute: Callable[[asyncpg.Connection, str, list[Any]], Awaitable[T]]) -> T:
         args = statement.args(values)
-        async with self._pool.connection() as conn, Transaction(conn, self._write_begin(tenant)):
+        if self.shards is None:
+            return await self._write_on(self._pool, tenant, statement, args, execute)
+        while True:
+            route = self.shards.cached(tenant.id) or await self.shards.route(tenant.id)
+            try:
+                return await self._write_on(route.pool, tenant, statement, args, execute)
+            except asyncpg.PostgresError as e:
+                if not await self.shards.refused(tenant.id, e):
+                    raise
+
+    async def _write_on(self, pool: Pool, tenant: Tenant, statement: Statement, args: list[Any],
+                        execute: Callable[[asyncpg.Connection, str, list[Any]], Awaitable[T]]) -> T:
+        async with pool.connection() as conn, Transaction(conn, self._write_begin(tenant)):
             result = await execute(conn, statement.sql, args)
             await self._faults.before(COMMIT_POINT)
         return result

@@ -3,7 +3,8 @@
 Provides the app's `TenantResolver` (its tenant-auth middleware resolves API keys with the
 directory) and the `PaymentSink` idempotency publishes recorded payments to (the store's payments
 table). Its /v1 routes run every POST through idempotency's `IdempotentRequests`, which they need
-from the context when the routers are built (reference_impl/common/service.py).
+from the context when the routers are built (reference_impl/common/service.py). When the sharding
+pattern provides `TenantShards` (shards configured), the store routes each tenant's queries to its shard.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from reference_impl.common.auth import TenantResolver
 from reference_impl.common.metrics import counter, gauge
-from reference_impl.common.service import PaymentSink, Routes, ServiceContext, ServiceParts
+from reference_impl.common.service import PaymentSink, Routes, ServiceContext, ServiceParts, TenantShards
 from reference_impl.idempotency.http import IdempotentRequests
 from reference_impl.tenancy.gate import Gate
 from reference_impl.tenancy.repository import FAULT_POINTS, TenantDirectory, make_store, publisher
@@ -29,6 +30,8 @@ def install(ctx: ServiceContext) -> ServiceParts:
     ctx.provide(PaymentSink, publisher(store))
 
     def routes() -> Routes:
+        # Sharding, when shards are configured, is installed after tenancy: its router is known only now.
+        store.use_shards(ctx.find(TenantShards))
         return Routes(hot=(tenant_router(store, gate, ctx.faults, ctx.need(IdempotentRequests)),),
                       rest=(admin_router(directory, store, ctx.require_admin),))
 

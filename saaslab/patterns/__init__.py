@@ -11,7 +11,7 @@ import importlib
 
 from saaslab.patterns.base import Axis, Design, Pattern
 
-_DECLARATIONS = ("tenancy", "ratelimit", "idempotency", "retries", "failover")
+_DECLARATIONS = ("tenancy", "ratelimit", "idempotency", "retries", "sagas", "sharding", "failover")
 
 REGISTRY: dict[str, Pattern] = {
     p.slug: p for p in (importlib.import_module(f"saaslab.patterns.{name}").PATTERN for name in _DECLARATIONS)

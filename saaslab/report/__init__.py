@@ -1,7 +1,7 @@
 """The report engine: one self-contained HTML page and a Markdown summary per pattern, plus an index.
 
-`write_pattern_report(pattern)` reads what `saaslab sim` and `saaslab load` wrote under
-`reports/<pattern>/sim/` and `reports/<pattern>/live/` (`data`), builds the report the pattern
+`write_pattern_report(pattern)` reads what `saaslab sim` and `saaslab load` wrote in the pattern's results
+folder, `<SAASLAB_RESULTS_DIR>/<pattern>/sim/` and `live/` (`data`), builds the report the pattern
 declares (`REPORT` in its report module, named by the registry: `declaration`) and lays it out
 (`render`). A pattern's report module declares; the loading, statistics (`numbers`, `cells`), the
 evidence every report shares (`evidence`: checks, missing runs, send lag) and the rendering live here.
@@ -15,8 +15,25 @@ from pathlib import Path
 
 from saaslab import patterns
 from saaslab.report.cells import Cells
-from saaslab.report.content import Figure, Report, Table, figure_data_uri, grouped_bars, use_log_scale
-from saaslab.report.data import SOURCES, PatternData, ReportError, RunData, load_pattern, load_run
+from saaslab.report.content import (
+    Expected,
+    Figure,
+    Report,
+    Table,
+    figure_data_uri,
+    grouped_bars,
+    use_log_scale,
+)
+from saaslab.report.data import (
+    SOURCES,
+    PatternData,
+    ReportError,
+    RunData,
+    load_pattern,
+    load_run,
+    pattern_folder,
+    results_dir,
+)
 from saaslab.report.declaration import PatternReport, Section, build, split_sentences
 from saaslab.report.evidence import LiveLatency, checks_sentence, checks_table
 from saaslab.report.numbers import (
@@ -50,10 +67,12 @@ def declaration_for(pattern: str) -> PatternReport:
     return declared.module("report").REPORT  # type: ignore[no-any-return]
 
 
-def write_pattern_report(pattern: str, reports_dir: Path = Path("reports")) -> Path:
-    """Write reports_dir/pattern/index.html, summary.md and summary.json; returns the HTML path."""
+def write_pattern_report(pattern: str, reports_dir: Path | None = None, *, directory: Path | None = None) -> Path:
+    """Write index.html, summary.md and summary.json into the pattern's results folder (`directory`, else
+    <reports_dir>/<pattern>, reports_dir defaulting to SAASLAB_RESULTS_DIR), from its sim/ and live/; returns
+    the HTML path."""
     decl = declaration_for(pattern)
-    data = load_pattern(pattern, reports_dir)
+    data = load_pattern(pattern, reports_dir, directory=directory)
     report = build(decl, data)
     generated_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = data.directory
@@ -67,8 +86,10 @@ def write_pattern_report(pattern: str, reports_dir: Path = Path("reports")) -> P
     return html_path
 
 
-def write_index(reports_dir: Path = Path("reports")) -> Path:
-    """reports_dir/index.html: every registered pattern with its question, linking the reports written."""
+def write_index(reports_dir: Path | None = None) -> Path:
+    """reports_dir/index.html (default SAASLAB_RESULTS_DIR): every registered pattern with its question, linking
+    the reports written."""
+    reports_dir = results_dir() if reports_dir is None else reports_dir
     reports_dir.mkdir(parents=True, exist_ok=True)
     items = []
     for slug, declared in patterns.REGISTRY.items():
@@ -113,10 +134,10 @@ def write_index(reports_dir: Path = Path("reports")) -> Path:
 
 
 __all__ = [
-    "MISSING", "SOURCES", "SUMMARY_JSON", "Cells", "Figure", "LiveLatency", "PatternData", "PatternReport", "Report",
+    "MISSING", "SOURCES", "SUMMARY_JSON", "Cells", "Expected", "Figure", "LiveLatency", "PatternData", "PatternReport", "Report",
     "ReportError", "RunData", "Section", "Summary", "Table", "build", "checks_sentence", "checks_table",
     "declaration_for", "decimals_for", "figure_data_uri", "fmt_g", "fmt_gap", "fmt_list", "fmt_load", "fmt_loads",
     "fmt_num", "gap_cell", "gap_percent", "grouped_bars", "html_table", "load_key", "load_pattern", "load_run",
-    "markdown_table", "ordered", "render_html", "render_markdown", "split_sentences", "summarise", "use_log_scale",
-    "write_index", "write_pattern_report",
+    "markdown_table", "ordered", "pattern_folder", "render_html", "render_markdown", "results_dir", "split_sentences",
+    "summarise", "use_log_scale", "write_index", "write_pattern_report",
 ]

@@ -31,6 +31,14 @@ class Figure:
     caption: str = ""
 
 
+class Expected(str):
+    """A note about something the run did on purpose (faults injected through lab mode, the unsafe design caught, a
+    quick run's single load point): a report shows it as expected. Any other note is shown as a problem to look
+    into (too few seeds, a setup that differs, errors nobody injected)."""
+
+    __slots__ = ()
+
+
 @dataclass
 class Report:
     """A built report: `saaslab.report.declaration.build` fills it, `saaslab.report.render` lays it out."""
@@ -47,7 +55,7 @@ class Report:
     sim_vs_live: Table | None = None
     sim_vs_live_note: str = ""
     notes: list[str] = field(default_factory=list)
-    """Caveats about the data (too few seeds, missing metrics), shown beside the sources."""
+    """Caveats about the data, shown beside the sources: `Expected` ones as expected, the rest as problems."""
     simulation_only: bool = False
     """The pattern has no live face: a missing live run is expected, not something to go and make."""
     answer: list[str] = field(default_factory=list)

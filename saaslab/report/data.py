@@ -1,4 +1,8 @@
-"""Loading what `saaslab sim` and `saaslab load` wrote: a pattern's runs, one per source."""
+"""Loading what `saaslab sim` and `saaslab load` wrote: a pattern's runs, one per source.
+
+A pattern's results folder holds `sim/` and `live/`; by default it is <SAASLAB_RESULTS_DIR>/<pattern>/, the folder
+the CLI's `--out` names otherwise.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 
 from saaslab.history import CheckResult
 from saaslab.results import Row, read_rows
+from saaslab.settings import Settings
 
 SOURCES = ("sim", "live")
 
@@ -68,9 +73,29 @@ def load_run(directory: Path, source: str) -> RunData | None:
     return RunData(source=source, directory=directory, rows=read_rows(csv_path), meta=meta, checks=checks)
 
 
-def load_pattern(pattern: str, reports_dir: Path = Path("reports")) -> PatternData:
-    directory = reports_dir / pattern
-    sim, live = (load_run(directory / s, s) for s in SOURCES)
+def results_dir() -> Path:
+    """The folder that holds one results folder per pattern: SAASLAB_RESULTS_DIR, default the project's reports/."""
+    return Path(Settings().results_dir)
+
+
+def pattern_folder(pattern: str, reports_dir: Path | None = None) -> Path:
+    """<reports_dir>/<pattern>, reports_dir defaulting to `results_dir()`."""
+    return (results_dir() if reports_dir is None else reports_dir) / pattern
+
+
+def command(verb: str, pattern: str, directory: Path) -> str:
+    """`saaslab <verb> <pattern>`, with the `--out` that reaches `directory` when it is not the pattern's default
+    results folder."""
+    default = pattern_folder(pattern).resolve() == directory.resolve()
+    return f"saaslab {verb} {pattern}" + ("" if default else f" --out {directory}")
+
+
+def load_pattern(pattern: str, reports_dir: Path | None = None, *, directory: Path | None = None) -> PatternData:
+    """The pattern's runs in its results folder: `directory` if given, else <reports_dir>/<pattern> (reports_dir
+    defaulting to SAASLAB_RESULTS_DIR)."""
+    folder = directory if directory is not None else pattern_folder(pattern, reports_dir)
+    sim, live = (load_run(folder / s, s) for s in SOURCES)
     if sim is None and live is None:
-        raise ReportError(f"no results for {pattern} in {directory}; run `saaslab sim {pattern}` first")
-    return PatternData(pattern=pattern, directory=directory, sim=sim, live=live)
+        raise ReportError(f"no results for {pattern} in {folder} (no sim/ or live/ results.csv there); "
+                          f"run `{command('sim', pattern, folder)}` first")
+    return PatternData(pattern=pattern, directory=folder, sim=sim, live=live)

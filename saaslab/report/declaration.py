@@ -191,7 +191,8 @@ def build(decl: PatternReport, data: PatternData) -> Report:
         if lag:
             conclusions.append(lag)
             lag_answer = lag if lag_flagged(live, latencies) else None
-    checks = checks_sentence(live)
+    unsafe = patterns.get(decl.slug).unsafe
+    checks = checks_sentence(live, unsafe.name if unsafe else None)
     if checks:
         said[checks_sentence] = [checks]  # type: ignore[index]
         conclusions.append(checks)

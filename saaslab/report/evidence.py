@@ -44,18 +44,43 @@ def checks_table(run: RunData | None, pattern: str) -> tuple[Table | None, str]:
                  ["check", "valid", "checked", "violations", "detail"], rows), ""
 
 
-def checks_sentence(run: RunData | None) -> str | None:
-    """One conclusion about the invariants, or None when no checks ran."""
+def on_design(check_name: str, design: str | None) -> bool:
+    """Whether a live check judged `design`: a run of several designs names each check `<check>[<design>]`."""
+    return design is not None and check_name.endswith(f"[{design}]")
+
+
+def checks_sentence(run: RunData | None, unsafe: str | None = None) -> str | None:
+    """One conclusion about the invariants, or None when no checks ran. Checks on the deliberately `unsafe` design
+    are meant to fail: their failing is said to be expected, and their all holding is said to be a problem."""
     if run is None or not run.checks:
         return None
     failed = [c for c in run.checks if not c.valid]
     checked = sum(c.checked for c in run.checks)
+    on_unsafe = [c for c in run.checks if on_design(c.name, unsafe)]
+    caught = [c for c in failed if c in on_unsafe]
+    problems = [c for c in failed if c not in on_unsafe]
     if not failed and len(run.checks) == 1:
         return f"The invariant check {run.checks[0].name} held on the live history ({checked:,} items checked)."
-    if not failed:
+    if not failed and not on_unsafe:
         return f"All {len(run.checks)} invariant checks held on the live history ({checked:,} items checked)."
-    names = fmt_list([f"{c.name} ({c.violations:,} violations)" for c in failed])
-    return f"{len(failed)} of {len(run.checks)} invariant checks failed on the live history: {names}."
+    parts = []
+    if caught:
+        names = fmt_list([f"{c.name} ({c.violations:,} violations)" for c in caught])
+        parts.append(f"On the live history the checker caught the deliberately unsafe {unsafe} design, as expected: "
+                     f"{names} failed.")
+    elif on_unsafe:
+        parts.append(f"Every check on the deliberately unsafe {unsafe} design held on the live history, a problem: "
+                     "the run did not show the checker catching it.")
+    if problems:
+        names = fmt_list([f"{c.name} ({c.violations:,} violations)" for c in problems])
+        safe = " on designs meant to be safe" if on_unsafe else ""
+        parts.append(f"{len(problems)} of {len(run.checks)} invariant checks failed on the live history{safe}, a "
+                     f"problem: {names}.")
+    else:
+        held = len(run.checks) - len(failed)
+        parts.append(f"The other {held} invariant checks held ({checked:,} items checked in all)."
+                     if caught else f"The other checks held ({checked:,} items checked in all).")
+    return " ".join(parts)
 
 
 # --- missing and thin data ------------------------------------------------------------------------

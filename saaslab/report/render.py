@@ -11,8 +11,8 @@ import html
 import json
 import re
 
-from saaslab.report.content import Figure, Report, Table
-from saaslab.report.data import PatternData, RunData
+from saaslab.report.content import Expected, Figure, Report, Table
+from saaslab.report.data import PatternData, RunData, command
 
 CSS = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2330;
@@ -24,6 +24,7 @@ h3 { font-size: 1.05rem; margin-bottom: .3rem; }
 .answer { font-size: 1.05rem; background: #eef4fb; border-left: 4px solid #2b4a7a; padding: .5rem .9rem; }
 .muted { color: #5d6675; font-size: .9rem; }
 .note { background: #fff6e0; border-left: 4px solid #e0a800; padding: .4rem .8rem; margin: .5rem 0; }
+.note.expected { background: #eef4fb; border-left-color: #2b4a7a; }
 ul.conclusions li { margin-bottom: .35rem; }
 table { border-collapse: collapse; margin: .6rem 0 1.2rem; font-size: .9rem; }
 th, td { border: 1px solid #d8dde6; padding: .3rem .6rem; text-align: left; vertical-align: top; }
@@ -73,7 +74,7 @@ def markdown_table(t: Table) -> str:
 
 def source_lines(data: PatternData, simulation_only: bool = False) -> list[str]:
     """One line per source: what was found, or that it is missing and which command makes it."""
-    make = {"sim": f"saaslab sim {data.pattern}", "live": f"saaslab load {data.pattern}"}
+    make = {"sim": command("sim", data.pattern, data.directory), "live": command("load", data.pattern, data.directory)}
     label = {"sim": "Simulated", "live": "Measured (live)"}
     out = []
     for name, run in (("sim", data.sim), ("live", data.live)):
@@ -111,6 +112,21 @@ def _html_figure(f: Figure) -> str:
             f"{e(f.caption)}</figcaption></figure>")
 
 
+def note_label(note: str) -> str:
+    """What a warning box says first: whether it is expected of the run or a problem to look into."""
+    return "Expected:" if isinstance(note, Expected) else "Problem:"
+
+
+def _html_note(note: str) -> str:
+    kind = "note expected" if isinstance(note, Expected) else "note"
+    return f'<p class="{kind}"><b>{note_label(note)}</b> {e(note)}</p>'
+
+
+def in_results_folder(data: PatternData) -> bool:
+    """The report sits in <results>/<pattern>/, beside the index of every pattern (`--out` may name any folder)."""
+    return data.directory.name == data.pattern
+
+
 def _answer(report: Report) -> list[str]:
     return report.answer or [report.headline]
 
@@ -124,7 +140,7 @@ def render_html(report: Report, data: PatternData, generated_at: str) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>saaslab · {e(report.pattern)}</title>",
         f"<style>{CSS}</style></head><body>",
-        '<p class="muted"><a href="../index.html">← all patterns</a></p>',
+        *(['<p class="muted"><a href="../index.html">← all patterns</a></p>'] if in_results_folder(data) else []),
         f"<h1>saaslab · {e(report.pattern)}</h1>",
         f'<p class="question">{e(report.question)}</p>',
         f'<p class="muted">Generated {e(generated_at)} from {e(data.directory)}.</p>',
@@ -135,7 +151,7 @@ def render_html(report: Report, data: PatternData, generated_at: str) -> str:
         '<ul class="conclusions">' + "".join(f"<li>{e(c)}</li>" for c in report.conclusions) + "</ul>",
         "<h2>Data</h2>",
         "<ul>" + "".join(f"<li>{e(line)}</li>" for line in source_lines(data, report.simulation_only)) + "</ul>",
-        *(f'<p class="note">{e(n)}</p>' for n in report.notes),
+        *(_html_note(n) for n in report.notes),
         "<h2>Designs</h2>",
         "<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in report.designs.items()) + "</dl>",
         "<h2>Workload</h2>",
@@ -166,11 +182,11 @@ def render_markdown(report: Report, data: PatternData, generated_at: str) -> str
     lines = [f"# {report.pattern}: {report.question}", "", report.headline, ""]
     if rest:
         lines += [" ".join(rest), ""]
-    lines += [f"_Generated {generated_at}; the full report with plots is index.html beside this file; "
-              "all patterns: [../index.html](../index.html)._", "",
+    index = "; all patterns: [../index.html](../index.html)" if in_results_folder(data) else ""
+    lines += [f"_Generated {generated_at}; the full report with plots is index.html beside this file{index}._", "",
               "## Conclusions", "", *(f"- {c}" for c in report.conclusions), "",
               "## Data", "", *(f"- {line}" for line in source_lines(data, report.simulation_only)),
-              *(f"- {n}" for n in report.notes), "",
+              *(f"- **{note_label(n)}** {n}" for n in report.notes), "",
               "## Designs", "", *(f"- **{k}**: {v}" for k, v in report.designs.items()), "",
               "## Workload", "", *(f"- {w}" for w in report.workload), "",
               "## Results", ""]

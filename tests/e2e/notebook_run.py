@@ -6,6 +6,8 @@ Named apart from the repository's notebooks/ directory, which is importable as a
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from pathlib import Path
 
@@ -13,22 +15,32 @@ import nbformat
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
-STORED_REPORTS = 'REPORTS = PROJECT / "reports"'
-"""The line of a notebook's `parameters` cell that says where it reads live results from."""
 
 
-def execute(name: str, reports_dir: Path | None = None) -> tuple[nbformat.NotebookNode, float]:
-    """Execute notebooks/<name>.ipynb with REPORTS pointed at `reports_dir` (its other parameters as stored;
-    None: a notebook that reads no live results); returns it and the run time."""
+def parameters_cell(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The cell tagged `parameters`: what a user would change."""
+    params = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, "the notebook needs exactly one cell tagged 'parameters'"
+    return params[0]
+
+
+def execute(name: str, reports_dir: Path | None = None, **parameters: str) -> tuple[nbformat.NotebookNode, float]:
+    """Execute notebooks/<name>.ipynb in a kernel whose SAASLAB_RESULTS_DIR is `reports_dir` (None: as in this
+    process), so its REPORTS is resolved as the CLI resolves it; `parameters` replace assignments of its
+    parameters cell (`SEEDS="range(5)"`). Returns it and the run time."""
     path = NOTEBOOKS / f"{name}.ipynb"
     nb = nbformat.read(path, as_version=4)
-    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1, "the notebook needs exactly one cell tagged 'parameters'"
+    cell = parameters_cell(nb)
+    for variable, value in parameters.items():
+        assignment = re.compile(rf"^{variable} = .*$", re.MULTILINE)
+        assert assignment.search(cell.source), f"{variable} is not set in the parameters cell"
+        cell.source = assignment.sub(f"{variable} = {value}", cell.source)
+    env = dict(os.environ)
     if reports_dir is not None:
-        assert STORED_REPORTS in params[0].source
-        params[0].source = params[0].source.replace(STORED_REPORTS, f"REPORTS = Path({str(reports_dir)!r})")
+        env["SAASLAB_RESULTS_DIR"] = str(reports_dir)
     started = time.monotonic()
-    NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(nb, kernel_name="python3", timeout=120,
+                   resources={"metadata": {"path": str(path.parent)}}).execute(env=env)
     return nb, time.monotonic() - started
 
 

@@ -102,19 +102,46 @@ def test_help_teaches_every_command() -> None:
 def test_check_without_a_run_says_what_to_do(tmp_path: Path) -> None:
     r = run_cli("check", "tenancy", "--out", str(tmp_path))
     assert r.returncode == 2
-    assert "run `saaslab load tenancy` first" in r.stderr
+    assert f"run `saaslab load tenancy --out {tmp_path}` first" in r.stderr
 
 
-def test_quick_sim_writes_rows_and_run_json(tmp_path: Path) -> None:
-    r = run_cli("sim", "tenancy", "--quick", "--out", str(tmp_path), "--jobs", "2")
+def test_quick_sim_writes_rows_and_run_json_and_report_reads_them(tmp_path: Path) -> None:
+    """--out is the pattern's results folder; one already named sim/ is the run's own folder, not doubled; `report
+    --out` reads what `sim --out` wrote, wherever that is."""
+    r = run_cli("sim", "tenancy", "--quick", "--out", str(tmp_path / "mine" / "sim"), "--jobs", "2")
     assert r.returncode == 0, r.stderr[-2000:]
-    rows = list(csv.DictReader((tmp_path / "sim" / "results.csv").open()))
+    assert not (tmp_path / "mine" / "sim" / "sim").exists()
+    rows = list(csv.DictReader((tmp_path / "mine" / "sim" / "results.csv").open()))
     assert {row["design"] for row in rows} == {"fifo", "bulkhead", "wfq"}
     assert {row["source"] for row in rows} == {"sim"}
     assert len({row["seed"] for row in rows}) >= 5
-    run = json.loads((tmp_path / "sim" / "run.json").read_text())
+    run = json.loads((tmp_path / "mine" / "sim" / "run.json").read_text())
     assert run["pattern"] == "tenancy" and run["rows"] == len(rows)
     assert run["machine"]["cpus"] and run["packages"]["simpy"]
+
+    r = run_cli("report", "tenancy", "--out", str(tmp_path / "mine"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    page = (tmp_path / "mine" / "index.html").read_text()
+    assert run["run_id"] in page and (tmp_path / "mine" / "summary.md").is_file()
+    # Not a <results>/<pattern>/ folder: no index of every pattern beside it, and no link to one.
+    assert "../index.html" not in page and not (tmp_path / "index.html").exists()
+    assert f"Measured (live): missing — no {tmp_path / 'mine' / 'live' / 'results.csv'}; run `saaslab load tenancy " \
+           f"--out {tmp_path / 'mine'}`" in page
+
+
+@pytest.mark.parametrize(("command", "out", "fix"), [
+    (["load", "tenancy"], "run/sim", "run"),
+    (["sim", "tenancy"], "run/live", "run"),
+    (["check", "tenancy"], "run/sim", "run"),
+    (["sim", "all"], "run/sim", "run"),
+])
+def test_an_out_folder_that_names_the_other_source_is_one_line(tmp_path: Path, command: list[str], out: str,
+                                                                fix: str) -> None:
+    r = run_cli(*command, "--out", str(tmp_path / out))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --out ") and lines[0].endswith(f"try --out {tmp_path / fix}")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_terminated_command_stops_the_embedded_servers_it_started(tmp_path: Path) -> None:

@@ -32,17 +32,18 @@ def test_without_a_live_run_it_simulates_judges_and_says_how_to_measure(tmp_path
     assert "exactly_one_effect held (0)" in closeup["redis"] and "exactly_one_effect held (0)" in closeup["postgres"]
     assert "0 duplicate effects" in closeup["postgres"] and "0 duplicate effects" in closeup["redis"]
     assert "no_orphan_charges held (0)" in closeup["postgres"]
-    # The sweep table: every design at every load; redis and postgres show no duplicate, none does.
-    table = {(cols[0], cols[1]): cols[2:] for cols in map(str.split, lines)
-             if len(cols) == 2 + 3 * 5 and cols[0] in DESIGNS}
+    # The sweep table: every design at every load, with 95% intervals over the default five seeds; redis and
+    # postgres show no duplicate, none does.
+    table = {(cols[0], cols[1]): cols[2::3] for cols in map(str.split, lines)
+             if len(cols) == 2 + 3 * 5 and cols[0] in DESIGNS and cols[3] == "±"}
     assert set(table) == {(d, lp) for d in DESIGNS for lp in LOADS}
     for lp in LOADS:
         assert table[("redis", lp)][0] == table[("postgres", lp)][0] == "0.00"
         assert float(table[("none", lp)][0].replace(",", "")) > 0
-        assert table[("postgres", lp)][3] == "0.00"  # orphans after the completer
+        assert table[("postgres", lp)][1] == "0.00"  # orphans after the completer
     summary = [line for line in lines if line.startswith(tuple(f"{d}: duplicates" for d in DESIGNS))]
-    assert len(summary) == 3 and any(line.startswith("none: ") and "held in 0 of 9 runs" in line for line in summary)
-    assert any(line.startswith("postgres: duplicates per 10k from 0.0 to 0.0") and "held in 9 of 9 runs" in line
+    assert len(summary) == 3 and any(line.startswith("none: ") and "held in 0 of 15 runs" in line for line in summary)
+    assert any(line.startswith("postgres: duplicates per 10k from 0.0 to 0.0") and "held in 15 of 15 runs" in line
                for line in summary)
     assert any("saaslab load idempotency" in line for line in lines)
     assert images(nb) == 1
@@ -61,10 +62,15 @@ def test_with_a_live_run_it_shows_the_reports_comparison(tmp_path: Path) -> None
                                                  CheckResult("exactly_one_effect[postgres]", True, 800).to_dict()]))
     # A stored simulation beside the live run, as `saaslab sim idempotency --quick` writes it (fewer seeds).
     patterns.get("idempotency").module("simulation").run(tmp_path / "idempotency", quick=True, seeds=2, jobs=2)
-    nb, elapsed = execute("idempotency", tmp_path)
+    nb, elapsed = execute("idempotency", tmp_path, SEEDS="range(3)")
     lines = lines_of(nb)
     assert elapsed < BUDGET_S
-    assert f"simulation: {tmp_path / 'idempotency' / 'sim'}" in " ".join(lines)
+    assert any(line.startswith("3 seed(s) per cell: fewer than the 5") for line in lines)
+    small = [line for line in lines if line.split()[:1] == ["none"] and line.split()[1] in LOADS]
+    assert len(small) == len(LOADS) and not any(" ± " in line for line in small)
+    assert any(line.startswith("simulation idempotency-sim-") and line.endswith(f"in {tmp_path / 'idempotency' / 'sim'}")
+               for line in lines)
+    assert any(line.startswith("live run idempotency-live-test of 20") for line in lines)
     # The same numbers as the report's simulated-versus-measured table for the same runs.
     title, table, conclusions = report_comparison("idempotency", tmp_path)
     assert printed_table(lines, title) == table

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from notebook_run import execute, images, lines_of, printed_table, report_comparison
 
-from saaslab import patterns
 from saaslab.history import CheckResult
 from saaslab.results import ALL_TENANTS, Row, write_run
 
@@ -55,12 +57,19 @@ def test_with_a_live_run_it_shows_the_reports_comparison(tmp_path: Path) -> None
                  row(ALL_TENANTS, "latency_p99", 12.5)]
     write_run(live, run_id="ratelimit-live-test", pattern="ratelimit", source="live", rows=rows, parameters={})
     (live / "check.json").write_text(json.dumps([CheckResult("no_over_admission", True, 1234).to_dict()]))
-    # A stored simulation beside the live run, as `saaslab sim ratelimit --quick` writes it (fewer seeds).
-    patterns.get("ratelimit").module("simulation").run(tmp_path / "ratelimit", quick=True, seeds=2, jobs=2)
+    # A stored simulation beside the live run, written by the CLI into the folder SAASLAB_RESULTS_DIR names (no
+    # --out), which the notebook reads through the same setting.
+    env = {**os.environ, "SAASLAB_RESULTS_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "saaslab.cli", "sim", "ratelimit", "--quick", "--seeds", "2",
+                           "--jobs", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sim_id = json.loads((tmp_path / "ratelimit" / "sim" / "run.json").read_text())["run_id"]
     nb, elapsed = execute("ratelimit", tmp_path)
     lines = lines_of(nb)
     assert elapsed < BUDGET_S
-    assert f"simulation: {tmp_path / 'ratelimit' / 'sim'}" in " ".join(lines)
+    assert any(line.startswith(f"simulation {sim_id} of 20") and line.endswith(f"in {tmp_path / 'ratelimit' / 'sim'}")
+               for line in lines)
+    assert any(line.startswith("live run ratelimit-live-test of 20") for line in lines)
     # The same numbers as the report's simulated-versus-measured table for the same runs.
     title, table, conclusions = report_comparison("ratelimit", tmp_path)
     assert printed_table(lines, title) == table

@@ -20,6 +20,7 @@ from live_app import LiveService, count_rows, live_service
 from reference_impl.app import create_app
 from reference_impl.common.faults import CRASH_EXIT_CODE
 from reference_impl.common.usage import usage_key, usage_period
+from reference_impl.sagas.core import FAULT_POINTS as SAGA_FAULT_POINTS
 from saaslab.launch import launched
 from saaslab.services import port_is_free
 from saaslab.settings import Settings
@@ -231,7 +232,8 @@ async def test_error_fault_fires_count_times(lab: LiveService) -> None:
     assert r.status_code == 201
     listing = (await lab.client.get("/admin/faults", headers=lab.admin)).json()
     assert set(listing["points"]) == {"tenancy.query", "tenancy.commit", "idempotency.provider",
-                                      "idempotency.charged", "idempotency.charge_created"}
+                                      "idempotency.charged", "idempotency.charge_created", *SAGA_FAULT_POINTS,
+                                      "sharding.cutover"}
     assert [f["mode"] for f in listing["armed"]] == ["error"]
     statuses = [(await lab.client.get(f"/v1/projects/{project['id']}", headers=tenant.headers)).status_code
                 for _ in range(4)]

@@ -9,6 +9,7 @@ import pytest
 
 from reference_impl.app import MIGRATIONS, create_app
 from reference_impl.common.service import PaymentSink, ServiceContext
+from reference_impl.sagas.core import FAULT_POINTS as SAGA_FAULT_POINTS
 from saaslab.settings import Settings
 
 OFFLINE = Settings(database_url="postgresql://offline/none", redis_url="redis://offline:1/0", lab_mode=True)
@@ -39,10 +40,11 @@ def test_the_hot_v1_routes_come_first_then_the_app_s_own_then_admin() -> None:
 def test_patterns_contribute_fault_points_metrics_state_and_migrations_in_registry_order() -> None:
     app = create_app(OFFLINE)
     assert list(app.state.faults.points) == ["tenancy.query", "tenancy.commit", "idempotency.provider",
-                                             "idempotency.charged", "idempotency.charge_created"]
-    assert all(hasattr(app.state, name) for name in ("gate", "store", "idempotency"))
-    assert [p.name for p in MIGRATIONS] == ["schema.sql", "provider.sql", "schema.sql"]
-    assert [p.parent.name for p in MIGRATIONS] == ["tenancy", "idempotency", "idempotency"]
+                                             "idempotency.charged", "idempotency.charge_created",
+                                             *SAGA_FAULT_POINTS, "sharding.cutover"]
+    assert all(hasattr(app.state, name) for name in ("gate", "store", "idempotency", "sagas"))
+    assert [p.name for p in MIGRATIONS] == ["schema.sql", "provider.sql", "schema.sql", "orders.sql", "control.sql"]
+    assert [p.parent.name for p in MIGRATIONS] == ["tenancy", "idempotency", "idempotency", "sagas", "sharding"]
     metrics = app.state.metrics.render().decode()
     order = [metrics.index(name) for name in ("saaslab_scheduler_slots", "saaslab_ratelimit_decisions_total",
                                               "saaslab_idempotency_decisions_total")]

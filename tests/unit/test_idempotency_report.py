@@ -192,7 +192,10 @@ def test_live_rows_fill_the_table_and_the_invariants(tmp_path: Path) -> None:
     assert "Measured duplicates where the simulation had none: postgres at load 0.9 12.0 per 10,000." in text
     assert "redis made no duplicate live either." in text
     assert "The p99s differ most for redis at load 0.9: simulated 650 ms, measured 25.0 ms (-96%)." in text
-    assert "2 of 3 invariant checks failed on the live history" in text
+    assert ("On the live history the checker caught the deliberately unsafe none design, as expected: "
+            "exactly_one_effect[none] (31 violations) failed.") in text
+    assert ("1 of 3 invariant checks failed on the live history on designs meant to be safe, a problem: "
+            "exactly_one_effect[postgres] (2 violations).") in text
     assert NO_LIVE not in str(report.sim_vs_live)
     assert report.invariants is not None
     live = [r for r in report.invariants.rows if r[0] == "live"]

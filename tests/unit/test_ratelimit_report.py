@@ -215,7 +215,7 @@ def test_live_load_points_the_simulation_lacks_are_marked_and_noted(tmp_path: Pa
     notes = "\n".join(report.notes)
     assert "The simulation has no load 5" in notes and "asks for 3 load points" in notes
     assert "its naive rates are fixed_window's" in notes
-    assert "1 of 1 invariant checks failed on the live history: no_over_admission (12 violations)." in (
+    assert "1 of 1 invariant checks failed on the live history, a problem: no_over_admission (12 violations)." in (
         report.conclusions)
 
 

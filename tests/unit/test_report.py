@@ -221,7 +221,8 @@ def test_a_missing_live_source_is_reported_not_a_crash(tmp_path: Path) -> None:
     assert "saaslab load tenancy --quick" in report.sim_vs_live_note
     assert "No live run" in report.invariants_note
     page = write_pattern_report("tenancy", tmp_path).read_text()
-    assert "Measured (live): missing" in page and "run `saaslab load tenancy` to produce it" in page
+    assert "Measured (live): missing" in page
+    assert f"run `saaslab load tenancy --out {tmp_path / 'tenancy'}` to produce it" in page
 
 
 def test_live_only_still_reports_and_says_the_simulation_is_missing(tmp_path: Path) -> None:
@@ -235,7 +236,7 @@ def test_live_only_still_reports_and_says_the_simulation_is_missing(tmp_path: Pa
 
 
 def test_no_source_at_all_says_which_command_to_run(tmp_path: Path) -> None:
-    with pytest.raises(ReportError, match=r"run `saaslab sim tenancy` first"):
+    with pytest.raises(ReportError, match=rf"run `saaslab sim tenancy --out {tmp_path / 'tenancy'}` first"):
         write_pattern_report("tenancy", tmp_path)
 
 
@@ -295,7 +296,7 @@ def test_invariant_results_come_from_check_json(tmp_path: Path) -> None:
     assert report.invariants is not None
     assert report.invariants.rows == [["isolation", "yes", "1200", "0", ""],
                                       ["no_lost_ops", "NO", "900", "3", "3 invokes never completed"]]
-    assert "1 of 2 invariant checks failed on the live history: no_lost_ops (3 violations)." in report.conclusions
+    assert "1 of 2 invariant checks failed on the live history, a problem: no_lost_ops (3 violations)." in report.conclusions
 
     write_source(tmp_path, "live", rows_for({("wfq", 0.5): 1.1}, source="live", seeds=1), checks=checks[:1])
     assert "The invariant check isolation held on the live history (1,200 items checked)." in build(tmp_path).conclusions

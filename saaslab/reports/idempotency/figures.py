@@ -94,6 +94,7 @@ def live_figure(comps: list[Comparison]) -> Figure:
                               "measured": [c.live["duplicates_per_10k"] for c in shown]})
     ax.set_yscale("symlog", linthresh=10)
     ax.set_ylim(bottom=0)
+    ax.set_xlabel("design and offered payments (x capacity)")
     ax.set_ylabel("duplicates per 10,000 payments")
     ax.tick_params(axis="x", labelsize=7)
     ax.legend(fontsize=8)

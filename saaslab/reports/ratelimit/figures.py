@@ -52,6 +52,7 @@ def memory_figure(v: View) -> Figure:
     summaries = [memory(v, d) for d in v.designs]
     ax.bar(v.designs, [s.mean if s.known else 0.0 for s in summaries],
            yerr=[0.0 if math.isnan(s.ci95) else s.ci95 for s in summaries], capsize=3, color="steelblue")
+    ax.set_xlabel("design")
     ax.set_ylabel(f"Redis bytes per tenant (load {fmt_load(v.top_load)})")
     ax.grid(axis="y", alpha=0.3)
     ax.tick_params(axis="x", labelsize=8)
@@ -84,6 +85,7 @@ def race_skew_figure(v: View) -> Figure:
            "clocks skewed": [v.get(d, lp, "skew_max_window_ratio") for d in v.designs]})
     ax.plot(np.arange(len(v.designs)), [PROMISED_WINDOW_RATIO.get(d, DEFAULT_PROMISE) for d in v.designs], "k_",
             markersize=18, label="promise")
+    ax.set_xlabel("design")
     ax.set_ylabel("most admitted in one window / limit")
     ax.set_title(f"clock skew, load {fmt_load(lp)}", fontsize=10)
     ax.tick_params(axis="x", labelsize=7)
@@ -105,14 +107,20 @@ def live_figure(comps: list[Comparison]) -> Figure:
                 label=f"{d} measured")
         sim = [(c.load_point, c.sim_rate.mean) for c in mine if c.sim_rate.known]
         if sim:
-            ax.plot(*zip(*sim, strict=True), "o:", color=color, label=f"{d} simulated")
-    ax.set_xscale("log")
+            # Hollow and larger, so a simulated rate equal to the measured one rings its diamond instead of hiding.
+            ax.plot(*zip(*sim, strict=True), "o:", color=color, markerfacecolor="none", markersize=11,
+                    markeredgewidth=1.5, label=f"{d} simulated")
     loads = sorted({c.load_point for c in noisy})
+    ax.set_xscale("log")
+    if len(loads) == 1:  # one measured load: its points centred, a factor of two of room either side
+        ax.set_xlim(loads[0] / 2, loads[0] * 2)
     ax.set_xticks(loads, [fmt_load(lp) for lp in loads])
     ax.minorticks_off()
+    # A rate in percent: the whole range, so that a small gap looks small.
+    ax.set_ylim(-2, 102)
     ax.set_xlabel("noisy tenant's offered rate (x quota)")
     ax.set_ylabel("noisy tenant's 429 rate (%)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return Figure("The noisy tenant's 429 rate, simulated and measured", figure_data_uri(fig),
-                  "Diamonds: the live run; circles: the simulation's noisy-neighbour experiment at the same load.")
+                  "Diamonds: the live run; rings: the simulation's noisy-neighbour experiment at the same load.")

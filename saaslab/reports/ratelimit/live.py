@@ -9,6 +9,7 @@ from typing import Any
 
 from saaslab.report import (
     MISSING,
+    Expected,
     RunData,
     Summary,
     Table,
@@ -222,15 +223,21 @@ LIVE_TROUBLE = (("errors", "errors"), ("timeouts", "timeouts"), ("dropped", "dro
 def live_notes(sim: View | None, live: View) -> list[str]:
     notes = []
     if len(live.load_points) != len(COMPARED_LOAD_POINTS):
-        notes.append(f"The live run measured {fmt_loads(live.load_points)}; the comparison asks for "
-                     f"{len(COMPARED_LOAD_POINTS)} load points.")
+        measured = (f"The live run measured {fmt_loads(live.load_points)}; the comparison asks for "
+                    f"{len(COMPARED_LOAD_POINTS)} load points")
+        if live.run.parameters.get("quick"):
+            notes.append(Expected(f"{measured}, and a quick run (`saaslab load ratelimit --quick`) measures one: "
+                                  "`saaslab load ratelimit` measures them all."))
+        else:
+            notes.append(f"{measured}.")
     if sim is not None:
         unsimulated = unsimulated_note(live.load_points, sim.load_points, "429 rate")
         if unsimulated:
             notes.append(unsimulated)
     if UNSAFE in live.designs:
-        notes.append(f"The simulation's noisy neighbour decides requests one at a time, so its {UNSAFE} rates are "
-                     f"fixed_window's; live, {UNSAFE} races across the service workers and may refuse fewer.")
+        notes.append(Expected(f"The simulation's noisy neighbour decides requests one at a time, so its {UNSAFE} "
+                              f"rates are fixed_window's; live, {UNSAFE} races across the service workers and may "
+                              "refuse fewer."))
     if sim is not None:
         notes += setup_mismatch(sim.run.parameters, live.run.parameters)
     return notes + live_trouble_notes(live.get, live.designs, live.load_points, LIVE_TROUBLE)

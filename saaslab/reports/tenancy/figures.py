@@ -72,6 +72,7 @@ def tenant_figure(v: View, lp: float) -> Figure:
     series = {d: [v.tenant_p99.get((d, load_key(lp), t), MISSING) for t in tenants] for d in v.designs}
     grouped_bars(ax, tenants, series)
     use_log_scale(ax, [s.mean for ss in series.values() for s in ss if s.known])
+    ax.set_xlabel("tenant")
     ax.set_ylabel("p99 latency (ms)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)

@@ -1,0 +1,1 @@
+"""Sagas: a checkout across inventory, payments and shipping, all done or all undone under crashes."""

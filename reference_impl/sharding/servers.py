@@ -1,0 +1,54 @@
+"""Shard servers started from the embedded PostgreSQL binaries (saaslab/servers.py's `PostgresServer`).
+
+For the lab's own runs (the live face, `make demo`, tests, the benchmark): `count` servers under
+`<state_dir>/shards/shard<i>/`, each with a `saaslab` database, started in parallel and stopped on exit.
+Their URLs go in `SAASLAB_SHARD_URLS`; servers on other hosts are listed there the same way instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from saaslab.servers import PostgresServer
+
+DATABASE = "saaslab"
+
+
+class ShardServers:
+    def __init__(self, state_dir: Path, count: int) -> None:
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        root = state_dir.resolve() / "shards"
+        self.servers = [PostgresServer(root / f"shard{i}") for i in range(count)]
+
+    def start(self) -> list[str]:
+        with ThreadPoolExecutor(len(self.servers)) as pool:
+            list(pool.map(self._start_one, self.servers))
+        return self.urls
+
+    @staticmethod
+    def _start_one(server: PostgresServer) -> None:
+        server.stop("immediate")  # a server an earlier run left behind: start it afresh on a free port
+        server.start()
+        server.create_database(DATABASE)
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url(DATABASE) for s in self.servers]
+
+    def stop(self) -> None:
+        with ThreadPoolExecutor(len(self.servers)) as pool:
+            list(pool.map(lambda s: s.stop("immediate"), self.servers))
+
+
+@contextlib.contextmanager
+def shard_servers(state_dir: Path, count: int) -> Iterator[ShardServers]:
+    servers = ShardServers(state_dir, count)
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
