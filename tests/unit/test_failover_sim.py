@@ -103,9 +103,16 @@ def test_metric_names_carry_their_condition_and_a_live_name_may_leave_parts_out(
         fo.timers_named("etcd")
 
 
-def test_run_writes_tidy_rows_and_its_parameters(tmp_path: Path) -> None:
-    csv = fo.run(tmp_path, quick=True, seeds=1, jobs=1)
-    assert csv == tmp_path / "sim" / "results.csv"
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`saaslab sim failover --quick --seeds 1` into <tmp>/failover/sim."""
+    folder = tmp_path_factory.mktemp("results") / "failover"
+    fo.run(folder, quick=True, seeds=1, jobs=1)
+    return folder
+
+
+def test_run_writes_tidy_rows_and_its_parameters(quick_run: Path) -> None:
+    csv = quick_run / "sim" / "results.csv"
     assert csv.read_text().splitlines()[0].split(",") == list(COLUMNS)
     rows = read_rows(csv)
     assert {r.source for r in rows} == {"sim"} and {r.pattern for r in rows} == {"failover"}
@@ -113,7 +120,27 @@ def test_run_writes_tidy_rows_and_its_parameters(tmp_path: Path) -> None:
     names = {split_metric(r.metric)[0] for r in rows}
     assert {"writes_lost", "split_brain_writes", "unavailability", "false_failover", "downtime_per_year"} <= names
     assert all(split_metric(r.metric)[1] is not None for r in rows)
-    params = json.loads((tmp_path / "sim" / "run.json").read_text())["parameters"]
+    params = json.loads((quick_run / "sim" / "run.json").read_text())["parameters"]
     assert params["timer_presets"]["incidents_per_year"] == fo.INCIDENTS_PER_YEAR
     assert params["timers"]["patroni"] == {"ttl_s": 30.0, "loop_wait_s": 10.0, "retry_timeout_s": 10.0,
                                            "note": core.PRESETS["patroni"].note}
+
+
+def test_the_report_opens_with_the_answer_and_waits_for_a_live_run(quick_run: Path) -> None:
+    from saaslab.report import build, declaration_for, load_pattern, split_sentences
+
+    report = build(declaration_for("failover"), load_pattern("failover", directory=quick_run))
+    answer = [s for a in report.answer for s in split_sentences(a)]
+    assert 3 <= len(answer) <= 5
+    assert answer[0].startswith("A dead primary left clients unable to write for ") and "Patroni's defaults" in answer[0]
+    assert any(s.startswith("Sync replication lost no acknowledged write") for s in answer)
+    assert report.headline_figure is not None and len(report.figures) == 3
+    assert report.sim_vs_live is not None
+    assert {r[5] for r in report.sim_vs_live.rows} == {"no live run yet"}
+    assert {(r[0], r[1]) for r in report.sim_vs_live.rows} >= {("sync", "kill"), ("unsafe", "partition 5 s")}
+    assert report.invariants is not None
+    held = {(r[1], r[2]): [int(x) for x in r[3].removesuffix(" runs").split("/")] for r in report.invariants.rows}
+    ok, runs = held[("sync", "no_lost_writes")]
+    assert runs > 0 and ok == runs
+    ok, runs = held[("unsafe", "no_split_brain")]
+    assert ok < runs  # caught
