@@ -39,7 +39,7 @@ def test_without_a_live_run_it_simulates_judges_and_says_how_to_measure(tmp_path
     patroni = next(line for line in lines if line.startswith("patroni: a dead primary costs"))
     assert 20 <= float(patroni.split("costs ")[1].split(" s")[0]) <= 40
     assert any("saaslab failover drill --all" in line for line in lines)
-    assert images(nb) == 1
+    assert images(nb) == 2
 
 
 def test_with_a_live_run_it_shows_the_reports_comparison(tmp_path: Path) -> None:
@@ -73,7 +73,7 @@ def test_with_a_live_run_it_shows_the_reports_comparison(tmp_path: Path) -> None
     assert all(r[2] == "lab" and r[4] not in ("not simulated", "no simulation") for r in table[1:])
     assert [line for line in lines if line in conclusions], "the report's agreement sentences"
     assert "check no_split_brain[unsafe]: VIOLATED (400 checked, 12 violations)" in lines
-    assert images(nb) == 1
+    assert images(nb) == 2
 
 
 def test_notebook_has_its_knobs_in_the_first_code_cell() -> None:
