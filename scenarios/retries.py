@@ -21,18 +21,20 @@ tenant "*":
   picked at random; each host has its own retry budget and circuit breaker where the design has
   them. The server is the kernel's FIFO `Server` with `SLOTS` slots and service times of
   `SERVICE_MS` (+ exponential overhead). A client gives up on an attempt after `TIMEOUT_MS`; the
-  server still finishes the abandoned attempt (wasted work). At `TRIGGER_AT_S` a latency spike
+  server still finishes the abandoned attempt (wasted work). At `trigger_at_s` a latency spike
   multiplies service time by `SPIKE_FACTOR` for a trigger length of T seconds (`TRIGGERS_S`);
-  arrivals then go on for `RECOVERY_S` + `HOLD_S` more seconds. Designs: `META_DESIGNS`, a
-  backoff policy with `META_MAX_ATTEMPTS` attempts, alone or `+budget` / `+breaker`, and `no_retry`.
+  arrivals then go on for `recovery_s` + `hold_s` more seconds (`Timeline`: `TIMELINES["full"]`
+  is 5, 10 and 5 s; `--quick` shortens it, and so does the live run's quick mode, so that quick
+  cells of both sources compare). Designs: `META_DESIGNS`, a backoff policy with
+  `META_MAX_ATTEMPTS` attempts, alone or `+budget` / `+breaker`, and `single_attempt` (never retried).
 
   Recovery, precisely: a request is *served* if one of its attempts answered within the timeout.
-  Requests are binned by arrival in 1 s bins from the end of the trigger; a bin's goodput share
-  is served / offered. The system *recovered* if every bin from `RECOVERY_S` after the trigger
-  ended to the end of arrivals (a stretch of `HOLD_S`) has a goodput share of at least
-  `RECOVERED_SHARE`. It is *collapsed* (metastable) if it did not recover and, over that same
-  stretch, clients still sent attempts at `capacity` or more: then retries alone keep the server
-  saturated with work nobody waits for. Not recovered and not collapsed means still draining.
+  Requests are binned by arrival in 1 s bins; a bin's goodput share is served / offered. The
+  system *recovered* if every bin from `recovery_s` after the trigger ended to the end of arrivals
+  (the hold window, `hold_s` long) has a goodput share of at least `RECOVERED_SHARE`. It is
+  *collapsed* (stayed collapsed: metastable) if over the hold window, long after the trigger is
+  gone, fewer than `COLLAPSED_SHARE` of the requests offered were served. In between (not every
+  hold bin back at `RECOVERED_SHARE`, but most requests served) it is still *draining*.
 
   Per trigger length T (the suffix `_t<T>s`, e.g. `meta_recovered_t4s`; see `trigger_metric`):
   - `meta_recovered_t<T>s`: 1 if recovered (bool)
@@ -43,14 +45,17 @@ tenant "*":
   - `meta_attempt_load_after_t<T>s`: attempts sent per second over the hold stretch, over
     capacity (x_capacity)
   - `meta_amplification_t<T>s`: attempts sent per request offered, whole run (ratio)
+  - `meta_goodput_pct_at<S>s_t<T>s`: the goodput share of the requests that arrived in second S of
+    the run (S from 1 to the end of arrivals; the trigger starts at `trigger_at_s`) (percent)
   And once per run (the same for every T, as the spike starts after it):
-  - `meta_goodput_before_pct`: goodput share from 1 s to `TRIGGER_AT_S` (percent)
+  - `meta_goodput_before_pct`: goodput share from 1 s to `trigger_at_s` (percent)
 
 `run` sweeps both experiments; 95% confidence intervals come from the seeds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import re
@@ -161,20 +166,35 @@ OVERHEAD_MS = 5.0
 CAPACITY_RPS = SLOTS * 1000.0 / (SERVICE_MS + OVERHEAD_MS)
 TIMEOUT_MS = 1000
 SPIKE_FACTOR = 5.0
-TRIGGER_AT_S = 5
-RECOVERY_S = 10
-HOLD_S = 5
 RECOVERED_SHARE = 0.9
+COLLAPSED_SHARE = 0.5
+"""Below this goodput share over the hold window a run stayed collapsed (docstring, "Recovery, precisely")."""
 CLIENT_HOSTS = 5
 META_MAX_ATTEMPTS = 3
 META_BASE_US = 100 * US_PER_MS
 """Backoff base in the open system: comparable to the timeout, to give backoff its best chance."""
 META_BUDGET = RetryBudget(ratio_pct=10, min_per_s=1, burst=10)
 META_BREAKER = BreakerConfig(fail_max=5, reset_timeout_us=2 * US_PER_S, half_open_trials=1)
-META_DESIGNS = ("no_retry", "none", "exponential", "full_jitter", "full_jitter+budget", "full_jitter+breaker")
+SINGLE_ATTEMPT = "single_attempt"
+META_DESIGNS = (SINGLE_ATTEMPT, "no_backoff", "exponential", "full_jitter", "full_jitter+budget", "full_jitter+breaker")
 LOADS = {"full": (0.3, 0.5, 0.7, 0.9), "quick": (0.3, 0.6, 0.9)}
-TRIGGERS_S = {"full": (1, 2, 4, 8), "quick": (1, 4)}
+TRIGGERS_S = {"full": (1, 2, 4, 8), "quick": (2, 4)}
 CLIENT_TENANT = "clients"
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """When the spike starts, and how long after it ends recovery may take and must then hold (s)."""
+
+    trigger_at_s: int
+    recovery_s: int
+    hold_s: int
+
+
+TIMELINES = {"full": Timeline(trigger_at_s=5, recovery_s=10, hold_s=5),
+             "quick": Timeline(trigger_at_s=2, recovery_s=2, hold_s=1)}
+TIMELINE = TIMELINES["full"]
+TRIGGER_AT_S, RECOVERY_S, HOLD_S = TIMELINE.trigger_at_s, TIMELINE.recovery_s, TIMELINE.hold_s
 
 
 @dataclass(frozen=True)
@@ -187,12 +207,12 @@ class ClientDesign:
 
 
 def client_design(name: str) -> ClientDesign:
-    """`no_retry`, or a policy name optionally followed by `+budget` or `+breaker`."""
-    if name == "no_retry":
-        return ClientDesign(make_policy("none", max_attempts=1))
+    """`single_attempt`, or a policy name optionally followed by `+budget` or `+breaker`."""
+    if name == SINGLE_ATTEMPT:
+        return ClientDesign(make_policy("no_backoff", max_attempts=1))
     policy, _, extra = name.partition("+")
     if policy not in POLICIES or extra not in ("", "budget", "breaker"):
-        raise ValueError(f"unknown client design {name!r}: use no_retry or a policy ({', '.join(POLICIES)}) "
+        raise ValueError(f"unknown client design {name!r}: use {SINGLE_ATTEMPT} or a policy ({', '.join(POLICIES)}) "
                          "optionally followed by +budget or +breaker")
     backoff = make_policy(policy, base_us=META_BASE_US, cap_us=DEFAULT_CAP_US, max_attempts=META_MAX_ATTEMPTS)
     return ClientDesign(backoff, budget=META_BUDGET if extra == "budget" else None,
@@ -201,20 +221,24 @@ def client_design(name: str) -> ClientDesign:
 
 @dataclass
 class OpenRun:
-    """Per 1 s bin from t=0: requests offered and served (by arrival), attempts sent (by send time)."""
+    """Per 1 s bin from t=0: requests offered and served (by arrival), attempts sent (by send time).
+
+    The live run fills the same bins from its measurements, so both sources judge a run by this code.
+    """
 
     trigger_s: int
     offered: list[int]
     served: list[int]
     attempts: list[int]
+    timeline: Timeline = TIMELINE
 
     @property
     def trigger_end_s(self) -> int:
-        return TRIGGER_AT_S + self.trigger_s
+        return self.timeline.trigger_at_s + self.trigger_s
 
     @property
     def arrivals_end_s(self) -> int:
-        return self.trigger_end_s + RECOVERY_S + HOLD_S
+        return self.trigger_end_s + self.timeline.recovery_s + self.timeline.hold_s
 
     def share(self, start_s: int, end_s: int) -> float:
         """Goodput share of the requests that arrived in [start_s, end_s)."""
@@ -233,17 +257,28 @@ class OpenRun:
 
     @property
     def hold_start_s(self) -> int:
-        return self.trigger_end_s + RECOVERY_S
+        return self.trigger_end_s + self.timeline.recovery_s
 
     def recovered(self) -> bool:
         r = self.recovery_s()
-        return not math.isnan(r) and r <= RECOVERY_S
+        return not math.isnan(r) and r <= self.timeline.recovery_s
 
-    def attempt_load_after(self) -> float:
-        return sum(self.attempts[self.hold_start_s:self.arrivals_end_s]) / HOLD_S / CAPACITY_RPS
+    def goodput_after(self) -> float:
+        """Goodput share over the hold window."""
+        return self.share(self.hold_start_s, self.arrivals_end_s)
+
+    def attempt_load_after(self, capacity_rps: float = CAPACITY_RPS) -> float:
+        return sum(self.attempts[self.hold_start_s:self.arrivals_end_s]) / self.timeline.hold_s / capacity_rps
 
     def collapsed(self) -> bool:
-        return not self.recovered() and self.attempt_load_after() >= 1.0
+        """Stayed collapsed: the hold window's goodput share is below `COLLAPSED_SHARE` (a window with no
+        request offered says nothing, so it is not collapsed)."""
+        share = self.goodput_after()
+        return not self.recovered() and not math.isnan(share) and share < COLLAPSED_SHARE
+
+    def state(self) -> str:
+        """`recovered`, `collapsed` or (neither) `draining`."""
+        return "recovered" if self.recovered() else "collapsed" if self.collapsed() else "draining"
 
     def amplification(self) -> float:
         offered = sum(self.offered)
@@ -256,7 +291,7 @@ def request_lifetime_us(design: ClientDesign) -> int:
     return attempts * TIMEOUT_MS * US_PER_MS + (attempts - 1) * design.policy.cap_us
 
 
-def open_run(design: str, load: float, trigger_s: int, seed: int) -> OpenRun:
+def open_run(design: str, load: float, trigger_s: int, seed: int, timeline: Timeline = TIMELINE) -> OpenRun:
     """One run of the open system under `design` at `load` x capacity with a `trigger_s` second spike."""
     spec = client_design(design)
     env = simpy.Environment()
@@ -264,9 +299,10 @@ def open_run(design: str, load: float, trigger_s: int, seed: int) -> OpenRun:
     server = Server(env, lambda: make_scheduler("fifo", SLOTS),
                     service_time(SERVICE_MS, OVERHEAD_MS, np.random.default_rng([seed, 0x2E7])),
                     cost_us=round((SERVICE_MS + OVERHEAD_MS) * US_PER_MS))
-    inject(env, [Fault("spike", TRIGGER_AT_S, trigger_s, "latency", {"factor": SPIKE_FACTOR})], [server])
-    end_s = TRIGGER_AT_S + trigger_s + RECOVERY_S + HOLD_S
-    out = OpenRun(trigger_s, [0] * end_s, [0] * end_s, [0] * (end_s + 1 + request_lifetime_us(spec) // US_PER_S))
+    inject(env, [Fault("spike", timeline.trigger_at_s, trigger_s, "latency", {"factor": SPIKE_FACTOR})], [server])
+    end_s = timeline.trigger_at_s + trigger_s + timeline.recovery_s + timeline.hold_s
+    out = OpenRun(trigger_s, [0] * end_s, [0] * end_s, [0] * (end_s + 1 + request_lifetime_us(spec) // US_PER_S),
+                  timeline)
     clients = _Clients(env, server, spec, rng, out)
     wl = Workload(tenants=(TenantSpec(CLIENT_TENANT, rate=load * CAPACITY_RPS),), process="poisson", duration_s=end_s)
     env.process(clients.drive(arrivals(wl, seed)))
@@ -343,23 +379,49 @@ def split_trigger_metric(metric: str) -> tuple[str, int] | None:
     return (m["name"], int(m["trigger"])) if m else None
 
 
+def goodput_metric(second: int, trigger_s: int) -> str:
+    """The goodput share of the requests that arrived in second `second` of a run with a `trigger_s` s spike."""
+    return trigger_metric(f"meta_goodput_pct_at{second}s", trigger_s)
+
+
+_AT_SECOND = re.compile(r"^meta_goodput_pct_at(?P<second>\d+)s$")
+
+
+def goodput_second(name: str) -> int | None:
+    """`meta_goodput_pct_at7s` (a trigger metric's name, its suffix split off) -> 7; None for other names."""
+    m = _AT_SECOND.match(name)
+    return int(m["second"]) if m else None
+
+
+def open_run_rows(key: RunKey, r: OpenRun, *, first: bool, capacity_rps: float = CAPACITY_RPS) -> list[Row]:
+    """The rows of one run of the open system (module docstring); `first` adds the per-run baseline.
+
+    The live run writes its measured runs with this same function (its capacity measured, not assumed)."""
+    rows: list[Row] = []
+    if first:
+        rows.append(key.row(ALL_TENANTS, "meta_goodput_before_pct", 100.0 * r.share(1, r.timeline.trigger_at_s),
+                            "percent"))
+    trigger = r.trigger_s
+    values = (("meta_recovered", float(r.recovered()), "bool"),
+              ("meta_collapsed", float(r.collapsed()), "bool"),
+              ("meta_recovery_s", r.recovery_s(), "s"),
+              ("meta_goodput_after_pct", 100.0 * r.goodput_after(), "percent"),
+              ("meta_attempt_load_after", r.attempt_load_after(capacity_rps), "x_capacity"),
+              ("meta_amplification", r.amplification(), "ratio"))
+    rows += [key.row(ALL_TENANTS, trigger_metric(name, trigger), value, unit) for name, value, unit in values]
+    rows += [key.row(ALL_TENANTS, goodput_metric(s, trigger), 100.0 * r.share(s, s + 1), "percent")
+             for s in range(1, r.arrivals_end_s)]
+    return rows
+
+
 def simulate_metastability(design: str, load: float, seed: int, *, triggers_s: Sequence[int] = TRIGGERS_S["full"],
-                           run_id: str | None = None) -> list[Row]:
+                           timeline: Timeline = TIMELINE, run_id: str | None = None) -> list[Row]:
     """One client design at one load and seed, a run per trigger length; rows as in the module docstring."""
     key = RunKey(run_id=run_id or new_run_id(PATTERN, "sim"), pattern=PATTERN, design=design, seed=seed,
                  load_point=load)
     rows: list[Row] = []
     for i, trigger in enumerate(triggers_s):
-        r = open_run(design, load, trigger, seed)
-        if i == 0:
-            rows.append(key.row(ALL_TENANTS, "meta_goodput_before_pct", 100.0 * r.share(1, TRIGGER_AT_S), "percent"))
-        values = (("meta_recovered", float(r.recovered()), "bool"),
-                  ("meta_collapsed", float(r.collapsed()), "bool"),
-                  ("meta_recovery_s", r.recovery_s(), "s"),
-                  ("meta_goodput_after_pct", 100.0 * r.share(r.hold_start_s, r.arrivals_end_s), "percent"),
-                  ("meta_attempt_load_after", r.attempt_load_after(), "x_capacity"),
-                  ("meta_amplification", r.amplification(), "ratio"))
-        rows += [key.row(ALL_TENANTS, trigger_metric(name, trigger), value, unit) for name, value, unit in values]
+        rows += open_run_rows(key, open_run(design, load, trigger, seed, timeline), first=i == 0)
     return rows
 
 
@@ -372,7 +434,8 @@ def _simulate_contention(design: str, load_point: float, seed: int, params: Mapp
 
 
 def _simulate_metastability(design: str, load_point: float, seed: int, params: Mapping[str, Any]) -> list[Row]:
-    return simulate_metastability(design, load_point, seed, triggers_s=params["triggers_s"], run_id=params["run_id"])
+    return simulate_metastability(design, load_point, seed, triggers_s=params["triggers_s"],
+                                  timeline=Timeline(**params["timeline"]), run_id=params["run_id"])
 
 
 def run(out: Path, *, quick: bool = False, seeds: int = 5, jobs: int = 2,
@@ -383,7 +446,7 @@ def run(out: Path, *, quick: bool = False, seeds: int = 5, jobs: int = 2,
     """
     size = "quick" if quick else "full"
     run_id = new_run_id(PATTERN, "sim")
-    clients, loads, triggers = CLIENTS[size], LOADS[size], TRIGGERS_S[size]
+    clients, loads, triggers, timeline = CLIENTS[size], LOADS[size], TRIGGERS_S[size], TIMELINES[size]
     contention_tasks = len(CONTENTION_POLICIES) * len(clients) * seeds
     total = contention_tasks + len(META_DESIGNS) * len(loads) * seeds
 
@@ -395,7 +458,8 @@ def run(out: Path, *, quick: bool = False, seeds: int = 5, jobs: int = 2,
     rows = sweep(_simulate_contention, designs=CONTENTION_POLICIES, load_points=clients, seeds=range(seeds),
                  params={"run_id": run_id, "trials": TRIALS[size]}, jobs=jobs, progress=part(0))
     rows += sweep(_simulate_metastability, designs=META_DESIGNS, load_points=loads, seeds=range(seeds),
-                  params={"run_id": run_id, "triggers_s": triggers}, jobs=jobs, progress=part(contention_tasks))
+                  params={"run_id": run_id, "triggers_s": triggers, "timeline": dataclasses.asdict(timeline)}, jobs=jobs,
+                  progress=part(contention_tasks))
     parameters = {
         "contention": {
             "policies": list(CONTENTION_POLICIES), "clients": list(clients), "trials_per_seed": TRIALS[size],
@@ -405,8 +469,8 @@ def run(out: Path, *, quick: bool = False, seeds: int = 5, jobs: int = 2,
         "metastability": {
             "designs": list(META_DESIGNS), "loads": list(loads), "triggers_s": list(triggers),
             "slots": SLOTS, "service_ms": SERVICE_MS, "overhead_ms": OVERHEAD_MS, "capacity_rps": CAPACITY_RPS,
-            "timeout_ms": TIMEOUT_MS, "spike_factor": SPIKE_FACTOR, "trigger_at_s": TRIGGER_AT_S,
-            "recovery_s": RECOVERY_S, "hold_s": HOLD_S, "recovered_share": RECOVERED_SHARE,
+            "timeout_ms": TIMEOUT_MS, "spike_factor": SPIKE_FACTOR, **dataclasses.asdict(timeline),
+            "recovered_share": RECOVERED_SHARE, "collapsed_share": COLLAPSED_SHARE,
             "client_hosts": CLIENT_HOSTS, "max_attempts": META_MAX_ATTEMPTS,
             "base_ms": META_BASE_US / US_PER_MS, "cap_ms": DEFAULT_CAP_US / US_PER_MS,
             "budget": {"ratio_pct": META_BUDGET.ratio_pct, "min_per_s": META_BUDGET.min_per_s,

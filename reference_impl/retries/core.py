@@ -12,7 +12,7 @@ wait before the attempt that just failed (0 before the first retry) and `rng` is
 simulator (AWS Architecture Blog, 2015), the exponential term is `v = min(cap, base * 2**attempt)`,
 so the first retry waits up to 2 x base:
 
-* `none`: retry at once (Brooker's "no backoff").
+* `no_backoff`: retry at once (Brooker's "no backoff").
 * `fixed`: wait `base` every time.
 * `exponential`: wait v.
 * `full_jitter`: U(0, v).
@@ -95,7 +95,7 @@ class Backoff:
 
 @dataclass(frozen=True, slots=True)
 class NoBackoff(Backoff):
-    name: ClassVar[str] = "none"
+    name: ClassVar[str] = "no_backoff"
 
     def _delay(self, attempt: int, previous_us: int, rng: Rng) -> int:
         return 0
@@ -146,7 +146,7 @@ class DecorrelatedJitter(Backoff):
 
 POLICIES: dict[str, type[Backoff]] = {p.name: p for p in (
     NoBackoff, FixedBackoff, ExponentialBackoff, FullJitter, EqualJitter, DecorrelatedJitter)}
-BROOKER_POLICIES = ("none", "exponential", "equal_jitter", "full_jitter", "decorrelated_jitter")
+BROOKER_POLICIES = ("no_backoff", "exponential", "equal_jitter", "full_jitter", "decorrelated_jitter")
 """The five policies of Brooker's experiment."""
 
 

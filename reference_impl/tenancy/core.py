@@ -1,6 +1,6 @@
 """The tenancy decision core: pure code, no I/O, no clock reads (the twin rule, docs/design.md).
 
-Two kinds of decisions live here, each used by both the service and the SimPy model:
+Three kinds of decisions live here:
 
 * Who is the caller? `new_api_key` and `hash_api_key` make and recognise a tenant's key (the rule
   that the key alone names the tenant is reference_impl/common/identity.py's, shared by every route).
@@ -11,6 +11,9 @@ Two kinds of decisions live here, each used by both the service and the SimPy mo
   - `BulkheadScheduler`: FIFO, but no tenant holds more than `per_tenant` slots at once.
   - `WeightedFairScheduler`: start-time fair queuing (Goyal et al., SFQ) over per-tenant queues,
     so each backlogged tenant gets slots in proportion to its weight.
+
+* Which version may a write replace? `etag` and `if_match_versions` turn a project's version into
+  the `ETag` a read carries and an `If-Match` header back into the versions a conditional write accepts.
 
 A scheduler is a state machine driven by three calls: `submit` (a request arrives), `dispatch`
 (a slot is free: which request gets it?) and `release` (a request finished). The caller owns the
@@ -42,6 +45,39 @@ def new_api_key() -> str:
 def hash_api_key(api_key: str) -> str:
     """SHA-256 of the key. Keys carry 256 bits of entropy, so a fast hash is enough (no salt needed)."""
     return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimistic concurrency: a project's version as an HTTP entity tag (RFC 9110 sections 8.8.3, 13.1.1)
+
+
+ANY_VERSION = None
+"""What `If-Match: *` asks for: any current version (the write is unconditional on the version)."""
+
+
+def etag(version: int) -> str:
+    """The strong entity tag of a row's version: `"7"`."""
+    return f'"{version}"'
+
+
+def if_match_versions(header: str) -> frozenset[int] | None:
+    """The versions an `If-Match` header accepts; None for `*` (any current version).
+
+    A weak tag (`W/"7"`) never matches, since If-Match compares strongly; a tag this service did not
+    issue, or a malformed header, accepts no version: the precondition fails (412) rather than the
+    request being refused as malformed, so a client that sent garbage learns to read again.
+    """
+    text = header.strip()
+    if text == "*":
+        return ANY_VERSION
+    versions = set()
+    for part in text.split(","):
+        tag = part.strip()
+        if len(tag) >= 3 and tag[0] == tag[-1] == '"' and tag[1:-1].isdigit() and tag[1:-1].isascii():
+            value = int(tag[1:-1])
+            if 0 < value < 2**63:
+                versions.add(value)
+    return frozenset(versions)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -69,9 +69,11 @@ class Table:
     columns: tuple[str, ...]
     """Returned columns; `id` first, `created_at` last."""
     writable: tuple[str, ...]
+    versioned: bool = False
+    """The table has a `version` column, which a conditional update (`Store.update`) checks and bumps."""
 
 
-PROJECTS = Table("projects", ("id", "name", "created_at"), ("name",))
+PROJECTS = Table("projects", ("id", "name", "version", "created_at"), ("name",), versioned=True)
 PAYMENTS = Table("payments", ("id", "amount", "currency", "status", "created_at"), ("amount", "currency", "status"))
 TABLES = (PROJECTS, PAYMENTS)
 
@@ -115,11 +117,13 @@ class Queries:
     delete: Statement
     first_page: Statement
     next_page: Statement
+    update: Statement | None = None
+    """A versioned table's conditional update (`Store.update`)."""
 
 
 def _queries(table: Table, relation: str, *, tenant_value: str | None, filter_lists: bool,
              filter_by_id: bool) -> Queries:
-    """The five statements of one table under one design.
+    """The statements of one table under one design.
 
     `tenant_value` is the SQL stored in `tenant_id` on insert (None: the table has no such column);
     the filter flags say which statements add `tenant_id = %(tenant)s`.
@@ -149,7 +153,28 @@ def _queries(table: Table, relation: str, *, tenant_value: str | None, filter_li
                           " ORDER BY created_at, id LIMIT %(limit)s", filter_lists),
         next_page=render("SELECT {columns} FROM {relation} WHERE {scope}(created_at, id) > (%(after_ts)s, %(after_id)s)"
                          " ORDER BY created_at, id LIMIT %(limit)s", filter_lists),
+        update=_conditional_update(table, relation, columns, filter_by_id) if table.versioned else None,
     )
+
+
+def _conditional_update(table: Table, relation: str, columns: str, scoped: bool) -> Statement:
+    """One statement: update the row if its version is one of `versions` (NULL: any), bumping the version.
+
+    It answers `(true, row after)` when it wrote, `(false, row as found)` when the row exists but its
+    version did not match, and nothing when there is no such row (for this tenant). The version test
+    sits in the UPDATE's own WHERE, so it is decided under the row's lock: of two writers that read
+    the same version, the second waits for the first, re-reads the row and finds the version moved
+    (READ COMMITTED re-evaluates the WHERE on the updated row), so no update is ever lost.
+    """
+    scope = "tenant_id = %(tenant)s AND " if scoped else ""
+    assignments = ", ".join(f"{quote_ident(c)} = %({c})s" for c in table.writable)
+    return Statement.parse(
+        f"WITH updated AS (UPDATE {relation} SET {assignments}, version = version + 1"
+        f" WHERE {scope}id = %(id)s AND (%(versions)s::bigint[] IS NULL OR version = ANY(%(versions)s::bigint[]))"
+        f" RETURNING {columns})"
+        f" SELECT true, {columns} FROM updated"
+        f" UNION ALL SELECT false, {columns} FROM {relation}"
+        f" WHERE {scope}id = %(id)s AND NOT EXISTS (SELECT 1 FROM updated)")
 
 
 class Store:
@@ -238,6 +263,28 @@ class Store:
         await self._write(tenant, self._sql(tenant, table).put,
                           {**values, "tenant": tenant.id, "id": object_id, "created_at": created_at}, put_row)
         self._faults.after(COMMIT_POINT)
+
+    async def update(self, tenant: Tenant, table: Table, object_id: UUID, values: dict[str, Any],
+                     versions: frozenset[int] | None) -> tuple[bool, Row] | None:
+        """Write `values` if the row's version is one of `versions` (None: whatever it is), bumping it.
+
+        (True, the row written) on success, (False, the row as it is) when the version did not match,
+        None when the tenant has no such row. One conditional statement (`_conditional_update`).
+        """
+        statement = self._sql(tenant, table).update
+        if statement is None:
+            raise ValueError(f"{table.name} has no version to update against")
+
+        async def conditional(conn: asyncpg.Connection, query: str, args: list[Any]) -> Any:
+            return await conn.fetchrow(query, *args)
+
+        found = await self._write(tenant, statement, {**values, "tenant": tenant.id, "id": object_id,
+                                                      "versions": None if versions is None else sorted(versions)},
+                                  conditional)
+        self._faults.after(COMMIT_POINT)
+        if found is None:
+            return None
+        return bool(found[0]), tuple(found[1:])
 
     def get(self, tenant: Tenant, table: Table, object_id: UUID) -> Awaitable[Row | None]:
         return self._read(tenant, self._sql(tenant, table).get, {"tenant": tenant.id, "id": object_id}, one=True)
@@ -376,7 +423,10 @@ class SchemaStore(Store):
         statements = [
             f"CREATE SCHEMA IF NOT EXISTS {schema}",
             f"CREATE TABLE IF NOT EXISTS {schema}.projects (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),"
-            " name text NOT NULL, created_at timestamptz NOT NULL DEFAULT clock_timestamp())",
+            " name text NOT NULL, version bigint NOT NULL DEFAULT 1,"
+            " created_at timestamptz NOT NULL DEFAULT clock_timestamp())",
+            # A tenant schema made before projects had versions gains the column here (see _MISSING).
+            f"ALTER TABLE {schema}.projects ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 1",
             f"CREATE INDEX IF NOT EXISTS projects_page ON {schema}.projects (created_at, id)",
             f"CREATE TABLE IF NOT EXISTS {schema}.payments (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),"
             " amount bigint NOT NULL CHECK (amount > 0),"
@@ -389,10 +439,14 @@ class SchemaStore(Store):
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", tenant.id)
             await conn.execute("; ".join(statements))
 
+    # What a statement meets in a tenant schema that is missing, or older than the tables' columns: both
+    # are put right by `provision`, which is idempotent.
+    _MISSING = (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError, asyncpg.UndefinedColumnError)
+
     async def _read(self, tenant: Tenant, statement: Statement, values: Mapping[str, Any], *, one: bool) -> Any:
         try:
             return await super()._read(tenant, statement, values, one=one)
-        except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+        except self._MISSING:
             await self.provision(tenant)
             return await super()._read(tenant, statement, values, one=one)
 
@@ -400,7 +454,7 @@ class SchemaStore(Store):
                      execute: Callable[[asyncpg.Connection, str, list[Any]], Awaitable[T]]) -> T:
         try:
             return await super()._write(tenant, statement, values, execute)
-        except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+        except self._MISSING:
             await self.provision(tenant)
             return await super()._write(tenant, statement, values, execute)
 

@@ -31,6 +31,7 @@ from reference_impl.common.routing import DirectRoute, body_schema, json_respons
 from reference_impl.idempotency.http import IdempotentRequests
 from reference_impl.idempotency.ledger import PaymentRequest
 from reference_impl.ratelimit.core import Policy
+from reference_impl.tenancy.core import etag, if_match_versions
 from reference_impl.tenancy.gate import Gate
 from reference_impl.tenancy.repository import (
     PAYMENTS,
@@ -141,8 +142,20 @@ class UsageOut(BaseModel):
 
 # `created_at` stays a datetime: orjson writes it as `isoformat()` would (aware, UTC: "+00:00"), in C.
 def project_json(row: Row) -> dict[str, Any]:
-    object_id, name, created_at = row
+    object_id, name, _version, created_at = row
     return {"id": str(object_id), "name": name, "created_at": created_at}
+
+
+def project_response(row: Row) -> Response:
+    """A project with its version as the `ETag` (the tag a conditional PATCH sends back in `If-Match`)."""
+    response = json_response(project_json(row))
+    response.headers["ETag"] = etag(row[2])
+    return response
+
+
+IF_MATCH = {"name": "If-Match", "in": "header", "required": True, "schema": {"type": "string"},
+            "description": "The ETag of the version the change is based on (from GET); `*` for any version."}
+ETAG = {"ETag": {"description": "The project's version, for If-Match.", "schema": {"type": "string"}}}
 
 
 def payment_json(row: Row) -> dict[str, Any]:
@@ -268,7 +281,31 @@ def tenant_router(store: Store, gate: Gate, faults: Faults, idempotency: Idempot
         faults.after(QUERY_POINT)
         if row is None:
             raise not_found("project")
-        return json_response(project_json(row))
+        return project_response(row)
+
+    @direct("PATCH", "/projects/{project_id}", response_model=ProjectOut,
+            responses={200: {"description": "The project as changed.", "headers": ETAG}},
+            openapi_extra={**body_schema(ProjectIn), "parameters": [IF_MATCH]})
+    async def update_project(request: Request) -> Response:
+        """Rename a project if it is still at the version the client read (optimistic concurrency):
+        200 with the new ETag; 412 when another change came first (read it again, then retry); 428
+        without If-Match."""
+        tenant = tenant_of(request)
+        object_id = parse_id(request.path_params["project_id"], "project")
+        body = parse_body(ProjectIn, await request.body())
+        header = request.headers.get("if-match")
+        if header is None:
+            raise Problem(428, "precondition-required", "Send If-Match with the ETag of the version you read "
+                          "(GET /v1/projects/{id}), so that a change made meanwhile is never overwritten.")
+        versions = if_match_versions(header)
+        found = await scoped(tenant, lambda: store.update(tenant, PROJECTS, object_id, {"name": body.name}, versions))
+        if found is None:
+            raise not_found("project")
+        written, row = found
+        if not written:
+            raise Problem(412, "precondition-failed", "The project changed since that version was read: GET it "
+                          "again for its current ETag, then retry the change.")
+        return project_response(row)
 
     @router.get("/projects", response_model=ProjectPage)
     async def list_projects(request: Request, limit: PageLimit = PAGE_DEFAULT, cursor: PageCursor = None) -> Response:

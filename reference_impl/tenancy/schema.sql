@@ -22,6 +22,10 @@ CREATE TABLE IF NOT EXISTS projects (
     created_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS projects_tenant_page ON projects (tenant_id, created_at, id);
+-- Optimistic concurrency (docs/contract.md, "Tenant-scoped resources"): every update bumps the
+-- version, which reads carry as their ETag. Added with IF NOT EXISTS so a database made before the
+-- column existed gains it at the next start; its rows start at version 1.
+ALTER TABLE projects ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 1;
 
 CREATE TABLE IF NOT EXISTS payments (
     id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -80,6 +84,7 @@ $$;
 
 GRANT USAGE ON SCHEMA public TO saaslab_app;
 GRANT SELECT, INSERT, DELETE ON projects, payments TO saaslab_app;
+GRANT UPDATE (name, version) ON projects TO saaslab_app;
 
 -- Row-level security: a row is visible and writable only while `saaslab.tenant_id` names its tenant.
 -- FORCE applies the policies to the table owner too. The other designs therefore need a login role

@@ -38,7 +38,7 @@ params = st.tuples(st.integers(1, 50 * MS), st.integers(0, 5_000 * MS)).map(lamb
 def _expected_bounds(name: str, base: int, cap: int, attempt: int, previous: int) -> tuple[int, int]:
     v = min(cap, base * 2**attempt)
     return {
-        "none": (0, 0),
+        "no_backoff": (0, 0),
         "fixed": (base, base),
         "exponential": (v, v),
         "full_jitter": (0, v),
@@ -48,7 +48,7 @@ def _expected_bounds(name: str, base: int, cap: int, attempt: int, previous: int
 
 
 def test_the_registry_holds_the_six_policies_and_brookers_five() -> None:
-    assert list(POLICIES) == ["none", "fixed", "exponential", "full_jitter", "equal_jitter", "decorrelated_jitter"]
+    assert list(POLICIES) == ["no_backoff", "fixed", "exponential", "full_jitter", "equal_jitter", "decorrelated_jitter"]
     assert set(BROOKER_POLICIES) == set(POLICIES) - {"fixed"}
     assert all(make_policy(n).name == n for n in POLICIES)
     defaults = make_policy("full_jitter")
@@ -142,7 +142,7 @@ def test_bad_parameters_are_refused(kwargs: dict[str, int]) -> None:
 
 
 def test_unknown_policies_and_attempt_zero_are_refused() -> None:
-    with pytest.raises(ValueError, match="choose one of none, fixed"):
+    with pytest.raises(ValueError, match="choose one of no_backoff, fixed"):
         make_policy("linear")
     with pytest.raises(ValueError, match="starts at 1"):
         make_policy("fixed").next_delay_us(0, 0, random.Random(0))

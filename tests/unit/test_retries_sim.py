@@ -15,13 +15,18 @@ from saaslab.reports import retries as retries_report
 from saaslab.results import ALL_TENANTS, Row, read_rows, write_run
 from scenarios import retries
 from scenarios.retries import (
+    COLLAPSED_SHARE,
     CONTENTION_POLICIES,
+    HOLD_S,
     META_DESIGNS,
     RECOVERY_S,
+    SINGLE_ATTEMPT,
     TRIGGER_AT_S,
     OpenRun,
     client_design,
     contention_trial,
+    goodput_metric,
+    goodput_second,
     open_run,
     run,
     simulate_contention,
@@ -69,15 +74,15 @@ def test_at_fifty_clients_jitter_saves_work_and_exponential_alone_is_slowest() -
     time_ms = {p: v["contention_completion_ms"] for p, v in result.items()}
     # Brooker: exponential without jitter does more work than full jitter, and takes longest.
     assert calls["exponential"] > 1.5 * calls["full_jitter"]
-    assert calls["none"] > calls["exponential"] > max(calls[p] for p in ("equal_jitter", "full_jitter"))
+    assert calls["no_backoff"] > calls["exponential"] > max(calls[p] for p in ("equal_jitter", "full_jitter"))
     assert time_ms["exponential"] == max(time_ms.values())
-    assert time_ms["none"] < time_ms["full_jitter"]  # no backoff is fast but wasteful
+    assert time_ms["no_backoff"] < time_ms["full_jitter"]  # no backoff is fast but wasteful
     assert time_ms["decorrelated_jitter"] < time_ms["equal_jitter"]
 
 
 # --- metastability ------------------------------------------------------------------------------
 
-def _synthetic(served: list[float], attempts_per_s: float, trigger_s: int = 2) -> OpenRun:
+def _synthetic(served: list[float], attempts_per_s: float = 80, trigger_s: int = 2) -> OpenRun:
     """An OpenRun whose bins after the trigger have the given goodput shares (100 offered per bin)."""
     end = TRIGGER_AT_S + trigger_s + len(served)
     offered = [100] * end
@@ -87,25 +92,35 @@ def _synthetic(served: list[float], attempts_per_s: float, trigger_s: int = 2) -
 
 def test_recovery_is_the_first_bin_from_which_every_bin_keeps_ninety_percent() -> None:
     hold = [1.0] * 5
-    late = _synthetic([0.0] * 3 + [0.95, 0.5] + [0.9] * 5 + hold, attempts_per_s=80)
-    assert late.recovery_s() == 5.0 and late.recovered() and not late.collapsed()
-    edge = _synthetic([0.0] * RECOVERY_S + hold, attempts_per_s=80)
+    late = _synthetic([0.0] * 3 + [0.95, 0.5] + [0.9] * 5 + hold)
+    assert late.recovery_s() == 5.0 and late.recovered() and not late.collapsed() and late.state() == "recovered"
+    edge = _synthetic([0.0] * RECOVERY_S + hold)
     assert edge.recovery_s() == RECOVERY_S and edge.recovered()
-    # One bad bin in the hold window: not recovered; whether it is collapsed depends on the attempt load.
-    bad = [0.0] * RECOVERY_S + [1.0, 1.0, 0.89, 1.0, 1.0]
-    draining, stuck = _synthetic(bad, attempts_per_s=80), _synthetic(bad, attempts_per_s=100)
-    assert draining.recovery_s() == 13.0 and not draining.recovered() and not draining.collapsed()
-    assert stuck.collapsed() and stuck.attempt_load_after() == 1.0
+    # One bad bin in the hold window: not recovered, but most requests served: still draining.
+    draining = _synthetic([0.0] * RECOVERY_S + [1.0, 1.0, 0.89, 1.0, 1.0])
+    assert draining.recovery_s() == 13.0 and not draining.recovered() and draining.state() == "draining"
     never = _synthetic([0.0] * 15, attempts_per_s=250)
     assert math.isnan(never.recovery_s()) and never.collapsed() and never.amplification() == 2.5
 
 
+def test_collapsed_is_decided_by_goodput_not_by_the_attempts_sent() -> None:
+    """Below COLLAPSED_SHARE served over the hold window is collapsed, whatever the clients send; above it, not."""
+    low = [0.0] * RECOVERY_S + [0.45] * 5
+    assert _synthetic(low, attempts_per_s=10).collapsed()  # few attempts, yet most requests unserved
+    busy = [0.0] * RECOVERY_S + [0.8] * 5
+    stretched = _synthetic(busy, attempts_per_s=106)  # attempts above capacity, yet most requests served
+    assert stretched.attempt_load_after() > 1.0 and not stretched.collapsed() and stretched.state() == "draining"
+    at_threshold = _synthetic([0.0] * RECOVERY_S + [COLLAPSED_SHARE] * 5)
+    assert not at_threshold.collapsed()
+    assert "COLLAPSED_SHARE" in (retries.__doc__ or "")
+
+
 def test_client_designs_parse_and_refuse_nonsense() -> None:
-    assert client_design("no_retry").policy.max_attempts == 1
+    assert client_design(SINGLE_ATTEMPT).policy.max_attempts == 1
     guarded = client_design("full_jitter+budget")
     assert guarded.policy.name == "full_jitter" and guarded.budget is not None and guarded.breaker is None
     assert client_design("exponential+breaker").breaker is not None
-    for bad in ("jitter", "full_jitter+cache", "no_retry+budget"):
+    for bad in ("jitter", "full_jitter+cache", "single_attempt+budget", "none", "no_retry"):
         with pytest.raises(ValueError, match="unknown client design"):
             client_design(bad)
     assert trigger_metric("meta_recovered", 4) == "meta_recovered_t4s"
@@ -114,12 +129,13 @@ def test_client_designs_parse_and_refuse_nonsense() -> None:
 
 
 def test_retries_without_a_budget_collapse_where_a_budget_or_a_breaker_recover() -> None:
-    runs = {d: open_run(d, 0.6, 4, seed=1) for d in ("no_retry", "full_jitter", "full_jitter+budget",
+    runs = {d: open_run(d, 0.6, 4, seed=1) for d in (SINGLE_ATTEMPT, "full_jitter", "full_jitter+budget",
                                                     "full_jitter+breaker")}
-    assert runs["full_jitter"].collapsed() and runs["full_jitter"].attempt_load_after() > 1.5
-    for d in ("no_retry", "full_jitter+budget", "full_jitter+breaker"):
+    assert runs["full_jitter"].collapsed() and runs["full_jitter"].goodput_after() < 0.1
+    assert runs["full_jitter"].attempt_load_after() > 1.5
+    for d in (SINGLE_ATTEMPT, "full_jitter+budget", "full_jitter+breaker"):
         assert runs[d].recovered(), d
-    assert runs["no_retry"].amplification() == 1.0
+    assert runs[SINGLE_ATTEMPT].amplification() == 1.0
     assert runs["full_jitter+budget"].amplification() < 1.2 < runs["full_jitter"].amplification() <= 3.0
     # Every request offered before the spike was served, whatever the design.
     assert all(r.share(1, TRIGGER_AT_S) == 1.0 for r in runs.values())
@@ -128,11 +144,15 @@ def test_retries_without_a_budget_collapse_where_a_budget_or_a_breaker_recover()
 def test_metastability_rows_are_reproducible_and_follow_the_docstring() -> None:
     rows = simulate_metastability("full_jitter+breaker", 0.3, 2, triggers_s=(1, 2), run_id="r")
     assert rows == simulate_metastability("full_jitter+breaker", 0.3, 2, triggers_s=(1, 2), run_id="r")
+    seconds = {t: range(1, TRIGGER_AT_S + t + RECOVERY_S + HOLD_S) for t in (1, 2)}
     expected = {("meta_goodput_before_pct", "percent")} | {
-        (trigger_metric(m, t), u) for m, u in PER_TRIGGER.items() for t in (1, 2)}
+        (trigger_metric(m, t), u) for m, u in PER_TRIGGER.items() for t in (1, 2)} | {
+        (goodput_metric(s, t), "percent") for t in (1, 2) for s in seconds[t]}
     assert {(r.metric, r.unit) for r in rows} == expected and len(rows) == len(expected)
+    assert goodput_second(split_trigger_metric(goodput_metric(7, 2))[0]) == 7
     doc = retries.__doc__ or ""
     assert "`meta_goodput_before_pct`" in doc and all(f"`{m}_t<T>s`" in doc for m in PER_TRIGGER)
+    assert "`meta_goodput_pct_at<S>s_t<T>s`" in doc
 
 
 # --- the sweep and the report -------------------------------------------------------------------
@@ -146,6 +166,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mp.setitem(retries.TRIALS, "quick", 2)
         mp.setitem(retries.LOADS, "quick", (0.3, 0.6))
         mp.setitem(retries.TRIGGERS_S, "quick", (4,))
+        mp.setitem(retries.TIMELINES, "quick", retries.TIMELINES["full"])
         calls: list[tuple[int, int]] = []
         run(out, quick=True, seeds=2, jobs=2, progress=lambda d, n: calls.append((d, n)))
     tasks = len(CONTENTION_POLICIES) * 2 * 2 + len(META_DESIGNS) * 2 * 2
@@ -158,7 +179,8 @@ def test_run_writes_both_experiments_and_their_parameters(small_run: Path) -> No
     contention = [r for r in rows if r.metric.startswith("contention_")]
     meta = [r for r in rows if r.metric.startswith("meta_")]
     assert len(contention) == len(CONTENTION_POLICIES) * 2 * 2 * 2
-    assert len(meta) == len(META_DESIGNS) * 2 * 2 * (1 + len(PER_TRIGGER))
+    per_second = TRIGGER_AT_S + 4 + RECOVERY_S + HOLD_S - 1
+    assert len(meta) == len(META_DESIGNS) * 2 * 2 * (1 + len(PER_TRIGGER) + per_second)
     assert len(rows) == len(contention) + len(meta)
     p = json.loads((small_run / "sim" / "run.json").read_text())["parameters"]
     assert (p["contention"]["clients"], p["contention"]["trials_per_seed"], p["seeds"], p["quick"]) == (
@@ -167,12 +189,11 @@ def test_run_writes_both_experiments_and_their_parameters(small_run: Path) -> No
     assert p["metastability"]["designs"] == list(META_DESIGNS)
 
 
-def test_the_report_builds_from_a_run_and_says_there_is_no_live_face(small_run: Path) -> None:
+def test_the_report_builds_from_a_simulated_run_and_says_how_to_measure(small_run: Path) -> None:
     html = write_pattern_report("retries", small_run.parent).read_text()
     report = retries_report.build(load_pattern("retries", small_run.parent))
-    assert "Measured (live): none — retries is a simulation-only pattern" in html
-    assert "run `saaslab load retries`" not in html
-    assert report.simulation_only and report.sim_vs_live is None and "simulation-only" in report.sim_vs_live_note
+    assert "saaslab load retries" in html and "simulation-only" not in html
+    assert not report.simulation_only and report.sim_vs_live is None and "No live run yet" in report.sim_vs_live_note
     assert [t.title for t in report.tables] == [
         "Contention: write calls until every client succeeded", "Contention: time to completion (ms)",
         "Metastability map: state after the spike", "Metastability map: load that retries add"]
@@ -183,7 +204,7 @@ def test_the_report_builds_from_a_run_and_says_there_is_no_live_face(small_run: 
     assert "full_jitter stayed collapsed in 1 of 2 cells (load 0.6 with a 4 s trigger)" in text
     assert "full_jitter+budget never stayed collapsed" in text and "full_jitter+breaker never stayed collapsed" in text
     summary = (small_run / "summary.md").read_text()
-    assert report.headline in summary and "simulated-versus-measured table" in summary
+    assert report.headline in summary and "No live run yet" in summary
 
 
 def _contention_rows(calls: dict[str, float], clients: tuple[int, ...] = (10, 50, 100)) -> list[Row]:
@@ -231,13 +252,13 @@ def _map_rows(collapsed: dict[str, bool], loads: tuple[float, ...] = (0.5, 0.9))
 
 def test_the_verdict_on_open_systems_follows_the_map(tmp_path: Path) -> None:
     write_run(tmp_path / "retries" / "sim", run_id="r", pattern="retries", source="sim",
-              rows=_map_rows({"none": True, "full_jitter": False, "full_jitter+budget": False}), parameters={})
+              rows=_map_rows({"no_backoff": True, "full_jitter": False, "full_jitter+budget": False}), parameters={})
     report = retries_report.build(load_pattern("retries", tmp_path))
     text = " ".join(report.conclusions)
     assert "Backoff reduced collapse: full_jitter collapsed in 0 cells, against 2 when retrying at once." in text
     assert ("This only partly agrees with Brooker (2022), for whom backoff alone does little in an open system while "
             "a budget caps amplification: backoff alone spared more than a quarter") in text
     assert report.headline == ("After a latency spike, full_jitter and full_jitter+budget never stayed collapsed "
-                               "while none did.")
-    assert report.tables[0].rows[0] == ["none", "0.5", "collapsed 5/5 (0% served)"]
+                               "while no_backoff did.")
+    assert report.tables[0].rows[0] == ["no_backoff", "0.5", "collapsed 5/5 (0% served)"]
     assert "The run has no contention rows, so Brooker's experiment is not reported." in report.notes

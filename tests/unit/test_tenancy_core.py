@@ -208,3 +208,13 @@ def test_wfq_flooding_tenant_does_not_delay_a_newcomer() -> None:
 def test_plan_weights_grow_with_the_plan() -> None:
     assert [PLAN_WEIGHTS[p] for p in PLANS] == sorted(PLAN_WEIGHTS[p] for p in PLANS)
     assert len(set(PLAN_WEIGHTS.values())) == len(PLANS)
+
+
+def test_if_match_reads_strong_version_tags_and_star() -> None:
+    from reference_impl.tenancy.core import etag, if_match_versions
+
+    assert etag(7) == '"7"' and if_match_versions(etag(7)) == frozenset({7})
+    assert if_match_versions("*") is None and if_match_versions(" * ") is None
+    assert if_match_versions('"1", "3" ,W/"4"') == frozenset({1, 3})
+    for nothing in ('W/"2"', '"x"', "2", '""', '"-1"', '"0"', f'"{2**63}"', "", '"٣"'):
+        assert if_match_versions(nothing) == frozenset(), nothing

@@ -86,12 +86,12 @@ def time_sentences(c: Contention) -> list[str]:
                  else "unlike Brooker (2015), who found decorrelated finishes slightly sooner")
         out.append(f"decorrelated_jitter finished sooner than full_jitter at {n_of(len(sooner), len(dj), 'client counts')} "
                    f"({len(clear)} beyond the 95% CIs; at {n} clients {secs_words(d)} against {secs_words(f)}), {agree}.")
-    none_fast = [n for n in c.clients if (r := c.ranking(n, "contention_completion_ms")) and r[0][0] == "none"]
-    none_most = [n for n in c.clients if (r := c.ranking(n, "contention_calls")) and r[-1][0] == "none"]
-    none_calls, fj_calls = c.get("none", n_max, "contention_calls"), c.get("full_jitter", n_max, "contention_calls")
+    none_fast = [n for n in c.clients if (r := c.ranking(n, "contention_completion_ms")) and r[0][0] == "no_backoff"]
+    none_most = [n for n in c.clients if (r := c.ranking(n, "contention_calls")) and r[-1][0] == "no_backoff"]
+    none_calls, fj_calls = c.get("no_backoff", n_max, "contention_calls"), c.get("full_jitter", n_max, "contention_calls")
     if none_calls.known and fj_calls.known:
         fast_but_wasteful = len(none_fast) > len(c.clients) / 2 and len(none_most) > len(c.clients) / 2
-        out.append(f"Retrying at once (none) finished soonest at {n_of(len(none_fast), len(c.clients), 'client counts')} "
+        out.append(f"Retrying at once (no_backoff) finished soonest at {n_of(len(none_fast), len(c.clients), 'client counts')} "
                    f"and made the most calls at {n_of(len(none_most), len(c.clients), 'client counts')} "
                    f"({calls_words(none_calls)} at {n_max} clients, {none_calls.mean / fj_calls.mean:.1f}x full_jitter's): "
                    + ("fast but wasteful, as Brooker found." if fast_but_wasteful
@@ -103,7 +103,7 @@ def time_sentences(c: Contention) -> list[str]:
                         and all(c.get("exponential", n, "contention_calls").mean > c.get(p, n, "contention_calls").mean
                                 for p in JITTERED if c.get(p, n, "contention_calls").known)]
     fewer_than_none = [n for n in c.clients
-                       if c.get("exponential", n, "contention_calls").mean < c.get("none", n, "contention_calls").mean]
+                       if c.get("exponential", n, "contention_calls").mean < c.get("no_backoff", n, "contention_calls").mean]
     exp_t = c.get("exponential", n_max, "contention_completion_ms")
     if exp_t.known:
         total = len(c.clients)
@@ -112,7 +112,7 @@ def time_sentences(c: Contention) -> list[str]:
                     f"{n_of(len(more_than_jitter), total, 'client counts')}")
         if len(exp_slowest) == total and len(more_than_jitter) == total:
             sentence += ", as Brooker found"
-        if "none" in c.policies:
+        if "no_backoff" in c.policies:
             sentence += (f"; against retrying at once it made fewer calls at {n_of(len(fewer_than_none), total, 'client counts')}"
                          + (", so 'worst on both' holds against the jittered policies, not against no backoff"
                             if fewer_than_none else ""))

@@ -18,8 +18,8 @@ POLICY_ORDER = tuple(d.name for d in patterns.get("retries").designs)
 JITTERED = ("equal_jitter", "full_jitter", "decorrelated_jitter")
 GROWING = ("exponential", *JITTERED)
 """Policies whose wait grows with the attempt: the ones Brooker compares on time."""
-META_ORDER = ("no_retry", "none", "exponential", "full_jitter", "full_jitter+budget", "full_jitter+breaker")
-PLAIN_RETRIES = ("none", "exponential", "full_jitter")
+META_ORDER = ("single_attempt", "no_backoff", "exponential", "full_jitter", "full_jitter+budget", "full_jitter+breaker")
+PLAIN_RETRIES = ("no_backoff", "exponential", "full_jitter")
 """Designs that retry with a policy alone: no budget, no breaker."""
 LITTLE = 0.25
 """Backoff 'does little' when it spares at most this share of the cells where retrying at once collapsed."""

@@ -98,5 +98,5 @@ def map_figure(m: Map) -> Figure:
         ax.set_visible(False)
     return Figure("Metastability map", figure_data_uri(fig),
                   "Per design: each cell is a load and a latency-spike length, coloured by the state most seeds "
-                  "reached: green R recovered, amber D still draining, red C collapsed (retries alone keep the "
-                  "server at or above capacity); the fraction is how many seeds reached it.")
+                  "reached: green R recovered, amber D still draining, red C stayed collapsed (under half the requests "
+                  "served over the hold window); the fraction is how many seeds reached it.")

@@ -20,13 +20,15 @@ from saaslab.reports.retries.data import (
 
 # --- conclusions: metastability -----------------------------------------------------------------
 
-def map_sentences(m: Map, recovery_s: Any, share: Any) -> list[str]:
+def map_sentences(m: Map, recovery_s: Any, share: Any, collapsed_share: Any = None) -> list[str]:
     out = []
     deadline = f"{recovery_s:g} s" if isinstance(recovery_s, int | float) else "the recovery deadline"
     pct = f"{share * 100:.0f}%" if isinstance(share, int | float) else "the threshold"
+    floor = (f" and *stayed collapsed* when less than {collapsed_share * 100:.0f}% of the requests offered in the hold "
+             "window after that were served" if isinstance(collapsed_share, int | float) else "")
     out.append(f"On the metastability map ({len(m.loads)} loads x {len(m.triggers)} trigger lengths, {m.seeds} seed(s) "
                f"per cell; a cell takes the state most of its seeds reached), a system *recovered* when its goodput "
-               f"share was back to at least {pct} within {deadline} of the spike's end.")
+               f"share was back to at least {pct} within {deadline} of the spike's end{floor}.")
     before = [(s.mean, d, lp) for (d, lp), s in m.before.items() if s.known]
     if before:
         low, d_low, lp_low = min(before)
@@ -48,9 +50,9 @@ def map_sentences(m: Map, recovery_s: Any, share: Any) -> list[str]:
                        + (f" and was still draining its backlog in {len(dra)} ({cells_words(dra)})" if dra else "") + ".")
     plain = [d for d in PLAIN_RETRIES if d in m.designs]
     backoff_little = None
-    if "none" in plain and len(plain) > 1:
-        base = len(m.where("none", "collapsed"))
-        backed = {d: len(m.where(d, "collapsed")) for d in plain if d != "none"}
+    if "no_backoff" in plain and len(plain) > 1:
+        base = len(m.where("no_backoff", "collapsed"))
+        backed = {d: len(m.where(d, "collapsed")) for d in plain if d != "no_backoff"}
         (first, n_first), *rest = backed.items()
         counts = (f"{fmt_list([f'{first} collapsed in {n_first} cells', *(f'{d} in {n}' for d, n in rest)])}, "
                   f"against {base} when retrying at once")

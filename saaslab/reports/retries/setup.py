@@ -9,13 +9,16 @@ from saaslab.report import fmt_g
 # --- text about the setup -----------------------------------------------------------------------
 
 DESIGN_TEXT = {
-    "none": "No backoff: retry at once (contention and map).",
+    "no_backoff": "No backoff: retry at once (contention and map).",
     "fixed": "A fixed wait of base between attempts (contention).",
     "exponential": "Capped exponential backoff, min(cap, base·2^n), no jitter.",
     "equal_jitter": "Equal jitter: v/2 + U(0, v/2) with v the capped exponential term.",
     "full_jitter": "Full jitter: U(0, v) with v the capped exponential term.",
     "decorrelated_jitter": "Decorrelated jitter: min(cap, U(base, 3·previous wait)).",
-    "no_retry": "Map baseline: one attempt, never retried.",
+    "single_attempt": "Map baseline: one attempt, never retried.",
+    "if_match": "Live clients write with If-Match: the version they read, refused with 412 if it moved.",
+    "blind_write": ("Deliberately unsafe live clients: If-Match: *, writing over versions they never read (lost "
+                    "updates the checker must catch; `saaslab load retries --unsafe`)."),
     "full_jitter+budget": ("Full jitter, with a retry budget per client host: retries at most a share of successes "
                            "plus a small floor rate (a token bucket refilled by successes)."),
     "full_jitter+breaker": ("Full jitter, with a circuit breaker per client host: after consecutive timeouts calls "
@@ -54,10 +57,12 @@ def workload(params: dict[str, Any]) -> list[str]:
                          f"banking up to {budget.get('burst')}. Breaker: opens after {breaker.get('fail_max')} "
                          f"consecutive timeouts, one trial after {fmt_g(breaker.get('reset_timeout_ms', 0))} ms.")
         lines.append(f"Recovered: every 1 s bin of arrivals from {fmt_g(meta.get('recovery_s', 10))} s after the spike "
-                     f"to the end of the run ({fmt_g(meta.get('hold_s', 5))} s later) has a goodput share (requests served "
-                     f"by any attempt within the timeout, over requests offered) of at least "
-                     f"{fmt_g(100 * meta.get('recovered_share', 0.9))}%. Collapsed: not recovered, and clients still send "
-                     "attempts at capacity or more over that window. Otherwise: still draining.")
+                     f"to the end of the run (the hold window, {fmt_g(meta.get('hold_s', 5))} s) has a goodput share "
+                     f"(requests served by any attempt within the timeout, over requests offered) of at least "
+                     f"{fmt_g(100 * meta.get('recovered_share', 0.9))}%. Collapsed (stayed collapsed): over the hold "
+                     f"window, long after the spike ended, less than {fmt_g(100 * meta.get('collapsed_share', 0.5))}% of "
+                     "the requests offered were served. Otherwise: still draining (most requests served, but not yet "
+                     "every bin back).")
     if not lines:
-        lines.append("The run recorded no workload parameters (run.json is missing or has none).")
+        lines.append("The simulated run recorded no workload parameters (run.json is missing or has none).")
     return lines
