@@ -164,6 +164,7 @@ class ShardJobs:
             report = {"tenant": m.tenant_id, "source": m.source, "target": m.target, "epoch": state.epoch,
                       "copied_rows": state.copied_rows, "caught_up_rows": state.caught_up_rows,
                       "write_blocked_ms": state.write_blocked_us / 1000, "state": state.step,
+                      "duration_ms": ((state.finished_us or state.started_us) - state.started_us) / 1000,
                       "source_rows": mover.source_rows, "target_rows": mover.target_rows}
             reports.append(report)
             self.last_moves.append(report)

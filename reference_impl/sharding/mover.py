@@ -14,9 +14,9 @@ Steps (core.py, `advance`), `t` the tenant, `e` its epoch after the move:
 * fence: the directory marks `t` fenced at epoch `e` (its lookups stop being cached), then the source's
   state row for `t` becomes `fenced`: its UPDATE waits for `t`'s writes in flight, and later writes are
   refused with SQLSTATE SH001, which the service retries against the new placement.
-* final_catch_up: what is left in the log; then the rows on both sides are counted.
+* final_catch_up: what is left in the log.
 * flip: once `CACHE_LEASE_S` has passed since the fence (no worker still routes `t` by an older lookup), the
-  directory says target, epoch `e`, unfenced.
+  rows on both sides are counted and the directory says target, epoch `e`, unfenced.
 * clean: `t`'s rows and log go from the source; its fenced state row stays, a tombstone that refuses a
   stale writer forever.
 
@@ -164,10 +164,7 @@ class TenantMover:
         return 0
 
     async def _final_catch_up(self, state: MoveState) -> int:
-        applied = await self._catch_up(state)
-        t, source, target = state.move.tenant_id, *self._pools(state)
-        self.source_rows, self.target_rows = [await _count(pool, t) for pool in (source, target)]
-        return applied
+        return await self._catch_up(state)
 
     async def _flip(self, state: MoveState) -> int:
         await self.faults.before(CUTOVER_POINT)
@@ -175,7 +172,10 @@ class TenantMover:
             wait = self._fenced_at + CACHE_LEASE_S + LEASE_MARGIN_S - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-        t = state.move.tenant_id
+        t, source, target = state.move.tenant_id, *self._pools(state)
+        # The rows on both sides as the directory flips: equal under the fence; under the unsafe mover, writes
+        # that reached the source after its last catch-up make them differ (and are cleaned away next).
+        self.source_rows, self.target_rows = [await _count(pool, t) for pool in (source, target)]
         async with self.shards.control.connection() as conn:
             await conn.execute("INSERT INTO shard_directory (tenant_id, shard, epoch, fenced) VALUES ($1, $2, $3, false)"
                                " ON CONFLICT (tenant_id) DO UPDATE SET shard = $2, epoch = $3, fenced = false",

@@ -35,6 +35,11 @@ class ShardServers:
         server.start()
         server.create_database(DATABASE)
 
+    def recreate_databases(self) -> None:
+        """Drop and create each server's database: a run that starts on empty shards."""
+        with ThreadPoolExecutor(len(self.servers)) as pool:
+            list(pool.map(_recreate, self.servers))
+
     @property
     def urls(self) -> list[str]:
         return [s.url(DATABASE) for s in self.servers]
@@ -42,6 +47,12 @@ class ShardServers:
     def stop(self) -> None:
         with ThreadPoolExecutor(len(self.servers)) as pool:
             list(pool.map(lambda s: s.stop("immediate"), self.servers))
+
+
+def _recreate(server: PostgresServer) -> None:
+    server.run_bin("dropdb", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", "--if-exists", "--force",
+                   DATABASE)
+    server.create_database(DATABASE)
 
 
 @contextlib.contextmanager
