@@ -24,8 +24,10 @@ shard with the fewest rows (`POST /admin/tenants/{id}/move`); once that job is d
 the hottest tenant is isolated onto the spare shard (`POST /admin/tenants/{id}/isolate`). Both keep writing
 throughout. While a job runs, `sharding.cutover` is armed with a delay of `cutover_delay_ms` (a slow cutover:
 the fenced mover holds the tenant's writes that long; the unsafe mover lets them land on the old shard, whose
-copy is then cleaned away), re-armed every `rearm_s` on `spread` fresh connections, since faults live in each
-service worker.
+copy is then cleaned away), re-armed every `rearm_s` on `spread` fresh connections, since a fault is armed in
+the service worker that takes the request and the job runs in whichever took the move; one DELETE clears
+them in every worker once the job is over. Against a service on one database (no shard URLs) the load runs,
+the move is skipped (no other shard; the summary says so) and the isolation is recorded as refused (409).
 
 History (`reference_impl.sharding.invariants`): `write` {tenant, key} then `ok` {id} (201), `fail` {status}
 (a 4xx, or the 503 a write gets when it stays fenced past SAASLAB_SHARD_FENCE_WAIT_S: it did not happen), or
@@ -137,7 +139,7 @@ class ShardedTenants(LabUser):
         finally:  # a run stopped early (--run-time, Ctrl-C) leaves no fault armed either
             gevent.killall(admin_work)
             if self.index == 0:
-                self._admin(lambda admin: admin.clear_faults(connections=plan.spread))
+                self._admin(lambda admin: admin.clear_faults())
         if self.index == 0:
             self.placements["final"] = self._placements()
 
@@ -202,36 +204,37 @@ class ShardedTenants(LabUser):
         """One move or isolation through the admin routes, recorded as one op from the request to the job's end."""
         plan = self.plan
         tid = self.tenants[tenant].tenant_id
-        arming = gevent.spawn(self._keep_cutover_slow) if plan.cutover_delay_ms > 0 else None
         record: dict[str, Any] = {"kind": kind, "tenant": tenant, "tenant_id": tid}
         self.jobs.append(record)
+        arming = gevent.spawn(self._keep_cutover_slow) if plan.cutover_delay_ms > 0 else None
+        invoked = None
         try:
             with Admin(self.environment.host or "", admin_token_from_env()) as admin:
                 source = admin.get(f"/admin/tenants/{tid}/placement").json()["shard"]
-                body: dict[str, Any] = {}
-                if kind == "move":
-                    body = {"to": self._coolest_shard(admin, source)}
-                invoked = self.history.invoke(kind, {"tenant": tid, "source": source, **({"target": body["to"]}
-                                                                                         if body else {})})
-                resp = admin.post_raw(f"/admin/tenants/{tid}/{kind}", body or None)
-                if resp.status_code != 202:
+                body = {"to": self._coolest_shard(admin, source)} if kind == "move" else None
+                target = {"target": body["to"]} if body else {}
+                invoked = self.history.invoke(kind, {"tenant": tid, "source": source, **target})
+                resp = admin.post_raw(f"/admin/tenants/{tid}/{kind}", body)
+                if resp.status_code != 202:  # one database, no spare shard, a job already running: said in detail
                     record["refused"] = {"status": resp.status_code, "detail": _json(resp).get("detail")}
                     self.history.complete(invoked, "fail", record["refused"])
                     return
-                job = self._wait_job(admin, resp.json()["job_id"])
+                job = record["job"] = self._wait_job(admin, resp.json()["job_id"])
         except ProvisioningError as e:
             record["error"] = str(e)
+            if invoked is not None:
+                self.history.complete(invoked, "info", {"error": str(e)[:300]})
             return
-        finally:
+        finally:  # also when the run stops mid-job: no fault outlives it
             if arming is not None:
                 gevent.kill(arming)
-                self._admin(lambda admin: admin.clear_faults(connections=plan.spread))
-        record["job"] = job
+                self._admin(lambda admin: admin.clear_faults())  # the worker that takes it clears them all
         move = (job.get("moves") or [{}])[0]
         done = {k: move[k] for k in ("target", "epoch", "copied_rows", "caught_up_rows", "write_blocked_ms",
                                      "duration_ms", "source_rows", "target_rows") if move.get(k) is not None}
-        self.history.complete(invoked, "ok" if job["state"] == "done" else "fail",
-                              {**done, "job_id": job["job_id"], "state": job["state"], "error": job.get("error")})
+        outcome = {"running": "info", "done": "ok"}.get(job["state"], "fail")  # still running: not known yet
+        self.history.complete(invoked, outcome, {**done, "job_id": job["job_id"], "state": job["state"],
+                                                 "error": job.get("error")})
 
     def _coolest_shard(self, admin: Admin, source: int) -> int:
         """The active shard other than `source` with the fewest rows."""

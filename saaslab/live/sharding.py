@@ -45,7 +45,7 @@ from loadtests.common.openmodel import OpenModelResult
 from loadtests.common.runconfig import LoadRun
 from reference_impl.sharding.invariants import ShardWorld, check
 from reference_impl.sharding.servers import ShardServers
-from saaslab.history import CheckResult, Op, save
+from saaslab.history import CheckResult, save
 from saaslab.live.harness import CLIENT_TIMEOUT_S, LocustRun, Progress, run_locust, served_settings, service
 from saaslab.results import ALL_TENANTS, LatencyHistogram, Row, new_run_id, write_run
 from saaslab.services import ServiceError
