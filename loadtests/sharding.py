@@ -5,15 +5,18 @@ Run it as plain Locust against a running service whose tenants live on shard ser
 the isolation takes). Start shard servers from the embedded binaries, then the service on them:
 
     python -c "from pathlib import Path; from reference_impl.sharding.servers import ShardServers; \\
-        print(','.join(ShardServers(Path('.saaslab'), 4).start()))"      # prints the 4 URLs
+        print(','.join(ShardServers(Path('.saaslab/plain'), 4).start()))"      # prints the 4 URLs
     SAASLAB_SHARD_URLS=<those URLs> SAASLAB_SHARDS=3 SAASLAB_LAB_MODE=1 SAASLAB_ADMIN_TOKEN=secret saaslab serve
     SAASLAB_ADMIN_TOKEN=secret locust -f loadtests/sharding.py --host http://127.0.0.1:8000 --headless -u 1 \\
         --run-time 30s ShardedTenants
+    python -c "from pathlib import Path; from reference_impl.sharding.servers import ShardServers; \
+        ShardServers(Path('.saaslab/plain'), 4).stop()"                  # once the service is stopped
 
 It provisions its own tenants, moves and isolates through the admin routes (docs/contract.md "Sharding") and
 arms its own fault; it leaves none armed when it stops, however it stops. `saaslab load sharding` does all
 of this itself (saaslab/live/sharding.py): it starts the shard servers and the service, runs this file, then
-reads every shard back and runs the checker (reference_impl/sharding/invariants.py) on the history.
+reads every shard back and runs the checker (reference_impl/sharding/invariants.py) on the history; with
+`--host URL` it drives your service instead and reads back the shards its settings name.
 
 The scenario (`ShardedTenants`; every knob is a field of `Plan`): `tenants` tenants whose request rates
 follow Zipf (`zipf_s`) send `rate` requests per second in all, open-model (Poisson, the seeded schedule of
@@ -39,6 +42,7 @@ wrote. The run (`--saaslab-run PATH`): `rate`, `seed`, `design` (the mover), `wo
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 import uuid
@@ -58,6 +62,8 @@ PROJECTS = "/v1/projects"
 SLO_MS = 1000
 CUTOVER_POINT = "sharding.cutover"
 JOB_POLL_S = 0.05
+
+log = logging.getLogger("saaslab.sharding")
 
 
 @dataclass(frozen=True)
@@ -217,11 +223,14 @@ class ShardedTenants(LabUser):
                 resp = admin.post_raw(f"/admin/tenants/{tid}/{kind}", body)
                 if resp.status_code != 202:  # one database, no spare shard, a job already running: said in detail
                     record["refused"] = {"status": resp.status_code, "detail": _json(resp).get("detail")}
+                    log.warning("%s of %s refused: HTTP %s: %s", kind, tenant, resp.status_code,
+                                record["refused"]["detail"])
                     self.history.complete(invoked, "fail", record["refused"])
                     return
                 job = record["job"] = self._wait_job(admin, resp.json()["job_id"])
         except ProvisioningError as e:
             record["error"] = str(e)
+            log.warning("%s of %s not done: %s", kind, tenant, e)
             if invoked is not None:
                 self.history.complete(invoked, "info", {"error": str(e)[:300]})
             return
