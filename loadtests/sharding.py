@@ -212,7 +212,10 @@ class ShardedTenants(LabUser):
         tid = self.tenants[tenant].tenant_id
         record: dict[str, Any] = {"kind": kind, "tenant": tenant, "tenant_id": tid}
         self.jobs.append(record)
-        arming = gevent.spawn(self._keep_cutover_slow) if plan.cutover_delay_ms > 0 else None
+        arming = None
+        if plan.cutover_delay_ms > 0:  # armed before the job starts, then kept armed in every worker while it runs
+            self._arm_cutover()
+            arming = gevent.spawn(self._keep_cutover_slow)
         invoked = None
         try:
             with Admin(self.environment.host or "", admin_token_from_env()) as admin:
@@ -261,12 +264,15 @@ class ShardedTenants(LabUser):
                 return job
             gevent.sleep(JOB_POLL_S)
 
-    def _keep_cutover_slow(self) -> None:
+    def _arm_cutover(self) -> None:
         plan = self.plan
+        for _ in range(plan.spread):
+            self._admin(lambda admin: admin.arm_fault(CUTOVER_POINT, "delay", delay_ms=plan.cutover_delay_ms))
+
+    def _keep_cutover_slow(self) -> None:
         while True:
-            for _ in range(plan.spread):
-                self._admin(lambda admin: admin.arm_fault(CUTOVER_POINT, "delay", delay_ms=plan.cutover_delay_ms))
-            gevent.sleep(plan.rearm_s)
+            gevent.sleep(self.plan.rearm_s)
+            self._arm_cutover()
 
     def _admin(self, work: Any) -> bool:
         try:
