@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from saaslab.servers import PostgresServer
+from saaslab.servers import PostgresServer, ServiceError
 
 DATABASE = "saaslab"
 
@@ -32,7 +32,14 @@ class ShardServers:
     @staticmethod
     def _start_one(server: PostgresServer) -> None:
         server.stop("immediate")  # a server an earlier run left behind: start it afresh on a free port
-        server.start()
+        try:
+            server.start()
+        except ServiceError:
+            # The free port it picked may have been taken before it bound it (other servers start beside it,
+            # here and in other processes): once more, on another port.
+            server.stop("immediate")
+            server.port = None
+            server.start()
         server.create_database(DATABASE)
 
     def recreate_databases(self) -> None:
