@@ -5,7 +5,8 @@ Unless `SAASLAB_SHARD_URLS` is set, it starts `SHARDS` + 1 shard servers from th
 (reference_impl/sharding/servers.py, under `<state_dir>/shards/`: the last is the spare the isolation takes)
 and stops them when it ends, however it ends. Each run gets fresh databases: `saaslab` on every shard server
 it started, and a control database of its own (`<main database>_sharding`, on the main server, holding the
-tenants, the directory and the jobs), so no earlier run's placements or jobs leak in. The service runs with
+tenants, the directory and the jobs; dropped when the run ends), so no earlier run's placements or jobs leak
+in. The service runs with
 `WORKERS` workers (each with its own placement cache, so a move's cutover is seen across workers only through
 the fence and the cache lease), lab mode on, and `SAASLAB_SHARD_MOVER` the mover under test. Locust runs
 `loadtests/sharding.py`'s `ShardedTenants` (its docstring has the scenario); then the directory is read through
@@ -111,16 +112,23 @@ def _shard_servers(settings: Settings, progress: Progress | None) -> Iterator[Sh
         servers.stop()
 
 
-def _fresh_control(settings: Settings) -> str:
-    """A fresh control database beside the main one: the run's tenants, directory and jobs, and nothing older."""
+@contextlib.contextmanager
+def _fresh_control(settings: Settings) -> Iterator[str]:
+    """A fresh control database beside the main one for the block: the run's tenants, directory and jobs, and
+    nothing older; dropped when the block ends (what the checker needs is in the run's files by then)."""
     if not settings.database_url:
         raise ServiceError("no SAASLAB_DATABASE_URL to make the sharding control database on")
     base, _, name = settings.database_url.rpartition("/")
     name = name.split("?")[0] + CONTROL_SUFFIX
+    drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
     with psycopg.connect(settings.database_url, autocommit=True) as c:
-        c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        c.execute(drop)
         c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return f"{base}/{name}"
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(settings.database_url, autocommit=True) as c:
+            c.execute(drop)
 
 
 def _measure(settings: Settings, live: Path, mover: str, urls: list[str], *, token: str, host: str | None,
@@ -128,15 +136,17 @@ def _measure(settings: Settings, live: Path, mover: str, urls: list[str], *, tok
              processes: int) -> Path:
     run_id = new_run_id(PATTERN, "live")
     overrides: dict[str, Any] = {}
-    if host is None:
-        if fresh is not None:
-            fresh.recreate_databases()
-        overrides = {"shard_mover": mover, "shard_urls": ",".join(urls), "shards": min(SHARDS, len(urls)),
-                     "database_url": _fresh_control(settings)}
     router, shards = settings.shard_router, min(SHARDS, len(urls)) if host is None else settings.shards
-    with service(settings, token=token, overrides=overrides, log_path=live / "logs" / f"service-{mover}.log",
-                 host=host, workers=WORKERS, progress=progress,
-                 describe=f"shard_mover={mover}, {len(urls)} shard servers, {WORKERS} workers") as svc:
+    with contextlib.ExitStack() as stack:
+        if host is None:
+            if fresh is not None:
+                fresh.recreate_databases()
+            overrides = {"shard_mover": mover, "shard_urls": ",".join(urls), "shards": shards,
+                         "database_url": stack.enter_context(_fresh_control(settings))}
+        svc = stack.enter_context(service(
+            settings, token=token, overrides=overrides, log_path=live / "logs" / f"service-{mover}.log", host=host,
+            workers=WORKERS, progress=progress,
+            describe=f"shard_mover={mover}, {len(urls)} shard servers, {WORKERS} workers"))
         locust = run_locust(svc.url, LOCUSTFILE, USER_CLASS, token=token, processes=processes,
                             run=LoadRun(label=mover, seed=SEED, design=mover, rate=rate,
                                         workload={"duration_s": duration}),
