@@ -8,7 +8,7 @@ SIGTERM. `completer_for(settings)` is the one place a completer is wired (its po
 policy and payment publisher): `saaslab completer` and the live harness (saaslab/live/idempotency.py)
 both start theirs from it. The completer publishes the payments it finishes to the payments table
 of the isolation design in `SAASLAB_ISOLATION`, exactly as the service would have: run it with the
-service's settings.
+service's settings; with `SAASLAB_SHARD_URLS` set, on each tenant's shard, as the service does.
 Like app.py it composes patterns (idempotency's completer, tenancy's store), so it sits beside it,
 above both.
 """
@@ -29,6 +29,7 @@ from reference_impl.idempotency import completer, reaper
 from reference_impl.idempotency.core import Policy
 from reference_impl.idempotency.http import policy_of, wall_clock_us
 from reference_impl.idempotency.ledger import Publish
+from reference_impl.sharding.shards import ShardSet, shard_urls
 from reference_impl.tenancy.repository import make_store, publisher
 from saaslab.settings import Settings
 
@@ -78,7 +79,18 @@ async def completer_for(settings: Settings, *, migrate: bool = True) -> AsyncIte
     async with _pool(settings, migrate=migrate) as pool:
         # Nothing is ever armed in this process: the store's fault points stay inert.
         store = make_store(settings.isolation, pool, Faults({}, Metrics()))
-        yield Completer(pool, policy_of(settings), publisher(store))
+        if not shard_urls(settings):
+            yield Completer(pool, policy_of(settings), publisher(store))
+            return
+        # Tenants' rows live on shards: a recovered payment is published on its tenant's shard, through the
+        # placements the service reads (and retried past a move's fence, as the service's own writes are).
+        shards = ShardSet(settings, pool)
+        await shards.open()
+        store.use_shards(shards)
+        try:
+            yield Completer(pool, policy_of(settings), publisher(store))
+        finally:
+            await shards.close()
 
 
 async def run_completer(settings: Settings, *, interval_s: float, once: bool) -> int:

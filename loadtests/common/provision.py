@@ -78,6 +78,22 @@ class Admin:
         _raise_for(resp, what)
         return resp
 
+    def get(self, path: str) -> httpx.Response:
+        """GET an admin route; an error answer raises `ProvisioningError`."""
+        try:
+            resp = self._client.get(path)
+        except httpx.HTTPError as e:
+            raise ProvisioningError(f"GET {path} failed: {e!r} (is the service at {self.base_url} up?)") from None
+        _raise_for(resp, f"GET {path}")
+        return resp
+
+    def post_raw(self, path: str, body: Mapping[str, Any] | None) -> httpx.Response:
+        """POST to an admin route and return the answer as it is (a 4xx is the caller's to read)."""
+        try:
+            return self._client.post(path, json=dict(body) if body is not None else None)
+        except httpx.HTTPError as e:
+            raise ProvisioningError(f"POST {path} failed: {e!r} (is the service at {self.base_url} up?)") from None
+
     def create_tenant(self, name: str, *, plan: str = "enterprise",
                       limits: Mapping[str, Any] | None = UNLIMITED) -> Tenant:
         """One tenant named `name` (as it is: the caller makes it unique), its rate policy `limits`

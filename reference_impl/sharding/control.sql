@@ -5,7 +5,9 @@
 -- shard_membership: the shards the hash routers hash over (`initial`: the directory's fallback).
 -- shard_directory: explicit placements (every tenant moved, under any router; every tenant placed, under
 --   the directory). `fenced`: the tenant is at its move's cutover; lookups of it are not cached.
--- shard_jobs: moves, isolations and shard additions, as GET /admin/jobs/{id} shows them.
+-- shard_jobs: moves, isolations and shard additions, as GET /admin/jobs/{id} shows them; `detail` holds the
+--   plan and the move in progress after its last step, `owner` the worker running it, which renews
+--   `heartbeat_at` (reference_impl/sharding/jobs.py: a job whose heartbeat stops is taken over and resumed).
 
 CREATE TABLE IF NOT EXISTS shard_servers (
     shard int PRIMARY KEY,
@@ -37,3 +39,6 @@ CREATE TABLE IF NOT EXISTS shard_jobs (
     created_at       timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at      timestamptz
 );
+
+ALTER TABLE shard_jobs ADD COLUMN IF NOT EXISTS owner text;
+ALTER TABLE shard_jobs ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz;

@@ -26,7 +26,8 @@ tenants a mover has moved (a hot tenant isolated, a reshard in progress); under 
 every tenant placed since. `epoch` counts a tenant's moves; the service's `RoutingCache` keeps it.
 
 The online move (`MoveState`, `next_step`, `advance`): copy -> catch_up (rounds) -> fence -> final_catch_up
--> flip -> clean -> done; the unsafe mover flips without the fence and the final catch-up, so writes
+-> flip -> clean -> done (every step can be done again: `state_to_dict` after each one is what a job resumes
+from when the worker running it died); the unsafe mover flips without the fence and the final catch-up, so writes
 that land on the source between its last catch-up and the flip (or from a stale routing cache after
 it) are deleted with the source's copy. The planners (`rebalance_plan`, `isolation_plan`,
 `reshard_plan`) produce `Move`s that the same mover runs.
@@ -38,8 +39,8 @@ import bisect
 import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal, Protocol
 
 MASK64 = (1 << 64) - 1
 Shard = int
@@ -389,6 +390,17 @@ def advance(state: MoveState, now_us: int, rows: int = 0) -> MoveState:
         case "clean":
             return replace(s, step="done", finished_us=now_us)
     raise ValueError(f"move of {s.move.tenant_id} is {s.step}; nothing to advance")
+
+
+def state_to_dict(state: MoveState) -> dict[str, object]:
+    """A move in progress as plain JSON values: what a job persists after every step, to resume from."""
+    return asdict(state)
+
+
+def state_from_dict(data: Mapping[str, Any]) -> MoveState:
+    """The inverse of `state_to_dict`."""
+    fields = dict(data)
+    return MoveState(move=Move(**fields.pop("move")), policy=MovePolicy(**fields.pop("policy")), **fields)
 
 
 def fail_move(state: MoveState, now_us: int, error: str) -> MoveState:

@@ -212,6 +212,16 @@ def check(history: Iterable[Op], world: ShardWorld) -> list[CheckResult]:
     return [c(calls, world) for c in CHECKS]
 
 
+def check_run(out_dir: Path, settings: object = None) -> list[CheckResult]:
+    """`saaslab check sharding`: the checks over a live run folder's `live/history.jsonl` and `live/state.json`
+    (every shard was read back while the run's servers were up); writes `live/check.json`. `settings` is part
+    of every checker's interface; unused here."""
+    live = out_dir / "live"
+    results = check_files(live / "history.jsonl", live / "state.json")
+    (live / "check.json").write_text(json.dumps([r.to_dict() for r in results], indent=2))
+    return results
+
+
 def check_files(history_path: Path, state_path: Path) -> list[CheckResult]:
     """The checks over a live run's `history.jsonl` and `state.json`."""
     return check(load(history_path), ShardWorld.from_dict(json.loads(state_path.read_text())))

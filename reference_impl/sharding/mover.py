@@ -14,9 +14,9 @@ Steps (core.py, `advance`), `t` the tenant, `e` its epoch after the move:
 * fence: the directory marks `t` fenced at epoch `e` (its lookups stop being cached), then the source's
   state row for `t` becomes `fenced`: its UPDATE waits for `t`'s writes in flight, and later writes are
   refused with SQLSTATE SH001, which the service retries against the new placement.
-* final_catch_up: what is left in the log; then the rows on both sides are counted.
+* final_catch_up: what is left in the log.
 * flip: once `CACHE_LEASE_S` has passed since the fence (no worker still routes `t` by an older lookup), the
-  directory says target, epoch `e`, unfenced.
+  rows on both sides are counted and the directory says target, epoch `e`, unfenced.
 * clean: `t`'s rows and log go from the source; its fenced state row stays, a tombstone that refuses a
   stale writer forever.
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -58,12 +58,23 @@ def now_us() -> int:
     return time.monotonic_ns() // 1000
 
 
+class Superseded(Exception):
+    """The job running this move was taken over by another worker (this one looked dead): stop, undo nothing."""
+
+
 class TenantMover:
-    """Moves one tenant between shards; `run` drives the whole move and returns its final state."""
+    """Moves one tenant between shards; `run` drives the whole move and returns its final state, `resume` drives
+    one that another worker started from the state it persisted (every step can be done again).
+
+    `on_step` is awaited after every step with the new state (a job persists it there); raising `Superseded`
+    from it stops the move without undoing anything, since the move is another worker's now. `owned` says
+    whether the move is still this worker's: a failure undoes nothing once it is not."""
 
     def __init__(self, shards: ShardSet, faults: Faults, *, mover: str, policy: MovePolicy,
-                 on_step: Callable[[MoveState], Any] | None = None) -> None:
+                 on_step: Callable[[MoveState], Any] | None = None,
+                 owned: Callable[[], Awaitable[bool]] | None = None) -> None:
         self.shards = shards
+        self.owned = owned
         self.faults = faults
         self.mover = mover
         self.policy = policy
@@ -76,6 +87,16 @@ class TenantMover:
         placement, _fenced = await self.shards.placement(tenant_id)
         state = start_move(Move(tenant_id, placement.shard, target), mover=self.mover,  # type: ignore[arg-type]
                            current_epoch=placement.epoch, now_us=now_us(), policy=self.policy)
+        return await self._drive(state)
+
+    async def resume(self, state: MoveState) -> MoveState:
+        """Go on with a move from its persisted `state` (its `step` is the next to do, perhaps half done)."""
+        if state.fenced_us is not None:
+            # The fence went up in another process at a time this one cannot place: a whole lease from now.
+            self._fenced_at = time.monotonic()
+        return await self._drive(state)
+
+    async def _drive(self, state: MoveState) -> MoveState:
         while not state.finished:
             try:
                 rows = await getattr(self, f"_{state.step}")(state)
@@ -87,7 +108,7 @@ class TenantMover:
                 break
             state = advance(state, now_us(), rows or 0)
             if self.on_step is not None:
-                await self.on_step(state)
+                await self.on_step(state)  # Superseded goes up from here, before any further step
         return state
 
     # -- the steps ----------------------------------------------------------------------------------------
@@ -164,10 +185,7 @@ class TenantMover:
         return 0
 
     async def _final_catch_up(self, state: MoveState) -> int:
-        applied = await self._catch_up(state)
-        t, source, target = state.move.tenant_id, *self._pools(state)
-        self.source_rows, self.target_rows = [await _count(pool, t) for pool in (source, target)]
-        return applied
+        return await self._catch_up(state)
 
     async def _flip(self, state: MoveState) -> int:
         await self.faults.before(CUTOVER_POINT)
@@ -175,7 +193,10 @@ class TenantMover:
             wait = self._fenced_at + CACHE_LEASE_S + LEASE_MARGIN_S - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-        t = state.move.tenant_id
+        t, source, target = state.move.tenant_id, *self._pools(state)
+        # The rows on both sides as the directory flips: equal under the fence; under the unsafe mover, writes
+        # that reached the source after its last catch-up make them differ (and are cleaned away next).
+        self.source_rows, self.target_rows = [await _count(pool, t) for pool in (source, target)]
         async with self.shards.control.connection() as conn:
             await conn.execute("INSERT INTO shard_directory (tenant_id, shard, epoch, fenced) VALUES ($1, $2, $3, false)"
                                " ON CONFLICT (tenant_id) DO UPDATE SET shard = $2, epoch = $3, fenced = false",
@@ -199,6 +220,12 @@ class TenantMover:
         steps = undo_steps(state)
         if not steps:
             return
+        if self.owned is not None:
+            try:
+                if not await self.owned():
+                    return
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                return  # the control database cannot say: leave the move as it is for recovery to finish
         t, source, target = state.move.tenant_id, *self._pools(state)
         try:
             async with target.connection() as conn, conn.transaction():

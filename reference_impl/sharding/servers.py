@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from saaslab.servers import PostgresServer
+from saaslab.servers import PostgresServer, ServiceError
 
 DATABASE = "saaslab"
 
@@ -32,8 +32,20 @@ class ShardServers:
     @staticmethod
     def _start_one(server: PostgresServer) -> None:
         server.stop("immediate")  # a server an earlier run left behind: start it afresh on a free port
-        server.start()
+        try:
+            server.start()
+        except ServiceError:
+            # The free port it picked may have been taken before it bound it (other servers start beside it,
+            # here and in other processes): once more, on another port.
+            server.stop("immediate")
+            server.port = None
+            server.start()
         server.create_database(DATABASE)
+
+    def recreate_databases(self) -> None:
+        """Drop and create each server's database: a run that starts on empty shards."""
+        with ThreadPoolExecutor(len(self.servers)) as pool:
+            list(pool.map(_recreate, self.servers))
 
     @property
     def urls(self) -> list[str]:
@@ -42,6 +54,12 @@ class ShardServers:
     def stop(self) -> None:
         with ThreadPoolExecutor(len(self.servers)) as pool:
             list(pool.map(lambda s: s.stop("immediate"), self.servers))
+
+
+def _recreate(server: PostgresServer) -> None:
+    server.run_bin("dropdb", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", "--if-exists", "--force",
+                   DATABASE)
+    server.create_database(DATABASE)
 
 
 @contextlib.contextmanager

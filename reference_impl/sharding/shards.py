@@ -8,7 +8,10 @@ shard takes into use. The control database (the main one) holds the directory, t
 (`control.sql`).
 
 A tenant's placement: its row in `shard_directory` if it has one, else the router of `SAASLAB_SHARD_ROUTER`
-over the membership (reference_impl/sharding/core.py, `make_router`). Placements are cached per worker for
+over the membership (reference_impl/sharding/core.py, `make_router`). Under the `directory` router a tenant
+without a row gets one at its first lookup, on the member shard with the fewest tenants (`_place_new`), so
+new tenants even out across shards, including one added since; the hash fallback only keeps the tenants it
+placed before. Placements are cached per worker for
 `CACHE_LEASE_S` at most, and a placement at a move's cutover (`fenced`) is never cached: the mover flips
 a tenant only once `CACHE_LEASE_S` has passed since its fence, so by then no worker routes the tenant by a
 placement read before the fence, and a read after an acknowledged write on the new shard never goes to the
@@ -180,7 +183,32 @@ class ShardSet:
                                       tenant_id)
         if row is not None:
             return Placement(row["shard"], row["epoch"]), row["fenced"]
+        if self.scheme == "directory":
+            return await self._place_new(tenant_id)
         return Placement((await self.router()).shard_for(tenant_id), 0), False
+
+    async def _place_new(self, tenant_id: str) -> tuple[Placement, bool]:
+        """Under the directory, a tenant seen for the first time goes to the member shard holding the fewest
+        tenants, and the directory records it (the first worker to record it wins). A tenant that already has
+        rows on its hash shard (placed by the fallback before the directory placed every tenant) stays there."""
+        router = await self.router()
+        fallback = router.shard_for(tenant_id)
+        async with self.servers[fallback].pool.connection() as conn:
+            has_rows = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM projects WHERE tenant_id = $1)"
+                                           " OR EXISTS (SELECT 1 FROM payments WHERE tenant_id = $1)", tenant_id)
+        async with self.control.connection() as conn:
+            shard = fallback
+            if not has_rows:
+                placed = dict(await conn.fetch("SELECT shard, count(*) FROM shard_directory WHERE shard = ANY($1)"
+                                               " GROUP BY shard", list(router.shards)))
+                shard = min(router.shards, key=lambda s: (placed.get(s, 0), s))
+            row = await conn.fetchrow("INSERT INTO shard_directory (tenant_id, shard, epoch, fenced)"
+                                      " VALUES ($1, $2, 0, false) ON CONFLICT (tenant_id) DO NOTHING"
+                                      " RETURNING shard, epoch, fenced", tenant_id, shard)
+            if row is None:
+                row = await conn.fetchrow("SELECT shard, epoch, fenced FROM shard_directory WHERE tenant_id = $1",
+                                          tenant_id)
+        return Placement(row["shard"], row["epoch"]), row["fenced"]
 
     # -- across shards ----------------------------------------------------------------------------------
     async def gather(self, query: Callable[[asyncpg.Connection], Awaitable[T]], *,

@@ -31,7 +31,7 @@ def install(ctx: ServiceContext) -> ServiceParts:
     return ServiceParts(
         routes=lambda: Routes(rest=(admin_router(shards, jobs, ctx.pool, ctx.require_admin),)),
         fault_points=FAULT_POINTS,
-        on_start=(shards.open,),
+        on_start=(shards.open, jobs.start),
         on_stop=(jobs.stop, shards.close),
         metrics=(
             gauge("saaslab_shards", "Shard servers this worker has a pool for", lambda: len(shards.servers)),

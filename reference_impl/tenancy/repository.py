@@ -434,7 +434,9 @@ class SchemaStore(Store):
             " created_at timestamptz NOT NULL DEFAULT clock_timestamp())",
             f"CREATE INDEX IF NOT EXISTS payments_page ON {schema}.payments (created_at, id)",
         ]
-        async with self._pool.connection() as conn, conn.transaction():
+        # On the tenant's shard when tenants are spread over shards (its rows are written there).
+        pool = (await self.shards.route(tenant.id)).pool if self.shards is not None else self._pool
+        async with pool.connection() as conn, conn.transaction():
             # IF NOT EXISTS is not safe against a concurrent creator of the same schema.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", tenant.id)
             await conn.execute("; ".join(statements))

@@ -12,6 +12,8 @@ import itertools
 import uuid
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -268,3 +270,87 @@ async def test_without_shard_urls_the_main_database_is_the_one_shard(own_setting
         r = await svc.client.post(f"/admin/tenants/{t.id}/move", json={"to": 1}, headers=svc.admin)
         assert r.status_code == 409 and "SAASLAB_SHARD_URLS" in r.json()["detail"]
 
+
+
+async def test_new_tenants_under_the_directory_go_to_the_shard_with_the_fewest_tenants(sharded: Settings) -> None:
+    async with live_service(sharded) as svc:
+        tenants = [await svc.new_tenant() for _ in range(9)]
+        shards = [(await _placement(svc, t.id))["shard"] for t in tenants]
+        assert sorted(shards.count(s) for s in (0, 1, 2)) == [3, 3, 3], shards
+
+
+async def test_a_worker_that_dies_mid_move_leaves_a_job_that_another_worker_resumes(sharded: Settings) -> None:
+    async with live_service(sharded) as b:
+        a_stack = AsyncExitStack()
+        a = await a_stack.enter_async_context(live_service(sharded, lab_mode=True))
+        tenant = await a.new_tenant()
+        for i in range(20):
+            await a.create_project(tenant, f"p{i}")
+        source = (await _placement(a, tenant.id))["shard"]
+        target = (source + 1) % 3
+        # A's move stops at its cutover with the fence up (a minute-long delay), then A's heartbeat stops: as if it died.
+        r = await a.client.post("/admin/faults", json={"point": "sharding.cutover", "mode": "delay", "delay_ms": 60_000,
+                                                       "count": 1}, headers=a.admin)
+        assert r.status_code in (200, 201), r.text
+        r = await a.client.post(f"/admin/tenants/{tenant.id}/move", json={"to": target}, headers=a.admin)
+        job_id = r.json()["job_id"]
+        for _ in range(200):
+            job = (await b.client.get(f"/admin/jobs/{job_id}", headers=b.admin)).json()
+            if job.get("step") == "flip":
+                break
+            await asyncio.sleep(0.05)
+        assert job["state"] == "running" and job["step"] == "flip", job
+        assert (await _placement(b, tenant.id))["fenced"] is True
+        a.app.state.shard_jobs._heartbeats[job_id].cancel()
+        with psycopg.connect(sharded.database_url or "", autocommit=True) as c:
+            c.execute("UPDATE shard_jobs SET heartbeat_at = now() - interval '1 hour' WHERE id = %s", (job_id,))
+        await b.app.state.shard_jobs.recover()  # B's own pass, every 5 s, may have taken it over first
+        job = await _job(b, job_id)
+        with psycopg.connect(sharded.database_url or "", autocommit=True) as c:
+            owner = c.execute("SELECT owner FROM shard_jobs WHERE id = %s", (job_id,)).fetchone()
+        assert owner == (b.app.state.shard_jobs.worker,)
+        assert job["state"] == "done" and job["moves"][0]["target_rows"] == 20, job
+        await a_stack.aclose()  # A wakes up cancelled: the job is no longer its own, so it undoes nothing
+        assert (await b.client.get(f"/admin/jobs/{job_id}", headers=b.admin)).json()["state"] == "done"
+        assert await _placement(b, tenant.id) == {"tenant_id": tenant.id, "shard": target, "epoch": 1, "fenced": False}
+        assert sorted(p["name"] for p in await b.all_items(tenant, "projects")) == sorted(f"p{i}" for i in range(20))
+        with psycopg.connect(sharded.shard_urls.split(",")[source], autocommit=True) as c:
+            assert c.execute("SELECT count(*) FROM projects WHERE tenant_id = %s", (tenant.id,)).fetchone() == (0,)
+
+
+async def test_moves_under_schema_isolation_are_refused(sharded: Settings) -> None:
+    async with live_service(sharded.model_copy(update={"isolation": "schema"})) as svc:
+        t = await svc.new_tenant()
+        await svc.create_project(t)  # its schema is made on its shard, where its rows go
+        assert len(await svc.all_items(t, "projects")) == 1
+        for method, path, body in (("post", f"/admin/tenants/{t.id}/move", {"to": 2}),
+                                   ("post", f"/admin/tenants/{t.id}/isolate", None), ("post", "/admin/shards", {})):
+            r = await svc.client.request(method.upper(), path, json=body, headers=svc.admin)
+            assert r.status_code == 409 and "SAASLAB_ISOLATION" in r.json()["detail"], r.text
+            assert r.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_the_completer_publishes_a_recovered_payment_on_the_tenants_shard(sharded: Settings) -> None:
+    from reference_impl.background import completer_for
+
+    async with live_service(sharded) as svc:
+        t = await svc.new_tenant()
+        shard = (await _placement(svc, t.id))["shard"]
+        paid = _Paid(uuid.uuid4(), t.id, 700, "EUR", "succeeded")
+        async with completer_for(sharded, migrate=False) as completer:
+            await completer.publish(paid)
+        assert [p["id"] for p in await svc.all_items(t, "payments")] == [str(paid.id)]
+        with psycopg.connect(sharded.shard_urls.split(",")[shard], autocommit=True) as c:
+            assert c.execute("SELECT count(*) FROM payments WHERE id = %s", (paid.id,)).fetchone() == (1,)
+        with psycopg.connect(sharded.database_url or "", autocommit=True) as c:
+            assert c.execute("SELECT count(*) FROM payments WHERE id = %s", (paid.id,)).fetchone() == (0,)
+
+
+@dataclass(frozen=True)
+class _Paid:
+    id: uuid.UUID
+    tenant_id: str
+    amount: int
+    currency: str
+    status: str
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))

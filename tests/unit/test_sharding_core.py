@@ -3,6 +3,7 @@ step machine and the planners."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -30,6 +31,8 @@ from reference_impl.sharding.core import (
     reshard_plan,
     shard_loads,
     start_move,
+    state_from_dict,
+    state_to_dict,
     undo_steps,
 )
 
@@ -191,3 +194,13 @@ def test_rebalancing_never_makes_the_hottest_shard_hotter(weights: list[float], 
     before = max(shard_loads(r, loads).values())
     after = max(shard_loads(apply_moves(r, rebalance_plan(r, loads)), loads).values())
     assert after <= before + 1e-9
+
+
+def test_a_move_in_progress_survives_its_json_and_resumes_where_it_stopped() -> None:
+    s = start_move(Move("t", 0, 1, rows=5, load=2.0), mover="fenced", current_epoch=3, now_us=10,
+                   policy=MovePolicy(fence_backlog=0))
+    for now, rows in ((20, 5), (30, 0), (40, 0)):  # copy, catch_up, fence: the next step is final_catch_up
+        s = advance(s, now, rows)
+    back = state_from_dict(json.loads(json.dumps(state_to_dict(s))))
+    assert back == s and back.step == "final_catch_up" and back.fenced_us == 40
+    assert advance(advance(back, 50), 60).write_blocked_us == 20
