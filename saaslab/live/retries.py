@@ -219,7 +219,7 @@ def run(settings: Settings, out: Path, *, quick: bool = False, host: str | None 
         verdicts = _write_checked(unsafe_live, blind.history, state_of(blind_trials))
         write_run(unsafe_live, run_id=new_run_id(scenario.PATTERN, "live"), pattern=scenario.PATTERN, source="live",
                   rows=contention_rows(run_id, blind_trials), parameters={"plan": UNSAFE.model_dump(mode="json"),
-                                                                          "design": "blind_write"})
+                                                                          "designs": ["blind_write"]})
         if progress:
             progress(f"blind writers (If-Match: *), expected to fail: {_summary(verdicts)}")
     return csv_path

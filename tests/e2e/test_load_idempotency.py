@@ -41,7 +41,10 @@ def test_quick_live_run_keeps_one_effect_through_crashes_and_catches_none(settin
     (load_point,) = QUICK_LOAD_POINTS
     assert {r.source for r in rows} == {"live"} and {r.pattern for r in rows} == {"idempotency"}
     assert {r.design for r in rows} == set(scenario.DESIGNS)
-    assert {r.load_point for r in rows} == {load_point} and {r.tenant for r in rows} == {ALL_TENANTS}
+    # Besides the run-level rows, each Locust process's share and send lag (tenant "worker-<i>").
+    assert {r.load_point for r in rows} == {load_point}
+    assert {r.tenant for r in rows} == {ALL_TENANTS, "worker-0"}
+    rows = [r for r in rows if r.tenant == ALL_TENANTS]
     units = {(r.design, r.metric): r.unit for r in rows}
     value = {(r.design, r.metric): r.value for r in rows}
     params = json.loads((live / "run.json").read_text())["parameters"]
@@ -120,12 +123,13 @@ def test_quick_live_run_keeps_one_effect_through_crashes_and_catches_none(settin
     assert {c["name"] for c in unsafe} == {f"{c}[{UNSAFE}]" for c in CHECKS}
     assert not next(c for c in unsafe if c["name"] == f"exactly_one_effect[{UNSAFE}]")["valid"]
     assert {r.design for r in read_rows(out / "unsafe" / "live" / "results.csv")} == {UNSAFE}
-    # Alone, it is judged as every pattern's unsafe run is: caught means violated, and the check exits 1.
+    # Alone, it is judged as every pattern's unsafe run is: its checker is meant to fail, so the violations are
+    # marked expected and the check exits 0 (it would exit 1 if the unsafe design were not caught).
     cli = subprocess.run([sys.executable, "-m", "saaslab.cli", "check", "idempotency", "--out", str(out / "unsafe")],
                          capture_output=True, text=True, env=env, timeout=120)
-    assert cli.returncode == 1, cli.stdout + cli.stderr
+    assert cli.returncode == 0, cli.stdout + cli.stderr
     said = cli.stdout + cli.stderr
-    assert "exactly_one_effect[none]: VIOLATED" in said and "expected of" not in said
+    assert "exactly_one_effect[none]: VIOLATED (expected of the unsafe design)" in said
 
     # The report builds on the run, beside a simulation: one measured row per design at the live load point.
     scenario.run(out, quick=True, seeds=1, jobs=1)
