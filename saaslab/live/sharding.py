@@ -172,7 +172,8 @@ def _measure(settings: Settings, live: Path, mover: str, urls: list[str], *, tok
                  f"{got['lost_writes']:.0f} acknowledged writes lost; {sum(not r.valid for r in results)} checks "
                  f"violated")
     return write_run(live, run_id=run_id, pattern=PATTERN, source="live", rows=rows, parameters={
-        "mover": mover, "router": router, "rate": rate, "duration_s": duration, "quick": quick, "workers": WORKERS,
+        "mover": mover, "designs": [mover], "router": router, "rate": rate, "duration_s": duration, "quick": quick,
+        "workers": WORKERS,
         "host": host, "shard_servers": len(urls), "shards": shards, "tenants": plan["tenants"],
         "zipf": plan["zipf_s"], "cutover_delay_ms": plan["cutover_delay_ms"],
         "tenant_rows": moved.get("target_rows") or moved.get("copied_rows"),
