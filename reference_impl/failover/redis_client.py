@@ -30,9 +30,9 @@ import contextlib
 from typing import Any
 
 from redis.asyncio.connection import Connection
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import BusyLoadingError, MasterNotFoundError, ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
