@@ -131,3 +131,18 @@ def test_the_client_asks_sentinel_again_after_the_master_is_demoted(tmp_path: Pa
     finally:
         cluster.close()
     _nothing_left(tmp_path)
+
+
+def test_the_drill_command_names_the_redis_designs_on_bad_input() -> None:
+    from typer.testing import CliRunner
+
+    from saaslab.cli import app as cli_app
+
+    runner = CliRunner()
+    for args, words in ((["--component", "redis", "--design", "sync"], "unknown redis design 'sync'; choose one of: "
+                                                                       "plain, wait, min_replicas"),
+                        (["--component", "mysql"], "unknown component 'mysql'"),
+                        (["--component", "redis", "--fault", "flood"], "unknown fault 'flood'")):
+        result = runner.invoke(cli_app, ["failover", "drill", *args])
+        assert result.exit_code == 2 and words in " ".join(result.output.split()), result.output
+        assert "Traceback" not in result.output
