@@ -1,6 +1,6 @@
 """A Redis client that finds the master through Sentinel and asks again when the master changes.
 
-The failure the ANCHORS list for redis-py after a failover: a client keeps its connection to the old
+The failure known from redis-py clients after a failover: a client keeps its connection to the old
 master, gets READONLY (the old master came back as a replica) or NOREPLICAS, and never asks Sentinel
 again. `SentinelClient` asks the Sentinels (`redis.asyncio.sentinel.Sentinel.discover_master`) for the
 master, keeps one connection to it, and on READONLY, NOREPLICAS, MASTERDOWN, a refused connection or

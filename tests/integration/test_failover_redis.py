@@ -13,15 +13,17 @@ import pytest
 from reference_impl.failover import network
 from reference_impl.failover.drill import DrillResult
 from reference_impl.failover.redis_client import SentinelClient, WriteRefused
-from reference_impl.failover.redis_cluster import SERVICE, RedisCluster, SentinelTimers
+from reference_impl.failover.redis_cluster import SERVICE, RedisCluster, RedisNode, SentinelTimers
 from reference_impl.failover.redis_drill import redis_drill
+from saaslab.history import Op
 
 pytestmark = pytest.mark.timeout(90)
 SEED = 7
 TIMERS = SentinelTimers()  # down-after 1,000 ms, failover-timeout 3,000 ms, quorum 2, max-lag 1 s
 HOLD_S = 4.0
 
-needs_namespaces = pytest.mark.skipif(network.available() is not None, reason=str(network.available()))
+_NO_NAMESPACES = network.available()
+needs_namespaces = pytest.mark.skipif(_NO_NAMESPACES is not None, reason=str(_NO_NAMESPACES))
 
 
 def _partition(tmp_path: Path, design: str) -> DrillResult:
@@ -52,7 +54,9 @@ def test_plain_loses_acknowledged_writes_when_the_master_is_cut_off(tmp_path: Pa
     assert c.lost > 100, c.line()
     assert "no_lost_writes" in r.verdict.failed() and "no_split_brain" in r.verdict.failed()
     assert r.verdict.split_brain > 0
-    assert r.failover_s is not None and r.failover_s < 8.0
+    # About 2.5 s (down-after 1 s, the vote, the promotion); a split vote between s1 and s2 retries
+    # after twice failover-timeout (6 s).
+    assert r.failover_s is not None and r.failover_s < 12.0
     assert r.new_primary == "r1"
     _nothing_left(tmp_path)
 
@@ -90,7 +94,7 @@ def test_min_replicas_makes_the_cut_off_master_refuse_writes_after_the_lag(tmp_p
     _nothing_left(tmp_path)
 
 
-def _writes(r: DrillResult, tag: str, *, after_us: int) -> list:  # type: ignore[type-arg]
+def _writes(r: DrillResult, tag: str, *, after_us: int) -> list[Op]:
     """Completions of the writes client `tag` invoked after `after_us`."""
     invoked = {op.index for op in r.history if op.f == "write" and op.type == "invoke"
                and op.process.startswith(tag) and op.time_us > after_us}
@@ -110,8 +114,8 @@ def test_the_client_asks_sentinel_again_after_the_master_is_demoted(tmp_path: Pa
             with contextlib.closing(cluster.sentinels["s2"].client()) as s:
                 s.execute_command("SENTINEL", "FAILOVER", SERVICE)
             new = cluster.data["r1"]
-            for _ in range(100):
-                if cluster.master_by_majority() == new.endpoint:
+            for _ in range(100):  # every Sentinel names the new master (the others learn it within 2 s)
+                if all(_named(s) == new.endpoint for s in cluster.sentinels.values()):
                     break
                 await asyncio.sleep(0.1)
             # Sentinel would demote the old master itself some 10 s later; the test does it now.
@@ -131,6 +135,12 @@ def test_the_client_asks_sentinel_again_after_the_master_is_demoted(tmp_path: Pa
     finally:
         cluster.close()
     _nothing_left(tmp_path)
+
+
+def _named(sentinel: RedisNode) -> str:
+    with contextlib.closing(sentinel.client()) as c:
+        host, port = c.sentinel_get_master_addr_by_name(SERVICE)
+    return f"{host}:{port}"
 
 
 def test_the_drill_command_names_the_redis_designs_on_bad_input() -> None:
