@@ -49,6 +49,8 @@ class DrillResult:
     """Fault to the new primary's promotion (PostgreSQL) or Sentinel's switch (Redis)."""
     events: list[dict[str, Any]] = field(default_factory=list)
     new_primary: str | None = None
+    fault_us: int | None = None
+    """When the nemesis struck (the history's clock, µs)."""
 
     def summary(self) -> dict[str, Any]:
         u = self.verdict.unavailability
