@@ -108,7 +108,7 @@ async def read_topology(settings: Settings, redis: Redis, members: Mapping[str, 
     writable = [n for n, m in sorted(published.items()) if m.get("role") == "primary" and not m.get("read_only")]
     primary = holder if holder in writable else next(iter(writable), None)
     timeline = published[primary].get("timeline") if primary else max(
-        (int(m.get("timeline") or 1) for m in published.values()), default=None)
+        (int(m.get("timeline") or 1) for m in published.values() if m.get("role") != "down"), default=None)
     return {
         "postgres": {"primary": primary,
                      "replicas": sorted(n for n, m in published.items() if m.get("role") == "replica"),
