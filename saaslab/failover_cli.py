@@ -32,11 +32,13 @@ def drill(
     duration: Annotated[float, typer.Option("--duration", metavar="S", min=1, max=600,
                                             help="How long the primary stays paused or cut off.")] = 5.0,
     seed: Annotated[int, typer.Option("--seed", metavar="N")] = 0,
+    lag: Annotated[float, typer.Option("--lag", metavar="S", min=0, max=60,
+                                       help="Hold the replicas' WAL receivers this long before the fault.")] = 0.0,
     out: Annotated[Path | None, typer.Option("--out", metavar="DIR", help="Default: reports/failover/drill/.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every design against every fault.")] = False,
 ) -> None:
-    from reference_impl.failover import core, network
     from reference_impl.failover import drill as drills
+    from reference_impl.failover import network
     from saaslab.results import new_run_id, write_run
     from saaslab.services import services_for
 
@@ -47,8 +49,8 @@ def drill(
     settings = Settings()
     designs = REPLICATION.choices if all_ else (_check(design or settings.failover, REPLICATION.choices, "design"),)
     faults = FAULTS if all_ else (fault,)
-    timers = core.timers_s("settings", settings.failover_ttl_s, settings.failover_loop_wait_s,
-                           settings.failover_retry_timeout_s)
+    timers = drills.named_timers(settings.failover_ttl_s, settings.failover_loop_wait_s,
+                                 settings.failover_retry_timeout_s)
     out = out or Path("reports/failover/drill")
     run_id = new_run_id("failover", "live")
     rows, summaries = [], []
@@ -61,16 +63,17 @@ def drill(
                 result = asyncio.run(drills.pg_drill(
                     s.state_dir.resolve() / "failover" / f"{d}-{f}", s.redis_url or "", design=d, fault=f, seed=seed,
                     replicas=settings.failover_replicas, timers=timers, sync_commit=settings.failover_sync_commit,
-                    hold_s=duration, max_lag_bytes=settings.failover_max_lag_bytes))
+                    hold_s=duration, lag_s=lag, max_lag_bytes=settings.failover_max_lag_bytes))
                 summary = result.summary()
                 summaries.append(summary)
-                rows += drills.result_rows(result, run_id)
+                rows += drills.result_rows(result, run_id, drills.condition(f, duration, timers.name, lag))
                 window = summary["unavailability_s"]
                 typer.echo(f"{d:7} {f:9} {summary['jepsen']}; {summary['split_brain_writes']} split-brain; "
                            f"failover {summary['failover_s'] or float('nan'):.2f} s; "
                            f"writes refused for {window if window is not None else float('nan'):.2f} s")
     write_run(out, run_id=run_id, pattern="failover", source="live", rows=rows,
               parameters={"component": component, "designs": list(designs), "faults": list(faults), "seed": seed,
-                          "hold_s": duration, "timers": [timers.ttl_us, timers.loop_wait_us, timers.retry_timeout_us]})
+                          "hold_s": duration, "lag_ms": lag * 1000, "timers": timers.name,
+                          "timers_us": [timers.ttl_us, timers.loop_wait_us, timers.retry_timeout_us]})
     (out / "drills.json").write_text(json.dumps(summaries, indent=2))
     typer.echo(f"wrote {out / 'results.csv'} and {out / 'drills.json'}")

@@ -30,7 +30,7 @@ from reference_impl.failover.manager import Manager, now_us
 from reference_impl.failover.pgcluster import TABLE, Cluster, Node
 from reference_impl.failover.pool import PrimaryPool, PrimaryUnavailable, WriteUnknown
 from saaslab.history import History
-from saaslab.results import Row
+from saaslab.results import ALL_TENANTS, Row
 
 FAULTS = ("kill", "pause", "partition")
 DESIGN_POLICY = {"async": (False, True), "sync": (True, True), "unsafe": (False, False)}
@@ -339,11 +339,25 @@ async def _until(predicate: Any, timeout_s: float, what: str, manager: Manager) 
         await asyncio.sleep(0.05)
 
 
-def result_rows(result: DrillResult, run_id: str) -> list[Row]:
-    """A drill as result rows: `design` the design, `tenant` the fault, `seed` the seed; metrics from
-    invariants.rows plus `failover_time` (fault to promotion, s)."""
+def named_timers(ttl_s: float, loop_wait_s: float, retry_timeout_s: float) -> core.Timers:
+    """Timers named by the preset they equal (`lab`, `patroni`...), else `ttl<s>`: the name a metric's condition carries."""
+    timers = core.timers_s(f"ttl{ttl_s:g}", ttl_s, loop_wait_s, retry_timeout_s)
+    same = (timers.ttl_us, timers.loop_wait_us, timers.retry_timeout_us)
+    return next((p for p in core.PRESETS.values() if (p.ttl_us, p.loop_wait_us, p.retry_timeout_us) == same), timers)
+
+
+def condition(fault: str, hold_s: float, timers: str, lag_s: float = 0.0) -> str:
+    """The suffix a drill's metrics carry, as the simulation's do (`writes_lost@pause5s/lab`): the fault, how
+    long it was held (not for a kill), the timers' preset and, when the lag nemesis ran, the lag held."""
+    hold = "" if fault == "kill" else f"{hold_s:g}s"
+    return f"@{fault}{hold}/{timers}" + (f"/lag{lag_s * 1000:g}ms" if lag_s > 0 else "")
+
+
+def result_rows(result: DrillResult, run_id: str, suffix: str = "") -> list[Row]:
+    """A drill as result rows: `design` the design, `tenant` "*", `seed` the seed; metrics from
+    invariants.rows plus `failover_s` (fault to promotion, s), each name followed by `suffix` (`condition`)."""
     metrics = dict(invariants.rows(result.verdict))
     if result.failover_s is not None:
-        metrics["failover_time"] = (result.failover_s, "s")
-    return [Row(run_id, "live", "failover", result.design, result.seed, 0.0, result.fault, name, float(value), unit)
-            for name, (value, unit) in metrics.items()]
+        metrics["failover_s"] = (result.failover_s, "s")
+    return [Row(run_id, "live", "failover", result.design, result.seed, 0.0, ALL_TENANTS, name + suffix, float(value),
+                unit) for name, (value, unit) in metrics.items()]

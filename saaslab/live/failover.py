@@ -49,7 +49,7 @@ import httpx
 
 from loadtests.common.runconfig import LoadRun
 from reference_impl.failover import core, invariants, network
-from reference_impl.failover.drill import FAULTS, Rig
+from reference_impl.failover.drill import FAULTS, Rig, condition, named_timers
 from reference_impl.failover.pgcluster import TABLE
 from saaslab import patterns
 from saaslab.history import CheckResult, Op, save
@@ -117,19 +117,7 @@ def run(settings: Settings, out: Path, *, quick: bool = False, host: str | None 
 
 
 def timers_of(settings: Settings) -> core.Timers:
-    timers = core.timers_s("settings", settings.failover_ttl_s, settings.failover_loop_wait_s,
-                           settings.failover_retry_timeout_s)
-    preset = next((p for p in core.PRESETS.values()
-                   if (p.ttl_us, p.loop_wait_us, p.retry_timeout_us) ==
-                   (timers.ttl_us, timers.loop_wait_us, timers.retry_timeout_us)), None)
-    return preset or core.timers_s(f"ttl{settings.failover_ttl_s:g}", settings.failover_ttl_s,
-                                   settings.failover_loop_wait_s, settings.failover_retry_timeout_s)
-
-
-def condition(fault: str, hold_s: float, timers: str, lag_s: float) -> str:
-    """The simulation's metric suffix (scenarios/failover/plan.py `Condition`); a lag only when one was injected."""
-    hold = "" if fault == "kill" else f"{hold_s:g}s"
-    return f"@{fault}{hold}/{timers}" + (f"/lag{lag_s * 1000:g}ms" if lag_s > 0 else "")
+    return named_timers(settings.failover_ttl_s, settings.failover_loop_wait_s, settings.failover_retry_timeout_s)
 
 
 @dataclass
