@@ -83,6 +83,7 @@ def writes_router(log: WriteLog) -> APIRouter:
         return json_response({"id": write_id, "server": server})
 
     router.add_api_route("/writes", write, methods=["POST"], status_code=201, response_model=WriteOut,
+                         responses={200: {"model": WriteOut, "description": "The tenant wrote this id before."}},
                          route_class_override=DirectRoute, openapi_extra=body_schema(WriteIn))
     router.add_api_route("/writes/{write_id}", read, methods=["GET"], response_model=WriteFound,
                          route_class_override=DirectRoute)

@@ -27,7 +27,8 @@ Retry-After: a 500 would land here), `timeouts` (no answer), `write_latency_p50`
 writes), `throughput` (acknowledged writes per second of load), `recovered` (1 when a write sent after the
 fault was acknowledged: the service came back without a restart), `send_lag_*` (ms).
 
-Files: `results.csv`, `run.json`, `history.jsonl` (every cell's, ops tagged with their cell), `check.json`
+Files: `results.csv`, `run.json`, `history.jsonl` (every cell's, ops tagged with their cell), `state.json` (per
+cell: the survivors read back and when the fault struck; `check_run` checks again from these), `check.json`
 (the checks per cell, named `<check>[<design>@<fault>]`), `drills.json` (per cell: the Jepsen line, the
 manager's events, the answers' statuses, `GET /admin/topology` before and after the load), and the service and Locust logs.
 """
@@ -52,7 +53,7 @@ from reference_impl.failover import core, invariants, network
 from reference_impl.failover.drill import FAULTS, Rig, condition, named_timers
 from reference_impl.failover.pgcluster import TABLE
 from saaslab import patterns
-from saaslab.history import CheckResult, Op, save
+from saaslab.history import CheckResult, Op, load, save
 from saaslab.live.harness import (
     CLIENT_TIMEOUT_S,
     LocustRun,
@@ -132,6 +133,7 @@ class Cell:
     new_primary: str
     topology: dict[str, Any]
     """GET /admin/topology as the service answered it before and after the load."""
+    survivors: list[str]
 
 
 @dataclass
@@ -152,12 +154,13 @@ class _Live:
         history: list[Op] = []
         checks: list[CheckResult] = []
         drills: list[dict[str, Any]] = []
+        state: dict[str, Any] = {}
         for design, fault in cells:
             cell = asyncio.run(self._cell(live / "logs", design, fault, timers, hold_s))
             tag = f"{design}@{fault}"
             history += [_tagged(op, tag) for op in cell.locust.history]
-            checks += [CheckResult(f"{c.name}[{tag}]", c.valid, c.checked, c.violations, c.examples, c.detail)
-                       for c in cell.verdict.checks]
+            state[tag] = {"fault_us": cell.fault_us, "survivors": cell.survivors}
+            checks += [replace(c, name=f"{c.name}[{tag}]") for c in cell.verdict.checks]
             key = RunKey(run_id=run_id, pattern=PATTERN, design=design, seed=SEED, load_point=0.0, source="live")
             mine = cell_rows(key, cell, condition(fault, hold_s, timers.name, LAG_S), self.duration)
             rows += mine
@@ -172,6 +175,7 @@ class _Live:
                               f"{got.get('unavailability', float('nan')):.2f} s; {got['responses_503']:.0f} answers "
                               f"503, {got['errors']:.0f} errors; {len(cell.verdict.failed())} checks violated")
         save(live / "history.jsonl", history)
+        (live / "state.json").write_text(json.dumps(state))
         (live / "check.json").write_text(json.dumps([c.to_dict() for c in checks], indent=2))
         (live / "drills.json").write_text(json.dumps(drills, indent=2))
         single = {"fault": cells[0][1], "hold_s": hold_s, "timers": timers.name, "lag_ms": LAG_S * 1000} \
@@ -205,7 +209,7 @@ class _Live:
             survivors = [i for tenant in locust.api_keys for i in await rig.survivors(new, tenant)]
             verdict = invariants.check(locust.history, survivors, fault_us=fault_us)
             return Cell(design, fault, locust, verdict, fault_us, rig.failover_s(fault_us), rig.events(fault_us), new,
-                        topology)
+                        topology, survivors)
 
     def _load(self, rig: Rig, design: str, fault: str, logs: Path,
               load_done: threading.Event) -> tuple[LocustRun, dict[str, Any]]:
@@ -261,6 +265,20 @@ async def _written(member: dict[str, Any]) -> bool:
         return False
     finally:
         conn.terminate()
+
+
+def check_run(out: Path, _settings: Settings | None = None) -> list[CheckResult]:
+    """The checks of a finished run from its files alone (what `saaslab check failover --out OUT` runs): each cell's
+    ops in `history.jsonl` against its survivors and fault time in `state.json`."""
+    live = out / "live"
+    state = json.loads((live / "state.json").read_text())
+    ops = load(live / "history.jsonl")
+    results: list[CheckResult] = []
+    for tag, cell in state.items():
+        verdict = invariants.check([op for op in ops if op.value.get("cell") == tag], cell["survivors"],
+                                   fault_us=int(cell["fault_us"]))
+        results += [replace(c, name=f"{c.name}[{tag}]") for c in verdict.checks]
+    return results
 
 
 def _tagged(op: Op, tag: str) -> Op:

@@ -32,6 +32,8 @@ def test_a_quick_live_run_rides_through_a_kill(own_settings: Settings, tmp_path:
     assert value["stale_reads"] == 0
     checks = json.loads((live / "check.json").read_text())
     assert checks and all(c["valid"] for c in checks), [c for c in checks if not c["valid"]]
+    again = patterns.get("failover").module("live").check_run(out)  # `saaslab check failover`, from the files
+    assert [(c.name, c.valid, c.checked) for c in again] == [(c["name"], c["valid"], c["checked"]) for c in checks]
     drill = json.loads((live / "drills.json").read_text())[0]
     assert set(drill["statuses"]) <= {"200", "201", "404", "503"}, drill["statuses"]
     before, after = drill["topology"]["before"]["postgres"], drill["topology"]["after"]["postgres"]
