@@ -131,7 +131,7 @@ def _minority_thread(host: network.Host, nodes: dict[str, Node], history: Histor
 class Rig:
     """A PostgreSQL cluster under test: its members (in network namespaces when the machine allows), the
     lease in Redis, the manager's agents, led by the first member once `start` returns. The nemesis strikes
-    through it (`strike`, `heal`, `hold_replication`), and it says when the cluster recovered and what
+    through it (`strike`, `heal`, `lag`, `release`), and it says when the cluster recovered and what
     survived. `close` removes every server, namespace and Redis key it made, whatever happened."""
 
     def __init__(self, root: Path, redis_url: str, *, design: str, seed: int = 0, replicas: int = 1,
@@ -151,6 +151,7 @@ class Rig:
         self.policy = core.Policy(timers, fencing=self.fencing, replicas_total=replicas,
                                   sync_standbys=1 if sync else 0, max_lag_bytes=max_lag_bytes)
         self.manager: Manager | None = None
+        self._lagging = False
 
     @property
     def old(self) -> str:
@@ -177,7 +178,11 @@ class Rig:
         await self.store.clear()
         self.manager = Manager(self.cluster, self.store, self.policy)
         self.manager.start()
-        await _until(lambda: self.led().leader() == self.old, 10, "the first primary to take the lease", self.led())
+        manager = self.led()
+        await _until(lambda: manager.leader() == self.old, 10, "the first primary to take the lease", manager)
+        # Steady once every replica's agent pointed it at the leader (a reload that restarts its WAL receiver).
+        await _until(lambda: all(any(e.node == n and e.what == "following" for e in manager.events)
+                                 for n in self.cluster.names[1:]), 10, "the replicas to follow", manager)
         return self
 
     def led(self) -> Manager:
@@ -208,13 +213,41 @@ class Rig:
         if fault == "pause":
             self.cluster.nodes[self.old].resume()
         elif fault == "partition" and self.net is not None:
-            self.net.heal()
+            self.net.heal(self.old)
             self.led().cut_off(self.old, False)
 
-    def hold_replication(self, held: bool = True) -> None:
-        """The lag nemesis: every replica's WAL receiver stopped (or resumed); see `Node.hold_replication`."""
-        for name in self.cluster.names[1:]:
-            self.cluster.nodes[name].hold_replication(held)
+    async def lag(self, seconds: float) -> None:
+        """The lag nemesis: for `seconds`, no WAL reaches the replicas; they stay held until `release`.
+
+        With network namespaces each replica's host is cut off (the primary keeps what it sent unacknowledged by
+        TCP, so a primary struck now takes it along); else (`Node.hold_replication`) their WAL receivers are
+        stopped, which lags them only beyond what the kernel's socket buffers take in meanwhile (a few MB)."""
+        replicas = self.cluster.names[1:]
+        if self.net is not None:
+            for name in replicas:
+                self.net.isolate(name)
+        self._lagging = True
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline:
+                if self.net is None:  # a reload of primary_conninfo starts a new receiver: hold that one too
+                    for name in replicas:
+                        self.cluster.nodes[name].hold_replication(True)
+                await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """End the lag nemesis: the replicas receive again."""
+        if not self._lagging:
+            return
+        self._lagging = False
+        replicas = self.cluster.names[1:]
+        if self.net is not None:
+            self.net.heal(*replicas)
+        for name in replicas:
+            self.cluster.nodes[name].hold_replication(False)
 
     def hold_s(self) -> float:
         """How long a pause or partition lasts by default: the lease's ttl and two loops, so it lapses."""
@@ -305,10 +338,9 @@ async def pg_drill(root: Path, redis_url: str, *, design: str, fault: str, seed:
                 pinned_task = asyncio.create_task(pinned.run())
             await asyncio.sleep(warmup_s)
             if lag_s > 0:
-                rig.hold_replication(True)
-                await asyncio.sleep(lag_s)
+                await rig.lag(lag_s)
             fault_us = await rig.strike(fault)
-            rig.hold_replication(False)
+            rig.release()
             if fault != "kill":
                 await asyncio.sleep(hold_s)
                 rig.heal(fault)

@@ -242,10 +242,9 @@ class _Live:
             await asyncio.sleep(0.2)
         await asyncio.sleep(WARMUP_S)
         if LAG_S > 0:
-            rig.hold_replication(True)
-            await asyncio.sleep(LAG_S)
+            await rig.lag(LAG_S)
         fault_us = await rig.strike(fault)
-        rig.hold_replication(False)
+        rig.release()
         if self.progress:
             self.progress(f"failover: {fault} {rig.old}")
         if fault != "kill":
