@@ -8,7 +8,11 @@ primary's own side of it. After `warmup_s` the nemesis strikes the primary (`kil
 primary's host cut off, its agent cut off from the lease, both healed `hold_s` later); the writers go on for `settle_s`, then stop; the old
 primary rejoins (by itself, or for the unsafe design by the drill acting as the operator); every id
 is read back from the surviving primary and the checker runs
-(reference_impl/failover/invariants.py).
+(reference_impl/failover/invariants.py). With `lag_s` the lag nemesis runs first (`Rig.lag`).
+
+`Rig` is the cluster under test on its own (servers, namespaces, lease, manager; strike, heal, lag, recover,
+read the survivors): the drills and the live run (saaslab/live/failover.py, which drives the load through the
+service instead) share it.
 """
 
 from __future__ import annotations

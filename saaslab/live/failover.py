@@ -13,8 +13,10 @@ from the surviving primary and the checker runs (reference_impl/failover/invaria
 
 `quick` runs one cell, `sync` with `kill` (about 30 s in all); otherwise the safe designs against every
 fault (`partition` skipped, with its reason in `parameters.skipped`, where namespaces cannot be made).
-`unsafe` adds the unsafe design cut off (partition, else pause) into `<out>/unsafe/live/`, where the
-checker is expected to fail. `host` is refused: the run must start, and strike, the cluster the service
+`unsafe` adds the unsafe design cut off (partition, else pause) into `<out>/unsafe/live/`. Its damage needs a
+client that still reaches the old primary while it takes writes: one service on the majority's side, whose
+pool stays with the new primary once it found it, may see none, and then the checks pass; the drills'
+minority-side writer is what catches the design (tests/integration/test_failover_drills.py). `host` is refused: the run must start, and strike, the cluster the service
 writes to (run the locustfile itself against a running service, as its docstring says).
 
 Rows (source `live`, tenant "*", the schema saaslab/reports/failover/ reads): every metric carries its
