@@ -93,7 +93,7 @@ _NO_NATIVE_TELEMETRY: dict = (
     if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
 
 
-UNSERVED_SETTINGS = frozenset({"admin_token", "database_url", "redis_url"})
+UNSERVED_SETTINGS = frozenset({"admin_token", "database_url", "redis_url", "failover_members"})
 """Settings `GET /admin/config` never answers: a secret, and URLs that may carry credentials."""
 SERVED_SETTINGS: type[BaseModel] = create_model(
     "ServedSettings", __doc__="The settings the service runs with (`SAASLAB_<NAME>`), secrets and URLs left out.",

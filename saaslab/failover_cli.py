@@ -37,11 +37,13 @@ def drill(
     duration: Annotated[float, typer.Option("--duration", metavar="S", min=1, max=600,
                                             help="How long the primary stays paused or cut off.")] = 5.0,
     seed: Annotated[int, typer.Option("--seed", metavar="N")] = 0,
+    lag: Annotated[float, typer.Option("--lag", metavar="S", min=0, max=60,
+                                       help="Hold the replicas' WAL receivers this long before the fault.")] = 0.0,
     out: Annotated[Path | None, typer.Option("--out", metavar="DIR", help="Default: reports/failover/drill/.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every design against every fault.")] = False,
 ) -> None:
-    from reference_impl.failover import core, network
     from reference_impl.failover import drill as drills
+    from reference_impl.failover import network
     from reference_impl.failover.redis_cluster import SentinelTimers
     from reference_impl.failover.redis_drill import redis_drill
     from saaslab.results import new_run_id, write_run
@@ -56,8 +58,8 @@ def drill(
     if design is not None and not all_:
         _check(design, axes[components[0]][0].choices, f"{components[0]} design")
     faults = FAULTS if all_ else (fault,)
-    timers = core.timers_s("settings", settings.failover_ttl_s, settings.failover_loop_wait_s,
-                           settings.failover_retry_timeout_s)
+    timers = drills.named_timers(settings.failover_ttl_s, settings.failover_loop_wait_s,
+                                 settings.failover_retry_timeout_s)
     sentinel_timers = SentinelTimers(down_after_ms=settings.failover_sentinel_down_after_ms,
                                      min_replicas_max_lag_s=settings.failover_min_replicas_max_lag_s)
     out = out or Path("reports/failover/drill")
@@ -78,24 +80,27 @@ def drill(
                         result = asyncio.run(drills.pg_drill(
                             folder, s.redis_url or "", design=d, fault=f, seed=seed,
                             replicas=settings.failover_replicas, timers=timers,
-                            sync_commit=settings.failover_sync_commit, hold_s=duration,
+                            sync_commit=settings.failover_sync_commit, hold_s=duration, lag_s=lag,
                             max_lag_bytes=settings.failover_max_lag_bytes))
+                        condition = drills.condition(f, duration, timers.name, lag)
                     else:
                         # Waits (up to 30 s) for Sentinel to turn a woken or reconnected old master into
                         # a replica: until then it takes the writes of whoever still talks to it.
                         result = asyncio.run(redis_drill(
                             folder, design=d, fault=f, seed=seed, timers=sentinel_timers,
                             wait_ms=settings.failover_redis_wait_ms, hold_s=duration, converge_s=30))
+                        condition = drills.condition(f, duration, "sentinel")
                     summary = result.summary()
                     summaries.append(summary)
-                    rows += drills.result_rows(result, run_id)
+                    rows += drills.result_rows(result, run_id, condition)
                     window = summary["unavailability_s"]
                     typer.echo(f"{comp:8} {d:12} {f:9} {summary['jepsen']}; {summary['split_brain_writes']} "
                                f"split-brain; failover {summary['failover_s'] or float('nan'):.2f} s; "
                                f"writes refused for {window if window is not None else float('nan'):.2f} s")
     write_run(out, run_id=run_id, pattern="failover", source="live", rows=rows,
               parameters={"drills": ran, "faults": list(faults), "seed": seed, "hold_s": duration,
-                          "timers": [timers.ttl_us, timers.loop_wait_us, timers.retry_timeout_us],
+                          "lag_ms": lag * 1000, "timers": timers.name,
+                          "timers_us": [timers.ttl_us, timers.loop_wait_us, timers.retry_timeout_us],
                           "sentinel": [sentinel_timers.down_after_ms, sentinel_timers.failover_timeout_ms,
                                        sentinel_timers.min_replicas_max_lag_s, settings.failover_redis_wait_ms]})
     (out / "drills.json").write_text(json.dumps(summaries, indent=2))

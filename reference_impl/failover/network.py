@@ -107,10 +107,11 @@ class Network:
         _ip("link", "set", self.hosts[name].veth, "down")
         self.isolated.add(name)
 
-    def heal(self) -> None:
-        for name in sorted(self.isolated):
+    def heal(self, *names: str) -> None:
+        """Reconnect `names` (default: every isolated host)."""
+        for name in sorted(set(names or self.isolated) & self.isolated):
             _ip("link", "set", self.hosts[name].veth, "up")
-        self.isolated.clear()
+            self.isolated.discard(name)
 
     def close(self) -> None:
         """Delete every namespace (their veth pairs go with them) and the bridge; never raises."""

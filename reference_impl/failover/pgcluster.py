@@ -120,6 +120,25 @@ class Node(PostgresServer):
                 break
             time.sleep(0.05)
 
+    def hold_replication(self, held: bool = True) -> bool:
+        """Stop (SIGSTOP) or resume this replica's WAL receiver: the lag nemesis. While it is held the
+        replica receives nothing, so its lag grows with the primary's write rate (an async primary
+        commits on; a sync one waits for another standby, or for this one). The sender gives up on a
+        silent receiver only after wal_sender_timeout (60 s), so a hold of seconds leaves the
+        connection in place and the replica catches up when it resumes. False when it has no receiver."""
+        found = False
+        pid = self.pid
+        for child in _children(pid) if pid is not None else []:
+            try:
+                title = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "walreceiver" in title:
+                found = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGSTOP if held else signal.SIGCONT)
+        return found
+
     def end_of_wal(self) -> tuple[int, int]:
         """(timeline, LSN) of the last checkpoint of a stopped server: after a clean shutdown, where
         its WAL ends (pg_controldata, as Patroni reads it before deciding on a rewind)."""
@@ -228,7 +247,7 @@ class Cluster:
         """Stop every node (paused ones are resumed first); never raises."""
         for node in self.nodes.values():
             with contextlib.suppress(Exception):
-                node.resume()
+                node.resume()  # the whole process tree: a held WAL receiver too
                 node.hard_stop()
 
 
@@ -295,4 +314,7 @@ FENCE_SQL = ("ALTER SYSTEM SET default_transaction_read_only = on", "SELECT pg_r
              "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
 UNFENCE_SQL = ("ALTER SYSTEM RESET default_transaction_read_only", "SELECT pg_reload_conf()")
 PROMOTE_SQL = (*UNFENCE_SQL, "SELECT pg_promote(true, 30)")
-SCHEMA_SQL = f"SET synchronous_commit = local; CREATE TABLE IF NOT EXISTS {TABLE} (id text PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())"
+CREATE_TABLE_SQL = (f"CREATE TABLE IF NOT EXISTS {TABLE} (tenant_id text NOT NULL DEFAULT '', id text NOT NULL, "
+                    f"at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (tenant_id, id))")
+"""The drills' writes (tenant ''), and the service's (reference_impl/failover/writes.py), scoped by tenant."""
+SCHEMA_SQL = f"SET synchronous_commit = local; {CREATE_TABLE_SQL}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,12 +44,19 @@ class WriteUnknown(PrimaryUnavailable):
 
 class PrimaryPool:
     def __init__(self, members: Mapping[str, Mapping[str, Any]], *, timeout_s: float = 1.0, size: int = 4,
-                 retry_after_s: int = 1) -> None:
+                 retry_after_s: int = 1, recheck_s: float = 0.0) -> None:
+        """`recheck_s`: after a search found no primary, calls within this long are refused at once rather
+        than each searching again. A service's requests arrive far faster than a failover ends; without it
+        they queue behind one another's searches, each up to `timeout_s`."""
         self.members = dict(members)
         self.timeout_s = timeout_s
         self.size = size
         self.retry_after_s = retry_after_s
+        self.recheck_s = recheck_s
         self.primary: str | None = None
+        self.searches = 0
+        """How many times it looked for the primary."""
+        self._missed_at: float | None = None
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
 
@@ -69,10 +77,16 @@ class PrimaryPool:
             if self._pool is not None:
                 return self._pool
             names = list(self.members)
+            if self._missed_at is not None and time.monotonic() - self._missed_at < self.recheck_s:
+                raise WriteRefused("no writable primary among " + ", ".join(names) + " a moment ago",
+                                   self.retry_after_s)
+            self.searches += 1
             found = await asyncio.gather(*(self._probe(n) for n in names))
             primary = next((n for n, ok in zip(names, found, strict=True) if ok), None)
             if primary is None:
+                self._missed_at = time.monotonic()
                 raise WriteRefused("no writable primary among " + ", ".join(names), self.retry_after_s)
+            self._missed_at = None
             try:
                 self._pool = await asyncio.wait_for(asyncpg.create_pool(
                     **self.members[primary], min_size=1, max_size=self.size, timeout=self.timeout_s,

@@ -1,8 +1,9 @@
 """failover: a primary dies, pauses or is cut off; PostgreSQL replicas and Redis Sentinel take over."""
 
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from saaslab.patterns.base import Axis, Design, Pattern
 
@@ -47,6 +48,19 @@ class FailoverSettings(BaseModel):
     failover_redis_wait_ms: int = Field(default=200, ge=1, le=60_000)
     failover_sentinel_down_after_ms: int = Field(default=1000, ge=100, le=600_000)
     failover_min_replicas_max_lag_s: int = Field(default=1, ge=1, le=3600)
+    # The PostgreSQL members the service's failover writes go to (POST /v1/failover/writes), comma-separated
+    # `name=postgresql://...` (a bare URL is named by its host:port); its pool follows whichever is the
+    # primary. Empty: the service's own database, one server and nothing to fail over to.
+    failover_members: str = ""
+    # The failover manager's lease key in Redis: GET /admin/topology reads the members' role, LSN and
+    # timeline its agents publish at `<key>:members`. Empty: the topology asks the members themselves.
+    failover_lease_key: str = Field(default="", max_length=200)
+
+    @field_validator("failover_members")
+    @classmethod
+    def _member_urls(cls, value: str) -> str:
+        member_urls(value)
+        return value
 
     @model_validator(mode="after")
     def _patronis_rule(self) -> "FailoverSettings":
@@ -58,6 +72,23 @@ class FailoverSettings(BaseModel):
                 f"SAASLAB_FAILOVER_TTL_S ({self.failover_ttl_s:g}): Patroni's rule, so a leader fences itself "
                 f"before its lease can lapse")
         return self
+
+
+def member_urls(value: str) -> dict[str, str]:
+    """`SAASLAB_FAILOVER_MEMBERS` as {name: URL}; a ValueError says what is wrong with it."""
+    members: dict[str, str] = {}
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        name, _, url = item.partition("=") if "=" in item.split("://", 1)[0] else ("", "", item)
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+            raise ValueError(f"SAASLAB_FAILOVER_MEMBERS: {item!r} is not `name=postgresql://host:port/db`")
+        name = name.strip() or f"{parts.hostname}:{parts.port or 5432}"
+        if name in members:
+            raise ValueError(f"SAASLAB_FAILOVER_MEMBERS names {name!r} twice")
+        members[name] = url
+    return members
 
 
 PATTERN = Pattern(
@@ -72,5 +103,9 @@ PATTERN = Pattern(
     simulation="scenarios.failover",
     report="saaslab.reports.failover",
     notebook="notebooks/failover.ipynb",
+    service="reference_impl.failover.wiring",
+    live="saaslab.live.failover",
+    loadtest="loadtests/failover.py",
+    bench="bench.failover",
     settings=FailoverSettings,
 )

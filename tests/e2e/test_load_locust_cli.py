@@ -28,8 +28,8 @@ pytestmark = pytest.mark.e2e
 API_KEY = re.compile(r"sk_[A-Za-z0-9_-]{20,}")
 """The service's API keys (`reference_impl/tenancy/core.py`: "sk_" and 43 URL-safe characters)."""
 PLAIN_RUN_S = 7
-MAIN_SCENARIOS = {"tenancy": "NoisyNeighbour", "ratelimit": "NoisyNeighbour", "idempotency": "DoubleClickPay",
-                  "sagas": "Checkout"}
+MAIN_SCENARIOS = {"tenancy": "NoisyNeighbour", "ratelimit": "NoisyNeighbour", "failover": "Writes",
+                  "idempotency": "DoubleClickPay", "sagas": "Checkout"}
 """Each locustfile's main user class; idempotency and sagas last, since their crash faults kill service workers."""
 FAULTY = ("idempotency", "sagas")
 """Scenarios whose faults fail some requests on purpose (Locust then exits with status 1)."""

@@ -34,6 +34,6 @@ async def test_config_answers_every_setting_but_secrets_and_urls(svc: LiveServic
     body = r.json()
     assert body["scheduler_slots"] == 3 and body["scheduler"] == "wfq" and body["lab_mode"] is False
     assert set(body) == set(Settings.model_fields) - UNSERVED_SETTINGS
-    assert UNSERVED_SETTINGS == {"admin_token", "database_url", "redis_url"}
+    assert UNSERVED_SETTINGS == {"admin_token", "database_url", "redis_url", "failover_members"}
     for secret in (svc.settings.admin_token, svc.settings.database_url, svc.settings.redis_url):
         assert secret and secret not in r.text
