@@ -86,6 +86,18 @@ class SimAndLive(Generic[V, C]):
         return self.sim
 
 
+def sim_vs_live_rule(waiting_table: Callable[[Any], Table | None], table: Callable[[list[Any], bool], Table],
+                      waiting: str, note: str) -> Callable[[SimAndLive[Any, Any]], tuple[Table | None, str]]:
+    """A `sim_vs_live` rule: without a live run, the simulated side (`waiting_table` of the simulated view) and the
+    `waiting` sentence; with one, `table` of the comparison cells (told whether a simulation ran) and `note`."""
+    def rule(ctx: SimAndLive[Any, Any]) -> tuple[Table | None, str]:
+        if ctx.live is None:
+            return (waiting_table(ctx.sim) if ctx.sim is not None else None), waiting
+        return table(ctx.comps, ctx.sim is not None), note
+
+    return rule
+
+
 def designs_present(ctx: Any, texts: Mapping[str, str]) -> dict[str, str]:
     """The designs the simulation ran (else the live run), each with its description in `texts`."""
     present = ctx.sim.designs if ctx.sim else ctx.live.designs if ctx.live else []

@@ -35,7 +35,15 @@ from __future__ import annotations
 from saaslab import patterns
 from saaslab.report import PatternData, PatternReport, Report, Section, Table
 from saaslab.report import build as build_report
-from saaslab.report.declaration import SimAndLive, designs_present, empty_without_rows, has_sim, no_sim, on
+from saaslab.report.declaration import (
+    SimAndLive,
+    designs_present,
+    empty_without_rows,
+    has_sim,
+    no_sim,
+    on,
+    sim_vs_live_rule,
+)
 from saaslab.report.evidence import checks_sentence, no_simulation, seeds_note
 from saaslab.reports.failover import conclusions as said
 from saaslab.reports.failover.figures import (
@@ -96,13 +104,6 @@ def _agreement(c: Failover) -> list[str]:
     return agreement_sentences(c.comps)
 
 
-def _sim_vs_live(c: Failover) -> tuple[Table | None, str]:
-    if c.live is None:
-        return (no_live_table(c.sim) if c.sim is not None else None), no_live_sentence()
-    return sim_vs_live_table(c.comps, c.sim is not None), ("One row per drill (design and fault) and metric the live "
-                                                           "run measured, with the simulation of the same fault.")
-
-
 def _notes(c: Failover) -> list[str]:
     notes = [n for n in (seeds_note(PATTERN, c.sim.max_seeds) if c.sim else None,) if n]
     return notes + (live_notes(c.live) if c.live else [])
@@ -140,7 +141,9 @@ REPORT = PatternReport(
     notes=(_notes,),
     designs=lambda c: designs_present(c, DESIGN_TEXT),
     workload=lambda c: workload(c.data.sim, c.data.live),
-    sim_vs_live=_sim_vs_live,
+    sim_vs_live=sim_vs_live_rule(no_live_table, sim_vs_live_table, no_live_sentence(),
+                                 "One row per drill (design and fault) and metric the live run measured, with the "
+                                 "simulation of the same fault."),
     invariants=lambda c: invariants(c.sim, c.data.live),
     empty=empty_without_rows(PATTERN),
 )

@@ -35,7 +35,7 @@ Without a live run the measured column reads "no live run yet" and a conclusion 
 from __future__ import annotations
 
 from saaslab import patterns
-from saaslab.report import PatternData, PatternReport, Report, Section, Table
+from saaslab.report import PatternData, PatternReport, Report, Section
 from saaslab.report import build as build_report
 from saaslab.report.declaration import (
     SimAndLive,
@@ -45,6 +45,7 @@ from saaslab.report.declaration import (
     no_live,
     no_sim,
     on,
+    sim_vs_live_rule,
 )
 from saaslab.report.evidence import LiveLatency, checks_sentence, no_live_run, no_simulation, seeds_note
 from saaslab.reports.sagas import conclusions as said
@@ -93,13 +94,6 @@ def _agreement(c: Sagas) -> list[str]:
     return agreement_sentences(c.comps)
 
 
-def _sim_vs_live(c: Sagas) -> tuple[Table | None, str]:
-    if c.live is None:
-        return (no_live_table(c.sim) if c.sim is not None else None), no_live_run(PATTERN)
-    return sim_vs_live_table(c.comps, c.sim is not None), ("One row per design, load point and metric the live run "
-                                                           "measured; a live run has one value per cell.")
-
-
 def _notes(c: Sagas) -> list[str]:
     notes = [n for n in (seeds_note(PATTERN, c.sim.max_seeds) if c.sim else None,) if n]
     live = live_notes(c.sim, c.live) + live_run_notes(c.data.live.parameters) if c.live and c.data.live else []
@@ -133,7 +127,9 @@ REPORT = PatternReport(
     notes=(_notes,),
     designs=lambda c: designs_present(c, DESIGN_TEXT),
     workload=lambda c: workload(c.data.sim, c.data.live),
-    sim_vs_live=_sim_vs_live,
+    sim_vs_live=sim_vs_live_rule(no_live_table, sim_vs_live_table, no_live_run(PATTERN),
+                                 "One row per design, load point and metric the live run measured; a live run has "
+                                 "one value per cell."),
     invariants=lambda c: invariants(c.sim, c.data.live),
     live_latencies=_latencies,
     empty=empty_without_rows(PATTERN),

@@ -32,7 +32,7 @@ Without a live run the measured column reads "no live run yet" and a conclusion 
 from __future__ import annotations
 
 from saaslab import patterns
-from saaslab.report import PatternData, PatternReport, Report, Section, Table
+from saaslab.report import PatternData, PatternReport, Report, Section
 from saaslab.report import build as build_report
 from saaslab.report.declaration import (
     SimAndLive,
@@ -42,6 +42,7 @@ from saaslab.report.declaration import (
     no_live,
     no_sim,
     on,
+    sim_vs_live_rule,
 )
 from saaslab.report.evidence import LiveLatency, checks_sentence, no_live_run, no_simulation, seeds_note
 from saaslab.reports.sharding import conclusions as said
@@ -94,13 +95,6 @@ def _agreement(c: Sharding) -> list[str]:
     return agreement_sentences(c.comps)
 
 
-def _sim_vs_live(c: Sharding) -> tuple[Table | None, str]:
-    if c.live is None:
-        return (no_live_table(c.sim) if c.sim is not None else None), no_live_run(PATTERN)
-    return comparison_table(c.comps, c.sim is not None), ("One row per design, cell and metric the live run "
-                                                          "measured; a live run has one value per cell.")
-
-
 def _notes(c: Sharding) -> list[str]:
     notes = [n for n in (seeds_note(PATTERN, c.sim.max_seeds) if c.sim else None,) if n]
     return notes + (live_notes(c.live) if c.live else [])
@@ -139,7 +133,9 @@ REPORT = PatternReport(
     notes=(_notes,),
     designs=lambda c: designs_present(c, DESIGN_TEXT),
     workload=lambda c: workload(c.data.sim, c.data.live),
-    sim_vs_live=_sim_vs_live,
+    sim_vs_live=sim_vs_live_rule(no_live_table, comparison_table, no_live_run(PATTERN),
+                                 "One row per design, cell and metric the live run measured; a live run has one "
+                                 "value per cell."),
     invariants=lambda c: invariants(c.sim, c.data.live),
     live_latencies=_latencies,
     empty=empty_without_rows(PATTERN),
