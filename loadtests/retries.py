@@ -28,7 +28,7 @@ from gevent.pool import Group
 
 from loadtests.common.lab import LabUser
 from loadtests.common.openmodel import OpenModelDriver, Outcome
-from loadtests.common.provision import Admin, admin_token_from_env
+from loadtests.common.provision import Admin
 from loadtests.retries_plan import ContentionPlan, RetriesPlan, SpikePlan
 from reference_impl.retries.core import BudgetState, CircuitBreaker, make_policy
 from scenarios import retries as scenario
@@ -68,7 +68,7 @@ class RetriesLab(LabUser):
 
     # -- the scenario --------------------------------------------------------------------------
     def drive(self) -> None:
-        self.admin = Admin(self.environment.host or "", admin_token_from_env())
+        self.admin = self.admin_client()
         try:
             self.admin.clear_faults()
             if self.plan.contention is not None:
@@ -82,7 +82,7 @@ class RetriesLab(LabUser):
     def on_stop(self) -> None:
         # However the run stops, no delay is left armed on the service.
         if self.admin is not None:
-            with Admin(self.environment.host or "", admin_token_from_env()) as admin:
+            with self.admin_client() as admin:
                 admin.clear_faults()
 
     def summary(self) -> dict[str, Any]:

@@ -44,9 +44,9 @@ from typing import Any
 
 import gevent
 
+from loadtests.common.answers import json_object
 from loadtests.common.lab import CLIENT_TIMEOUT_S, LabUser, worker_index
 from loadtests.common.openmodel import OpenModelDriver, Outcome, shard
-from loadtests.common.provision import Admin, ProvisioningError, admin_token_from_env
 from loadtests.common.runconfig import LoadRun
 from reference_impl.sagas.core import PROVIDER_POINT
 from scenarios.kernel.workload import TenantSpec, Workload, arrivals, zipf_weights
@@ -153,26 +153,18 @@ class Checkout(LabUser):
         finally:  # a run stopped early (--run-time) leaves no fault armed either
             gevent.killall(crashes)
             if self.index == 0:
-                self._admin(lambda admin: admin.clear_faults())  # every worker follows a clear
+                self.try_admin(lambda admin: admin.clear_faults())  # every worker follows a clear
         self._settle()
-
-    def _admin(self, work: Any) -> bool:
-        try:
-            with Admin(self.environment.host or "", admin_token_from_env()) as admin:
-                work(admin)
-            return True
-        except ProvisioningError:
-            return False  # the worker that took it may be the one restarting: the next round arms it
 
     def _keep_declining(self) -> None:
         plan = self.plan
         while True:
             for _ in range(plan.spread):
-                self._admin(lambda admin: admin.arm_fault(PROVIDER_POINT, "error", probability=plan.p_decline))
+                self.try_admin(lambda admin: admin.arm_fault(PROVIDER_POINT, "error", probability=plan.p_decline))
             gevent.sleep(plan.rearm_s)
 
     def _crash(self, point: str) -> None:
-        if self._admin(lambda admin: admin.arm_fault(point, "crash", count=1)):
+        if self.try_admin(lambda admin: admin.arm_fault(point, "crash", count=1)):
             self.counters.crashes_armed += 1
 
     def checkout(self, tenant: str) -> Outcome:
@@ -192,7 +184,7 @@ class Checkout(LabUser):
             with self.client.post(ORDERS, json=body, headers={**self.headers(tenant), "Idempotency-Key": key},
                                   name=f"POST {ORDERS}", catch_response=True) as resp:
                 status = int(resp.status_code or 0)
-                answer = _json(resp) if status else {}
+                answer = json_object(resp) if status else {}
                 if status in RETRY_STATUSES and attempt < plan.max_attempts:
                     resp.success()  # a retry follows; the final attempt is what counts
             if status == 202:
@@ -247,16 +239,9 @@ class Checkout(LabUser):
             if resp.status_code != 200:
                 resp.success()  # a worker restarting: asked again
                 return None
-            return _json(resp)
+            return json_object(resp)
 
     def summary(self) -> dict[str, Any]:
         return {"plan": asdict(self.plan), "counters": asdict(self.counters), "skus": self.skus,
                 "open_model": self.driver.result().to_json() if self.driver else None}
 
-
-def _json(resp: Any) -> dict[str, Any]:
-    try:
-        data = resp.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}

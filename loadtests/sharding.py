@@ -51,9 +51,10 @@ from typing import Any
 
 import gevent
 
+from loadtests.common.answers import json_object
 from loadtests.common.lab import LabUser, worker_index
 from loadtests.common.openmodel import OpenModelDriver, Outcome, shard
-from loadtests.common.provision import Admin, ProvisioningError, admin_token_from_env
+from loadtests.common.provision import Admin, ProvisioningError
 from loadtests.common.runconfig import LoadRun
 from saaslab.results import LatencyHistogram
 from scenarios.kernel.workload import TenantSpec, Workload, arrivals, zipf_tenants
@@ -145,7 +146,7 @@ class ShardedTenants(LabUser):
         finally:  # a run stopped early (--run-time, Ctrl-C) leaves no fault armed either
             gevent.killall(admin_work)
             if self.index == 0:
-                self._admin(lambda admin: admin.clear_faults())
+                self.try_admin(lambda admin: admin.clear_faults())
         if self.index == 0:
             self.placements["final"] = self._placements()
 
@@ -164,7 +165,7 @@ class ShardedTenants(LabUser):
         with self.client.post(PROJECTS, json={"name": key}, headers=self.headers(tenant), name=f"POST {PROJECTS}",
                               catch_response=True) as resp:
             status = int(resp.status_code or 0)
-            answer = _json(resp) if status == 201 else {}
+            answer = json_object(resp) if status == 201 else {}
         if status == 201:
             self.counters.acknowledged += 1
             self.acked.setdefault(tenant, []).append((key, str(answer.get("id"))))
@@ -218,14 +219,14 @@ class ShardedTenants(LabUser):
             arming = gevent.spawn(self._keep_cutover_slow)
         invoked = None
         try:
-            with Admin(self.environment.host or "", admin_token_from_env()) as admin:
+            with self.admin_client() as admin:
                 source = admin.get(f"/admin/tenants/{tid}/placement").json()["shard"]
                 body = {"to": self._coolest_shard(admin, source)} if kind == "move" else None
                 target = {"target": body["to"]} if body else {}
                 invoked = self.history.invoke(kind, {"tenant": tid, "source": source, **target})
                 resp = admin.post_raw(f"/admin/tenants/{tid}/{kind}", body)
                 if resp.status_code != 202:  # one database, no spare shard, a job already running: said in detail
-                    record["refused"] = {"status": resp.status_code, "detail": _json(resp).get("detail")}
+                    record["refused"] = {"status": resp.status_code, "detail": json_object(resp).get("detail")}
                     log.warning("%s of %s refused: HTTP %s: %s", kind, tenant, resp.status_code,
                                 record["refused"]["detail"])
                     self.history.complete(invoked, "fail", record["refused"])
@@ -240,7 +241,7 @@ class ShardedTenants(LabUser):
         finally:  # also when the run stops mid-job: no fault outlives it
             if arming is not None:
                 gevent.kill(arming)
-                self._admin(lambda admin: admin.clear_faults())  # the worker that takes it clears them all
+                self.try_admin(lambda admin: admin.clear_faults())  # the worker that takes it clears them all
         move = (job.get("moves") or [{}])[0]
         done = {k: move[k] for k in ("target", "epoch", "copied_rows", "caught_up_rows", "write_blocked_ms",
                                      "duration_ms", "source_rows", "target_rows") if move.get(k) is not None}
@@ -267,24 +268,16 @@ class ShardedTenants(LabUser):
     def _arm_cutover(self) -> None:
         plan = self.plan
         for _ in range(plan.spread):
-            self._admin(lambda admin: admin.arm_fault(CUTOVER_POINT, "delay", delay_ms=plan.cutover_delay_ms))
+            self.try_admin(lambda admin: admin.arm_fault(CUTOVER_POINT, "delay", delay_ms=plan.cutover_delay_ms))
 
     def _keep_cutover_slow(self) -> None:
         while True:
             gevent.sleep(self.plan.rearm_s)
             self._arm_cutover()
 
-    def _admin(self, work: Any) -> bool:
-        try:
-            with Admin(self.environment.host or "", admin_token_from_env()) as admin:
-                work(admin)
-            return True
-        except ProvisioningError:
-            return False
-
     def _placements(self) -> dict[str, int]:
         """tenant name -> shard, as the service places it now."""
-        with Admin(self.environment.host or "", admin_token_from_env()) as admin:
+        with self.admin_client() as admin:
             return {name: admin.get(f"/admin/tenants/{t.tenant_id}/placement").json()["shard"]
                     for name, t in self.tenants.items()}
 
@@ -295,10 +288,3 @@ class ShardedTenants(LabUser):
                 "write_latency": {t: h.encode() for t, h in self.write_latency.items()},
                 "open_model": self.driver.result().to_json() if self.driver else None}
 
-
-def _json(resp: Any) -> dict[str, Any]:
-    try:
-        data = resp.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}

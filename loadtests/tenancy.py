@@ -22,6 +22,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlencode
 
+from loadtests.common.answers import json_object
 from loadtests.common.lab import CLIENT_TIMEOUT_S, LabUser, worker_index
 from loadtests.common.openmodel import OpenModelDriver, Outcome, shard
 from loadtests.common.runconfig import LoadRun
@@ -52,14 +53,6 @@ def _outcome(status: int) -> Outcome:
     return "timeout" if status == 0 else "error"
 
 
-def _json(resp: Any) -> dict[str, Any]:
-    try:
-        data = resp.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 class TenantClient(LabUser):
     """Tenant-scoped calls that land in the history as invoke, then ok/fail/info."""
 
@@ -81,7 +74,7 @@ class TenantClient(LabUser):
         with self.client.request(method, path, headers=self.headers(actor), json=json_body, name=route,
                                  catch_response=True) as resp:
             status = int(resp.status_code or 0)
-            body = _json(resp) if status else {}
+            body = json_object(resp) if status else {}
             if status in refused:
                 resp.success()
             elif success_is_leak and 200 <= status < 300:

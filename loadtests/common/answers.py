@@ -31,3 +31,12 @@ def whole(content_length: str | None, body: bytes) -> bool:
         return content_length is None or int(content_length) == len(body)
     except ValueError:
         return False
+
+
+def json_object(resp: Any) -> dict[str, Any]:
+    """The body as a JSON object: empty when it is not one (a proxy's HTML page, a list, no body)."""
+    try:
+        data = resp.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}

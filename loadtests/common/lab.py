@@ -42,7 +42,7 @@ import gc
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NoReturn
 
@@ -183,6 +183,20 @@ class LabUser(FastHttpUser):
 
     def headers(self, tenant: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tenants[tenant].api_key}"}
+
+    def admin_client(self) -> Admin:
+        """A client of the service's admin API (a context manager)."""
+        return Admin(self.environment.host or "", admin_token_from_env())
+
+    def try_admin(self, work: Callable[[Admin], object]) -> bool:
+        """Run `work` on an admin client; False when the service refused or was unreachable, for work the caller
+        repeats (a fault re-armed every round: the worker that took it may be the one restarting)."""
+        try:
+            with self.admin_client() as admin:
+                work(admin)
+            return True
+        except ProvisioningError:
+            return False
 
     def start_monotonic(self) -> float:
         """The shared start time on this process's monotonic clock (now, if none was set)."""

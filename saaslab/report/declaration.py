@@ -20,9 +20,9 @@ live invariants sentence, and the answer.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from saaslab import patterns
 from saaslab.report.content import Figure, Report, Table
@@ -63,6 +63,55 @@ def no_live(ctx: Any) -> bool:
 
 def sim_and_live(ctx: Any) -> bool:
     return ctx.sim is not None and ctx.live is not None
+
+
+V = TypeVar("V")
+C = TypeVar("C")
+
+
+@dataclass
+class SimAndLive(Generic[V, C]):
+    """A context of a simulated and a measured view of one pattern's runs (None when that source has no rows), and
+    the simulated-versus-measured comparison cells; a pattern subclasses it with a classmethod `of(data)`."""
+
+    data: PatternData
+    sim: V | None
+    live: V | None
+    comps: list[C] = field(default_factory=list)
+
+    @property
+    def simulated(self) -> V:
+        """The simulated view, for rules that run only in sections whose `when` is `has_sim`."""
+        assert self.sim is not None
+        return self.sim
+
+
+def sim_vs_live_rule(waiting_table: Callable[[Any], Table | None], table: Callable[[list[Any], bool], Table],
+                      waiting: str, note: str) -> Callable[[SimAndLive[Any, Any]], tuple[Table | None, str]]:
+    """A `sim_vs_live` rule: without a live run, the simulated side (`waiting_table` of the simulated view) and the
+    `waiting` sentence; with one, `table` of the comparison cells (told whether a simulation ran) and `note`."""
+    def rule(ctx: SimAndLive[Any, Any]) -> tuple[Table | None, str]:
+        if ctx.live is None:
+            return (waiting_table(ctx.sim) if ctx.sim is not None else None), waiting
+        return table(ctx.comps, ctx.sim is not None), note
+
+    return rule
+
+
+def designs_present(ctx: Any, texts: Mapping[str, str]) -> dict[str, str]:
+    """The designs the simulation ran (else the live run), each with its description in `texts`."""
+    present = ctx.sim.designs if ctx.sim else ctx.live.designs if ctx.live else []
+    return {d: texts.get(d, "(no description)") for d in present}
+
+
+def empty_without_rows(pattern: str) -> Callable[[Any], str | None]:
+    """An `empty` rule for contexts with a `sim` and a `live` view: a sentence when both are missing."""
+    def empty(ctx: Any) -> str | None:
+        if ctx.sim is None and ctx.live is None:
+            return f"The runs hold no {pattern} rows: run `saaslab sim {pattern}`."
+        return None
+
+    return empty
 
 
 def on(attribute: str, rule: Callable[[Any], Any]) -> Callable[[Any], Any]:

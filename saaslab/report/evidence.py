@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from saaslab.report.content import Table
 from saaslab.report.data import RunData
@@ -42,6 +43,38 @@ def checks_table(run: RunData | None, pattern: str) -> tuple[Table | None, str]:
             for c in run.checks]
     return Table("Invariant checks on the live history",
                  ["check", "valid", "checked", "violations", "detail"], rows), ""
+
+
+def live_checks_note(run: RunData | None, pattern: str) -> str:
+    """Why a table of simulated and live checks has no live rows ('' when it has them)."""
+    if run is None:
+        return (f"No live run, so no live invariant results: `saaslab load {pattern}` runs the checks on the live "
+                "history and writes live/check.json.")
+    if run.checks is None:
+        return f"The live run in {run.directory} has no check.json: re-run `saaslab load {pattern}`, which writes it."
+    return ""
+
+
+def simulated_check_rows(designs: Sequence[str], checks: Sequence[str],
+                         held: Callable[[str, str], tuple[int, int]]) -> list[list[str]]:
+    """One row per design and check the simulation judged: in how many runs it held (`held` gives (held, runs))."""
+    rows = []
+    for d in designs:
+        for check in checks:
+            ok, n = held(d, check)
+            if n:
+                rows.append(["simulated", d, check, f"{ok}/{n} runs", str(n - ok)])
+    return rows
+
+
+def sim_and_live_checks(title: str, columns: Sequence[str], caption: str, simulated: list[list[str]],
+                        live: RunData | None, note: str) -> tuple[Table | None, str]:
+    """The simulated check rows and the live run's verdicts in one table, with `note` (why no live rows)."""
+    rows = simulated + [["live", "", c.name, "yes" if c.valid else "NO", f"{c.violations:,}"]
+                        for c in (live.checks or [] if live is not None else [])]
+    if not rows:
+        return None, note or "No invariant results were recorded."
+    return Table(title, list(columns), rows, caption=caption), note
 
 
 def on_design(check_name: str, design: str | None) -> bool:
@@ -117,6 +150,32 @@ def live_run_line(params: dict[str, object], keys: Sequence[str], extra: Sequenc
     """'Live run: load points [0.5]; duration s 60; ...' from the live run.json's parameters."""
     parts = [f"{k.replace('_', ' ')} {params[k]}" for k in keys if params.get(k) is not None] + list(extra)
     return "Live run: " + ("; ".join(parts) if parts else "no parameters recorded") + "."
+
+
+NO_WORKLOAD = "The runs recorded no workload parameters (run.json is missing or has none)."
+SETUP_ERRORS = (KeyError, TypeError, ValueError)
+"""What reading a run.json written by an older version (a key missing or of another type) raises."""
+
+
+def simulated_setup(pattern: str, params: dict[str, Any], lines: Callable[[dict[str, Any]], list[str]],
+                    what: str = "setup") -> list[str]:
+    """`lines(params)` from the simulated run.json, or one line saying its `what` is incomplete."""
+    try:
+        return lines(params)
+    except SETUP_ERRORS:
+        return [f"The simulated run's {what} in run.json is incomplete (an older version?): re-run "
+                f"`saaslab sim {pattern}`."]
+
+
+def workload_lines(pattern: str, sim: RunData | None, live: RunData | None,
+                   setup: Callable[[dict[str, Any]], list[str]], live_line: Callable[[dict[str, Any]], str]) -> list[str]:
+    """The workload section: the simulated setup (when its run.json has one), then the live run's line."""
+    lines = []
+    if sim is not None and sim.parameters.get("setup"):
+        lines += simulated_setup(pattern, sim.parameters, setup)
+    if live is not None:
+        lines.append(live_line(live.parameters))
+    return lines or [NO_WORKLOAD]
 
 
 LIVE_TROUBLE = (("errors", "errors"), ("timeouts", "timeouts"), ("dropped", "dropped arrivals"))

@@ -32,12 +32,18 @@ Without a live run the measured column reads "no live run yet" and a conclusion 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from saaslab import patterns
 from saaslab.report import PatternData, PatternReport, Report, Section, Table
 from saaslab.report import build as build_report
-from saaslab.report.declaration import has_sim, no_sim, on
+from saaslab.report.declaration import (
+    SimAndLive,
+    designs_present,
+    empty_without_rows,
+    has_sim,
+    no_sim,
+    on,
+    sim_vs_live_rule,
+)
 from saaslab.report.evidence import checks_sentence, no_simulation, seeds_note
 from saaslab.reports.failover import conclusions as said
 from saaslab.reports.failover.figures import (
@@ -65,25 +71,14 @@ from scenarios.failover.plan import INCIDENTS_PER_YEAR
 QUESTION = patterns.get(PATTERN).question
 
 
-@dataclass
-class Failover:
+class Failover(SimAndLive[View, Comparison]):
     """The loaded runs, their views and the simulated-versus-measured cells."""
-
-    data: PatternData
-    sim: View | None
-    live: View | None
-    comps: list[Comparison] = field(default_factory=list)
 
     @classmethod
     def of(cls, data: PatternData) -> Failover:
         sim = View.of(data.sim) if data.sim and data.sim.rows else None
         live = View.of(data.live, live_defaults(data.live)) if data.live and data.live.rows else None
         return cls(data, sim, live, comparisons(sim, live) if live is not None else [])
-
-    @property
-    def simulated(self) -> View:
-        assert self.sim is not None
-        return self.sim
 
     @property
     def incidents(self) -> float:
@@ -109,27 +104,9 @@ def _agreement(c: Failover) -> list[str]:
     return agreement_sentences(c.comps)
 
 
-def _sim_vs_live(c: Failover) -> tuple[Table | None, str]:
-    if c.live is None:
-        return (no_live_table(c.sim) if c.sim is not None else None), no_live_sentence()
-    return sim_vs_live_table(c.comps, c.sim is not None), ("One row per drill (design and fault) and metric the live "
-                                                           "run measured, with the simulation of the same fault.")
-
-
 def _notes(c: Failover) -> list[str]:
     notes = [n for n in (seeds_note(PATTERN, c.sim.max_seeds) if c.sim else None,) if n]
     return notes + (live_notes(c.live) if c.live else [])
-
-
-def _designs(c: Failover) -> dict[str, str]:
-    present = c.sim.designs if c.sim else c.live.designs if c.live else []
-    return {d: DESIGN_TEXT.get(d, "(no description)") for d in present}
-
-
-def _empty(c: Failover) -> str | None:
-    if c.sim is None and c.live is None:
-        return f"The runs hold no failover rows: run `saaslab sim {PATTERN}`."
-    return None
 
 
 def _timers(c: Failover) -> list[str]:
@@ -162,11 +139,13 @@ REPORT = PatternReport(
     answer=(_no_simulation, (_timers, 1), _loss, _split, (_agreement, 1), (_map, 1), checks_sentence, _no_live),
     headline_figure=_headline_figure,
     notes=(_notes,),
-    designs=_designs,
+    designs=lambda c: designs_present(c, DESIGN_TEXT),
     workload=lambda c: workload(c.data.sim, c.data.live),
-    sim_vs_live=_sim_vs_live,
+    sim_vs_live=sim_vs_live_rule(no_live_table, sim_vs_live_table, no_live_sentence(),
+                                 "One row per drill (design and fault) and metric the live run measured, with the "
+                                 "simulation of the same fault."),
     invariants=lambda c: invariants(c.sim, c.data.live),
-    empty=_empty,
+    empty=empty_without_rows(PATTERN),
 )
 
 

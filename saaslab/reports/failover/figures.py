@@ -9,6 +9,7 @@ from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure as MplFigure
 
 from saaslab.report import Figure, RunData, Summary, Table, figure_data_uri, fmt_g, fmt_num, grouped_bars
+from saaslab.report.evidence import sim_and_live_checks, simulated_check_rows
 from saaslab.reports.failover.view import CHECKS, PATTERN, View
 from scenarios.failover.plan import Condition, timers_named
 
@@ -206,16 +207,10 @@ def headline_figure(v: View) -> Figure:
 # --- invariants --------------------------------------------------------------------------------------
 
 def invariants(sim: View | None, live: RunData | None) -> tuple[Table | None, str]:
-    rows = []
+    simulated: list[list[str]] = []
     if sim is not None:
         conditions: list[Condition] = sim.loss_conditions
-        for d in sim.designs:
-            for check in CHECKS:
-                ok, n = sim.held(d, check, conditions)
-                if n:
-                    rows.append(["simulated", d, check, f"{ok}/{n} runs", str(n - ok)])
-    for c in (live.checks or []) if live is not None else []:
-        rows.append(["live", "", c.name, "yes" if c.valid else "NO", f"{c.violations:,}"])
+        simulated = simulated_check_rows(sim.designs, CHECKS, lambda d, check: sim.held(d, check, conditions))
     if live is None:
         note = (f"No live run, so no live invariant results: `saaslab {PATTERN} drill --all` runs the checker on the "
                 "drills' histories (docs/contract.md, Failover).")
@@ -223,10 +218,8 @@ def invariants(sim: View | None, live: RunData | None) -> tuple[Table | None, st
         note = f"The live run in {live.directory} has no check.json, so no live invariant results."
     else:
         note = ""
-    if not rows:
-        return None, note or "No invariant results were recorded."
-    return Table("Invariant checks (reference_impl/failover/invariants.py)",
-                 ["source", "design", "check", "held", "failed"], rows,
-                 caption=("Simulated: in how many runs of the lost-writes experiment (rates x lags x faults x seeds) the "
-                          "check held on the run's history and the survivors read back. Live: the verdict on the "
-                          "drills' histories.")), note
+    return sim_and_live_checks(
+        "Invariant checks (reference_impl/failover/invariants.py)", ["source", "design", "check", "held", "failed"],
+        ("Simulated: in how many runs of the lost-writes experiment (rates x lags x faults x seeds) the check held on "
+         "the run's history and the survivors read back. Live: the verdict on the drills' histories."),
+        simulated, live, note)

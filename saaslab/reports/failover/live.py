@@ -3,10 +3,11 @@ simulation of the same fault at the lab's timers beside the measured value."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from saaslab.report import MISSING, Summary, Table, fmt_g, fmt_list, gap_cell, gap_percent
+from saaslab.report import MISSING, Summary, Table, fmt_g, gap_cell
+from saaslab.report.agreement import NEAREST, agrees, simulated_text
+from saaslab.report.agreement import agreement_sentences as shared_agreement
 from saaslab.report.evidence import live_trouble_notes
 from saaslab.reports.failover.view import NO_LIVE, PATTERN, View
 from scenarios.failover.plan import FAULTS, Condition
@@ -15,9 +16,6 @@ COMPARED = (("unavailability", "unavailable (s)"), ("failover_s", "fault to prom
             ("writes_lost", "acknowledged writes lost"), ("lost_fraction", "lost share"),
             ("split_brain_writes", "split-brain writes"), ("writes_unacknowledged_present", "unacknowledged but present"),
             ("stale_reads", "stale reads"))
-AGREEMENT_PCT = 25.0
-NEAREST = " *"
-"""Marks a simulated value taken under the nearest condition swept, not the live run's own."""
 
 
 @dataclass
@@ -31,13 +29,7 @@ class Comparison:
     live: Summary
 
     def agrees(self) -> bool | None:
-        s, m = self.sim, self.live
-        if not (s.known and m.known):
-            return None
-        if s.mean == m.mean or (not math.isnan(s.ci95) and s.low <= m.mean <= s.high):
-            return True
-        gap = gap_percent(s.mean, m.mean)
-        return not math.isnan(gap) and abs(gap) <= AGREEMENT_PCT
+        return agrees(self.sim, self.live, zeros_agree=True)
 
 
 def nearest(sim: View, c: Condition) -> Condition | None:
@@ -72,10 +64,7 @@ COLUMNS = ["design", "fault", "timers", "metric", "simulated", "measured", "gap"
 def sim_vs_live_table(comps: list[Comparison], sim_present: bool) -> Table:
     rows = []
     for x in comps:
-        if x.sim.known:
-            sim_cell = x.sim.text() + (NEAREST if x.sim_condition != x.condition else "")
-        else:
-            sim_cell = "not simulated" if sim_present else "no simulation"
+        sim_cell = simulated_text(x.sim, x.sim_condition != x.condition, sim_present)
         rows.append([x.design, _fault(x.condition), x.condition.timers, x.label, sim_cell, x.live.text(),
                      gap_cell(x.sim, x.live)])
     return Table("Simulated versus measured", COLUMNS, rows,
@@ -103,19 +92,11 @@ def no_live_table(sim: View) -> Table:
 
 
 def agreement_sentences(comps: list[Comparison]) -> list[str]:
-    judged = [x for x in comps if x.agrees() is not None]
-    if not judged:
-        return ["The drills share no (design, fault, metric) with the simulation, so the two cannot be compared."]
-    agree = [x for x in judged if x.agrees()]
-    out = [f"{len(agree)} of {len(judged)} measured values agree with the simulation at the lab's timers (inside its "
-           f"95% CI or within {AGREEMENT_PCT:g}%)."]
-    far = sorted((x for x in judged if not x.agrees()),
-                 key=lambda x: -abs(gap_percent(x.sim.mean, x.live.mean)) if x.sim.mean else -math.inf)[:3]
-    if far:
-        out.append("The largest gaps: " + fmt_list([
-            f"{x.design} {x.label} under {_fault(x.condition)} (simulated {x.sim.text()}, measured {x.live.text()})"
-            for x in far]) + ".")
-    return out
+    return shared_agreement(
+        comps, lambda x: (f"{x.design} {x.label} under {_fault(x.condition)} (simulated {x.sim.text()}, measured "
+                          f"{x.live.text()})"),
+        nothing_shared="The drills share no (design, fault, metric) with the simulation, so the two cannot be compared.",
+        against="the simulation at the lab's timers")
 
 
 def live_notes(live: View) -> list[str]:

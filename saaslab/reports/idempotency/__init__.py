@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from saaslab import patterns
 from saaslab.report import PatternData, PatternReport, Report, Section, Table
 from saaslab.report import build as build_report
-from saaslab.report.declaration import has_sim, no_live, no_sim, on, sim_and_live
+from saaslab.report.declaration import designs_present, has_sim, no_live, no_sim, on, sim_and_live
 from saaslab.report.evidence import LiveLatency, checks_sentence, no_live_run, no_simulation, seeds_note
 from saaslab.reports.idempotency import conclusions as said
 from saaslab.reports.idempotency.checks import invariants
@@ -119,11 +119,6 @@ def _notes(c: Idempotency) -> list[str]:
     return notes + (live_notes(c.sim, c.aslive, c.live) if c.live else [])
 
 
-def _designs(c: Idempotency) -> dict[str, str]:
-    present = c.sim.designs if c.sim else c.live.designs if c.live else []
-    return {d: DESIGN_TEXT.get(d, "(no description)") for d in present}
-
-
 def _latencies(c: Idempotency) -> list[LiveLatency]:
     return [LiveLatency(x.design, x.load_point, "p99 per attempt", x.live["latency_p99"].mean)
             for x in c.comps if x.measured and x.live["latency_p99"].known]
@@ -146,7 +141,7 @@ REPORT = PatternReport(
     answer=(_no_simulation, _headline, (_checker, 2), (_agreement, 1), checks_sentence, _no_live),
     headline_figure=_effects_figure,
     notes=(_notes,),
-    designs=_designs,
+    designs=lambda c: designs_present(c, DESIGN_TEXT),
     workload=lambda c: workload(c.data.sim, c.data.live),
     sim_vs_live=_sim_vs_live,
     invariants=lambda c: invariants(c.sim, c.data.live),

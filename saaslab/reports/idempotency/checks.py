@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from saaslab.history import CheckResult
 from saaslab.report import RunData, Table, fmt_load, fmt_num
+from saaslab.report.evidence import live_checks_note
 from saaslab.reports.idempotency.view import BRACKETED, CHECKS, PATTERN, View, order, worst
 
 # --- invariants -----------------------------------------------------------------------------------
@@ -43,13 +44,7 @@ def invariants(sim: View | None, live: RunData | None) -> tuple[Table | None, st
                 rows.append(["simulated", d, check, f"{ok}/{n} runs", str(n - ok), detail])
     for d, name, c in _live_checks(live):
         rows.append(["live", d, name, "yes" if c.valid else "NO", f"{c.violations:,}", c.detail])
-    if live is None:
-        note = (f"No live run, so no live invariant results: `saaslab load {PATTERN}` runs the checks on the live "
-                "history and writes live/check.json.")
-    elif live.checks is None:
-        note = f"The live run in {live.directory} has no check.json: re-run `saaslab load {PATTERN}`, which writes it."
-    else:
-        note = ""
+    note = live_checks_note(live, PATTERN)
     if not rows:
         return None, note or "No invariant results were recorded."
     caption = ("Simulated: in how many runs (loads x seeds) the check held on the run's history and final ledger, "

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from saaslab.report import RunData, fmt_g, fmt_list
-from saaslab.report.evidence import generator_line, live_run_line
+from saaslab.report.evidence import NO_WORKLOAD, generator_line, live_run_line, simulated_setup
 from saaslab.reports.idempotency.view import PATTERN
 
 # --- text about the setup ---------------------------------------------------------------------------
@@ -77,21 +77,11 @@ def _as_live_line(params: dict[str, Any]) -> str:
 def workload(sim: RunData | None, live: RunData | None) -> list[str]:
     lines = []
     if sim is not None and sim.parameters.get("setup"):
-        try:
-            lines += _setup_lines(sim.parameters)
-        except (KeyError, TypeError, ValueError):
-            lines.append(f"The simulated run's setup in run.json is incomplete (an older version?): re-run "
-                         f"`saaslab sim {PATTERN}`.")
+        lines += simulated_setup(PATTERN, sim.parameters, _setup_lines)
     if sim is not None and sim.parameters.get("as_live"):
-        try:
-            lines.append(_as_live_line(sim.parameters))
-        except (KeyError, TypeError, ValueError):
-            lines.append(f"The simulated run's replay of the live plan in run.json is incomplete (an older version?): "
-                         f"re-run `saaslab sim {PATTERN}`.")
+        lines += simulated_setup(PATTERN, sim.parameters, lambda p: [_as_live_line(p)], "replay of the live plan")
     if live is not None:
         keys = ("load_points", "duration_s", "rate", "workers", "seed", "designs")
         lines.append(live_run_line(live.parameters, keys))
         lines += [g] if (g := generator_line(live)) else []
-    if not lines:
-        lines.append("The runs recorded no workload parameters (run.json is missing or has none).")
-    return lines
+    return lines or [NO_WORKLOAD]

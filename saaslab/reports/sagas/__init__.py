@@ -34,12 +34,19 @@ Without a live run the measured column reads "no live run yet" and a conclusion 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from saaslab import patterns
-from saaslab.report import PatternData, PatternReport, Report, Section, Table
+from saaslab.report import PatternData, PatternReport, Report, Section
 from saaslab.report import build as build_report
-from saaslab.report.declaration import has_sim, no_live, no_sim, on
+from saaslab.report.declaration import (
+    SimAndLive,
+    designs_present,
+    empty_without_rows,
+    has_sim,
+    no_live,
+    no_sim,
+    on,
+    sim_vs_live_rule,
+)
 from saaslab.report.evidence import LiveLatency, checks_sentence, no_live_run, no_simulation, seeds_note
 from saaslab.reports.sagas import conclusions as said
 from saaslab.reports.sagas.figures import (
@@ -65,25 +72,14 @@ from saaslab.reports.sagas.view import NO_LIVE, PATTERN, View, live_condition
 QUESTION = patterns.get(PATTERN).question
 
 
-@dataclass
-class Sagas:
+class Sagas(SimAndLive[View, Comparison]):
     """The loaded runs, their views and the simulated-versus-measured cells."""
-
-    data: PatternData
-    sim: View | None
-    live: View | None
-    comps: list[Comparison] = field(default_factory=list)
 
     @classmethod
     def of(cls, data: PatternData) -> Sagas:
         sim = View.of(data.sim) if data.sim and data.sim.rows else None
         live = View.of(data.live, live_condition(data.live)) if data.live and data.live.rows else None
         return cls(data, sim, live, comparisons(sim, live) if live is not None else [])
-
-    @property
-    def simulated(self) -> View:
-        assert self.sim is not None
-        return self.sim
 
 
 def _no_simulation(_c: Sagas) -> str:
@@ -98,33 +94,15 @@ def _agreement(c: Sagas) -> list[str]:
     return agreement_sentences(c.comps)
 
 
-def _sim_vs_live(c: Sagas) -> tuple[Table | None, str]:
-    if c.live is None:
-        return (no_live_table(c.sim) if c.sim is not None else None), no_live_run(PATTERN)
-    return sim_vs_live_table(c.comps, c.sim is not None), ("One row per design, load point and metric the live run "
-                                                           "measured; a live run has one value per cell.")
-
-
 def _notes(c: Sagas) -> list[str]:
     notes = [n for n in (seeds_note(PATTERN, c.sim.max_seeds) if c.sim else None,) if n]
     live = live_notes(c.sim, c.live) + live_run_notes(c.data.live.parameters) if c.live and c.data.live else []
     return notes + live
 
 
-def _designs(c: Sagas) -> dict[str, str]:
-    present = c.sim.designs if c.sim else c.live.designs if c.live else []
-    return {d: DESIGN_TEXT.get(d, "(no description)") for d in present}
-
-
 def _latencies(c: Sagas) -> list[LiveLatency]:
     return [LiveLatency(x.design, x.load_point, "p99 POST to terminal", x.live.mean)
             for x in c.comps if x.metric == "latency_p99" and x.live.known]
-
-
-def _empty(c: Sagas) -> str | None:
-    if c.sim is None and c.live is None:
-        return f"The runs hold no sagas rows: run `saaslab sim {PATTERN}`."
-    return None
 
 
 _headline, _checker = on("simulated", said.headline), on("simulated", said.checker_sentence)
@@ -147,12 +125,14 @@ REPORT = PatternReport(
     answer=(_no_simulation, _headline, (_locks, 1), (_recovery, 1), (_agreement, 1), checks_sentence, _no_live),
     headline_figure=_headline_figure,
     notes=(_notes,),
-    designs=_designs,
+    designs=lambda c: designs_present(c, DESIGN_TEXT),
     workload=lambda c: workload(c.data.sim, c.data.live),
-    sim_vs_live=_sim_vs_live,
+    sim_vs_live=sim_vs_live_rule(no_live_table, sim_vs_live_table, no_live_run(PATTERN),
+                                 "One row per design, load point and metric the live run measured; a live run has "
+                                 "one value per cell."),
     invariants=lambda c: invariants(c.sim, c.data.live),
     live_latencies=_latencies,
-    empty=_empty,
+    empty=empty_without_rows(PATTERN),
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from matplotlib.figure import Figure as MplFigure
 
 from saaslab.report import Figure, RunData, Table, figure_data_uri, fmt_load, grouped_bars
+from saaslab.report.evidence import live_checks_note, sim_and_live_checks, simulated_check_rows
 from saaslab.reports.sagas.view import CHECKS, PATTERN, View, seconds
 
 CI = "Mean ± 95% CI over seeds."
@@ -119,26 +120,9 @@ def cost_figure(v: View) -> Figure:
 
 
 def invariants(sim: View | None, live: RunData | None) -> tuple[Table | None, str]:
-    rows = []
-    if sim is not None:
-        for d in sim.designs:
-            for check in CHECKS:
-                ok, n = sim.held(d, check)
-                if n:
-                    rows.append(["simulated", d, check, f"{ok}/{n} runs", str(n - ok)])
-    for c in (live.checks or []) if live is not None else []:
-        rows.append(["live", "", c.name, "yes" if c.valid else "NO", f"{c.violations:,}"])
-    if live is None:
-        note = (f"No live run, so no live invariant results: `saaslab load {PATTERN}` runs the checks on the live "
-                "history and writes live/check.json.")
-    elif live.checks is None:
-        note = f"The live run in {live.directory} has no check.json: re-run `saaslab load {PATTERN}`, which writes it."
-    else:
-        note = ""
-    if not rows:
-        return None, note or "No invariant results were recorded."
-    return Table("Invariant checks (reference_impl/sagas/invariants.py)", ["source", "design", "check", "held",
-                                                                          "failed"], rows,
-                 caption=("Simulated: in how many runs (loads x fault conditions x seeds) the check held on the run's "
-                          "history and final state. Live: the verdict on the live history and the three databases "
-                          "read back.")), note
+    simulated = simulated_check_rows(sim.designs, CHECKS, sim.held) if sim is not None else []
+    return sim_and_live_checks(
+        "Invariant checks (reference_impl/sagas/invariants.py)", ["source", "design", "check", "held", "failed"],
+        ("Simulated: in how many runs (loads x fault conditions x seeds) the check held on the run's history and final "
+         "state. Live: the verdict on the live history and the three databases read back."),
+        simulated, live, live_checks_note(live, PATTERN))

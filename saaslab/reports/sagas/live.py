@@ -3,12 +3,13 @@ same fault condition beside the measured value."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from saaslab.report import MISSING, Summary, Table, fmt_g, fmt_list, fmt_load, gap_cell, gap_percent
+from saaslab.report import MISSING, Summary, Table, fmt_g, fmt_list, fmt_load, gap_cell
+from saaslab.report.agreement import NEAREST, agrees, simulated_text
+from saaslab.report.agreement import agreement_sentences as shared_agreement
 from saaslab.report.evidence import live_trouble_notes, unsimulated_note
 from saaslab.reports.sagas.view import NO_LIVE, PATTERN, View
 from scenarios.sagas.plan import CRASH_RATES, SETUP, Condition, Setup
@@ -20,9 +21,6 @@ OPTIONAL = (("messages_per_saga", "messages per order"), ("events_per_saga", "st
             ("in_doubt_p50", "in doubt p50 (ms)"), ("in_doubt_p99", "in doubt p99 (ms)"), ("time_to_consistency", "consistent after a crash (ms)"),
             ("anomalies_per_10k", "anomalies per 10k"))
 """Compared when the live run wrote them."""
-AGREEMENT_PCT = 25.0
-NEAREST = " *"
-"""Marks a simulated value taken under the nearest condition swept, not the live run's own."""
 
 
 @dataclass
@@ -37,13 +35,7 @@ class Comparison:
     live: Summary
 
     def agrees(self) -> bool | None:
-        s, m = self.sim, self.live
-        if not (s.known and m.known) or s.mean == m.mean == 0:
-            return None
-        if not math.isnan(s.ci95) and s.low <= m.mean <= s.high:
-            return True
-        gap = gap_percent(s.mean, m.mean)
-        return not math.isnan(gap) and abs(gap) <= AGREEMENT_PCT
+        return agrees(self.sim, self.live)
 
 
 def _nearest(sim: View, c: Condition) -> Condition | None:
@@ -74,10 +66,7 @@ def comparisons(sim: View | None, live: View) -> list[Comparison]:
 def sim_vs_live_table(comps: list[Comparison], sim_present: bool) -> Table:
     rows = []
     for x in comps:
-        if x.sim.known:
-            sim_cell = x.sim.text() + (NEAREST if x.sim_condition != x.condition else "")
-        else:
-            sim_cell = "not simulated" if sim_present else "no simulation"
+        sim_cell = simulated_text(x.sim, x.sim_condition != x.condition, sim_present)
         rows.append([x.design, fmt_load(x.load_point), x.condition.label, x.label, sim_cell, x.live.text(),
                      gap_cell(x.sim, x.live)])
     return Table("Simulated versus measured", ["design", "load", "faults", "metric", "simulated", "measured", "gap"],
@@ -87,18 +76,11 @@ def sim_vs_live_table(comps: list[Comparison], sim_present: bool) -> Table:
 
 
 def agreement_sentences(comps: list[Comparison]) -> list[str]:
-    judged = [x for x in comps if x.agrees() is not None]
-    if not judged:
-        return ["The live run shares no (design, load, metric) with the simulation, so the two cannot be compared."]
-    agree = [x for x in judged if x.agrees()]
-    out = [f"{len(agree)} of {len(judged)} measured values agree with the simulation (inside its 95% CI or within "
-           f"{AGREEMENT_PCT:g}%)."]
-    far = sorted((x for x in judged if not x.agrees()), key=lambda x: -abs(gap_percent(x.sim.mean, x.live.mean)))[:3]
-    if far:
-        out.append("The largest gaps: " + fmt_list([
-            f"{x.design} {x.label} at load {fmt_load(x.load_point)} (simulated {x.sim.text()}, measured "
-            f"{x.live.text()})" for x in far]) + ".")
-    return out
+    return shared_agreement(
+        comps, lambda x: (f"{x.design} {x.label} at load {fmt_load(x.load_point)} (simulated {x.sim.text()}, measured "
+                          f"{x.live.text()})"),
+        nothing_shared="The live run shares no (design, load, metric) with the simulation, so the two cannot be "
+                       "compared.")
 
 
 def live_notes(sim: View | None, live: View) -> list[str]:

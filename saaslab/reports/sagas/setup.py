@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from saaslab.report import RunData, fmt_g, fmt_list
-from saaslab.report.evidence import live_run_line
+from saaslab.report.evidence import live_run_line, workload_lines
 from saaslab.reports.sagas.view import PATTERN
 
 DESIGN_TEXT = {
@@ -62,15 +62,4 @@ def _live_line(p: dict[str, Any]) -> str:
 
 
 def workload(sim: RunData | None, live: RunData | None) -> list[str]:
-    lines = []
-    if sim is not None and sim.parameters.get("setup"):
-        try:
-            lines += _setup_lines(sim.parameters)
-        except (KeyError, TypeError, ValueError):
-            lines.append(f"The simulated run's setup in run.json is incomplete (an older version?): re-run "
-                         f"`saaslab sim {PATTERN}`.")
-    if live is not None:
-        lines.append(_live_line(live.parameters))
-    if not lines:
-        lines.append("The runs recorded no workload parameters (run.json is missing or has none).")
-    return lines
+    return workload_lines(PATTERN, sim, live, _setup_lines, _live_line)

@@ -31,12 +31,19 @@ Without a live run the measured column reads "no live run yet" and a conclusion 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from saaslab import patterns
-from saaslab.report import PatternData, PatternReport, Report, Section, Table
+from saaslab.report import PatternData, PatternReport, Report, Section
 from saaslab.report import build as build_report
-from saaslab.report.declaration import has_sim, no_live, no_sim, on
+from saaslab.report.declaration import (
+    SimAndLive,
+    designs_present,
+    empty_without_rows,
+    has_sim,
+    no_live,
+    no_sim,
+    on,
+    sim_vs_live_rule,
+)
 from saaslab.report.evidence import LiveLatency, checks_sentence, no_live_run, no_simulation, seeds_note
 from saaslab.reports.sharding import conclusions as said
 from saaslab.reports.sharding.figures import (
@@ -65,14 +72,8 @@ from saaslab.reports.sharding.view import NO_LIVE, PATTERN, View
 QUESTION = patterns.get(PATTERN).question
 
 
-@dataclass
-class Sharding:
+class Sharding(SimAndLive[View, Comparison]):
     """The loaded runs, their views and the simulated-versus-measured cells."""
-
-    data: PatternData
-    sim: View | None
-    live: View | None
-    comps: list[Comparison] = field(default_factory=list)
 
     @classmethod
     def of(cls, data: PatternData) -> Sharding:
@@ -80,11 +81,6 @@ class Sharding:
         live = View.of(data.live) if data.live and data.live.rows else None
         comps = comparisons(sim, live, data.live) if live is not None and data.live is not None else []
         return cls(data, sim, live, comps)
-
-    @property
-    def simulated(self) -> View:
-        assert self.sim is not None
-        return self.sim
 
 
 def _no_simulation(_c: Sharding) -> str:
@@ -99,32 +95,14 @@ def _agreement(c: Sharding) -> list[str]:
     return agreement_sentences(c.comps)
 
 
-def _sim_vs_live(c: Sharding) -> tuple[Table | None, str]:
-    if c.live is None:
-        return (no_live_table(c.sim) if c.sim is not None else None), no_live_run(PATTERN)
-    return comparison_table(c.comps, c.sim is not None), ("One row per design, cell and metric the live run "
-                                                          "measured; a live run has one value per cell.")
-
-
 def _notes(c: Sharding) -> list[str]:
     notes = [n for n in (seeds_note(PATTERN, c.sim.max_seeds) if c.sim else None,) if n]
     return notes + (live_notes(c.live) if c.live else [])
 
 
-def _designs(c: Sharding) -> dict[str, str]:
-    present = c.sim.designs if c.sim else c.live.designs if c.live else []
-    return {d: DESIGN_TEXT.get(d, "(no description)") for d in present}
-
-
 def _latencies(c: Sharding) -> list[LiveLatency]:
     return [LiveLatency(x.design, x.load_point, x.label, x.live.mean)
             for x in c.comps if x.metric in ("write_latency_p99", "hot_shard_p99") and x.live.known]
-
-
-def _empty(c: Sharding) -> str | None:
-    if c.sim is None and c.live is None:
-        return f"The runs hold no sharding rows: run `saaslab sim {PATTERN}`."
-    return None
 
 
 def _sim(rule):  # type: ignore[no-untyped-def]
@@ -153,12 +131,14 @@ REPORT = PatternReport(
     answer=(_no_simulation, _balance, _growth, _move, _checker, (_agreement, 1), checks_sentence, _no_live),
     headline_figure=_headline_figure,
     notes=(_notes,),
-    designs=_designs,
+    designs=lambda c: designs_present(c, DESIGN_TEXT),
     workload=lambda c: workload(c.data.sim, c.data.live),
-    sim_vs_live=_sim_vs_live,
+    sim_vs_live=sim_vs_live_rule(no_live_table, comparison_table, no_live_run(PATTERN),
+                                 "One row per design, cell and metric the live run measured; a live run has one "
+                                 "value per cell."),
     invariants=lambda c: invariants(c.sim, c.data.live),
     live_latencies=_latencies,
-    empty=_empty,
+    empty=empty_without_rows(PATTERN),
 )
 
 

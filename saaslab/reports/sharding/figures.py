@@ -5,6 +5,7 @@ from __future__ import annotations
 from matplotlib.figure import Figure as MplFigure
 
 from saaslab.report import Figure, RunData, Table, figure_data_uri, fmt_load, grouped_bars
+from saaslab.report.evidence import live_checks_note, sim_and_live_checks, simulated_check_rows
 from saaslab.reports.sharding.conclusions import balance_cell
 from saaslab.reports.sharding.view import (
     CHECKS,
@@ -222,26 +223,9 @@ def queue_figure(v: View) -> Figure | None:
 
 
 def invariants(sim: View | None, live: RunData | None) -> tuple[Table | None, str]:
-    rows = []
-    if sim is not None:
-        for d in sim.designs_with("checks_valid"):
-            for check in CHECKS:
-                ok, n = sim.held(d, check)
-                if n:
-                    rows.append(["simulated", d, check, f"{ok}/{n} runs", str(n - ok)])
-    for c in (live.checks or []) if live is not None else []:
-        rows.append(["live", "", c.name, "yes" if c.valid else "NO", f"{c.violations:,}"])
-    if live is None:
-        note = (f"No live run, so no live invariant results: `saaslab load {PATTERN}` runs the checks on the live "
-                "history and writes live/check.json.")
-    elif live.checks is None:
-        note = f"The live run in {live.directory} has no check.json: re-run `saaslab load {PATTERN}`, which writes it."
-    else:
-        note = ""
-    if not rows:
-        return None, note or "No invariant results were recorded."
-    return Table("Invariant checks (reference_impl/sharding/invariants.py)",
-                 ["source", "mover", "check", "held", "failed"], rows,
-                 caption=("Simulated: in how many moves (tenant sizes x write rates x seeds) the check held on the "
-                          "move's history and final shards. Live: the verdict on the live history and every shard "
-                          "read back.")), note
+    simulated = simulated_check_rows(sim.designs_with("checks_valid"), CHECKS, sim.held) if sim is not None else []
+    return sim_and_live_checks(
+        "Invariant checks (reference_impl/sharding/invariants.py)", ["source", "mover", "check", "held", "failed"],
+        ("Simulated: in how many moves (tenant sizes x write rates x seeds) the check held on the move's history and "
+         "final shards. Live: the verdict on the live history and every shard read back."),
+        simulated, live, live_checks_note(live, PATTERN))

@@ -3,11 +3,12 @@ cell of the same design beside the measured value."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from saaslab.report import MISSING, RunData, Summary, Table, fmt_list, fmt_load, gap_cell, gap_percent
+from saaslab.report import MISSING, RunData, Summary, Table, fmt_load, gap_cell
+from saaslab.report.agreement import NEAREST, agrees, simulated_text
+from saaslab.report.agreement import agreement_sentences as shared_agreement
 from saaslab.report.evidence import live_trouble_notes
 from saaslab.reports.sharding.view import MOVERS, NO_LIVE, PATTERN, View, big
 from scenarios.sharding.plan import PLACEMENT, split_metric
@@ -25,9 +26,6 @@ COMPARED = {
 """metric -> (label, the cell keys it is measured in)."""
 PARAMETER_OF = {"rows": "tenant_rows", "wps": "write_rate", "zipf": "zipf", "tenants": "tenants", "shards": "shards"}
 """A cell key -> the live run.json parameter it is read from when the live metric carries no cell."""
-AGREEMENT_PCT = 25.0
-NEAREST = " *"
-"""Marks a simulated value taken from the nearest cell the simulation swept, not the live run's own."""
 
 
 @dataclass
@@ -42,13 +40,7 @@ class Comparison:
     live: Summary
 
     def agrees(self) -> bool | None:
-        s, m = self.sim, self.live
-        if not (s.known and m.known) or s.mean == m.mean == 0:
-            return None
-        if not math.isnan(s.ci95) and s.low <= m.mean <= s.high:
-            return True
-        gap = gap_percent(s.mean, m.mean)
-        return not math.isnan(gap) and abs(gap) <= AGREEMENT_PCT
+        return agrees(self.sim, self.live)
 
     @property
     def where(self) -> str:
@@ -92,11 +84,8 @@ def comparisons(sim: View | None, live: View, run: RunData) -> list[Comparison]:
 def sim_vs_live_table(comps: list[Comparison], sim_present: bool) -> Table:
     rows = []
     for x in comps:
-        if x.sim.known:
-            exact = x.sim_cell is not None and all(x.sim_cell.get(k) == v for k, v in x.cell.items())
-            sim_cell = x.sim.text() + ("" if exact and x.cell else NEAREST)
-        else:
-            sim_cell = "not simulated" if sim_present else "no simulation"
+        exact = x.sim_cell is not None and all(x.sim_cell.get(k) == v for k, v in x.cell.items())
+        sim_cell = simulated_text(x.sim, not (exact and x.cell), sim_present)
         rows.append([x.design, x.where, x.label, sim_cell, x.live.text(), gap_cell(x.sim, x.live)])
     return Table("Simulated versus measured", ["design", "cell", "metric", "simulated", "measured", "gap"], rows,
                  caption=("Simulated: mean ± 95% CI over seeds in the live run's cell (marked" + NEAREST + ": the "
@@ -105,17 +94,9 @@ def sim_vs_live_table(comps: list[Comparison], sim_present: bool) -> Table:
 
 
 def agreement_sentences(comps: list[Comparison]) -> list[str]:
-    judged = [x for x in comps if x.agrees() is not None]
-    if not judged:
-        return ["The live run shares no (design, metric) with the simulation, so the two cannot be compared."]
-    agree = [x for x in judged if x.agrees()]
-    out = [f"{len(agree)} of {len(judged)} measured values agree with the simulation (inside its 95% CI or within "
-           f"{AGREEMENT_PCT:g}%)."]
-    far = sorted((x for x in judged if not x.agrees()), key=lambda x: -abs(gap_percent(x.sim.mean, x.live.mean)))[:3]
-    if far:
-        out.append("The largest gaps: " + fmt_list([
-            f"{x.design} {x.label} ({x.where}: simulated {x.sim.text()}, measured {x.live.text()})" for x in far]) + ".")
-    return out
+    return shared_agreement(
+        comps, lambda x: f"{x.design} {x.label} ({x.where}: simulated {x.sim.text()}, measured {x.live.text()})",
+        nothing_shared="The live run shares no (design, metric) with the simulation, so the two cannot be compared.")
 
 
 def live_notes(live: View) -> list[str]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from saaslab import patterns
 from saaslab.report import RunData, fmt_g, fmt_list
-from saaslab.report.evidence import live_run_line
+from saaslab.report.evidence import live_run_line, workload_lines
 from saaslab.reports.sharding.view import PATTERN
 
 DESIGN_TEXT = {d.name: d.summary for d in patterns.get(PATTERN).designs}
@@ -44,17 +44,8 @@ def _setup_lines(params: dict[str, Any]) -> list[str]:
     return lines
 
 
+LIVE_KEYS = ("shards", "tenants", "zipf", "tenant_rows", "write_rate", "duration_s", "router", "mover", "seed")
+
+
 def workload(sim: RunData | None, live: RunData | None) -> list[str]:
-    lines = []
-    if sim is not None and sim.parameters.get("setup"):
-        try:
-            lines += _setup_lines(sim.parameters)
-        except (KeyError, TypeError, ValueError):
-            lines.append(f"The simulated run's setup in run.json is incomplete (an older version?): re-run "
-                         f"`saaslab sim {PATTERN}`.")
-    if live is not None:
-        keys = ("shards", "tenants", "zipf", "tenant_rows", "write_rate", "duration_s", "router", "mover", "seed")
-        lines.append(live_run_line(live.parameters, keys))
-    if not lines:
-        lines.append("The runs recorded no workload parameters (run.json is missing or has none).")
-    return lines
+    return workload_lines(PATTERN, sim, live, _setup_lines, lambda p: live_run_line(p, LIVE_KEYS))
