@@ -7,10 +7,13 @@ fresh database and Redis key prefix, so parallel sessions on one server never se
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -59,6 +62,21 @@ def settings(service_urls: Settings) -> Iterator[Settings]:
     """Settings on a fresh database of this session, with a Redis prefix of its own."""
     with _fresh_database(service_urls) as s:
         yield s
+
+
+@pytest.fixture
+def server_path() -> Iterator[Path]:
+    """A folder of this test's own for server data (replicas, Sentinels), outside pytest's `tmp_path`.
+
+    PostgreSQL runs as an unprivileged user when the tests run as root, so every folder above its data must
+    stay open to it; pytest keeps its `pytest-of-<user>` root private (0700) and resets it when another
+    session starts, which would shut a running server's `pg_rewind` out of its own data."""
+    path = Path(tempfile.mkdtemp(prefix="saaslab-servers-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from saaslab.settings import Settings
 pytestmark = pytest.mark.timeout(90)
 
 
-def test_async_loses_the_writes_a_lagging_replica_never_received(tmp_path: Path, service_urls: Settings) -> None:
-    r = asyncio.run(pg_drill(tmp_path / "async-lag", service_urls.redis_url or "", design="async", fault="kill",
+def test_async_loses_the_writes_a_lagging_replica_never_received(server_path: Path, service_urls: Settings) -> None:
+    r = asyncio.run(pg_drill(server_path / "async-lag", service_urls.redis_url or "", design="async", fault="kill",
                              seed=11, lag_s=1.5, warmup_s=1.0, settle_s=0.5, writers=2))
     count = r.verdict.count
     assert count.lost > 0 and "no_lost_writes" in r.verdict.failed(), count.line()

@@ -26,8 +26,8 @@ _NO_NAMESPACES = network.available()
 needs_namespaces = pytest.mark.skipif(_NO_NAMESPACES is not None, reason=str(_NO_NAMESPACES))
 
 
-def _partition(tmp_path: Path, design: str) -> DrillResult:
-    return asyncio.run(redis_drill(tmp_path / design, design=design, fault="partition", seed=SEED, timers=TIMERS,
+def _partition(server_path: Path, design: str) -> DrillResult:
+    return asyncio.run(redis_drill(server_path / design, design=design, fault="partition", seed=SEED, timers=TIMERS,
                                    hold_s=HOLD_S))
 
 
@@ -38,8 +38,8 @@ def _old_master_acks(r: DrillResult) -> list[int]:
     return [op.time_us for op in acks if op.value["server"] == old]
 
 
-def _nothing_left(tmp_path: Path) -> None:
-    running = subprocess.run(["pgrep", "-f", f"{tmp_path}"], capture_output=True, text=True).stdout
+def _nothing_left(server_path: Path) -> None:
+    running = subprocess.run(["pgrep", "-f", f"{server_path}"], capture_output=True, text=True).stdout
     assert running.strip() == "", "a drill left a Redis server or Sentinel running"
     if network.available() is None:
         spaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
@@ -47,8 +47,8 @@ def _nothing_left(tmp_path: Path) -> None:
 
 
 @needs_namespaces
-def test_plain_loses_acknowledged_writes_when_the_master_is_cut_off(tmp_path: Path) -> None:
-    r = _partition(tmp_path, "plain")
+def test_plain_loses_acknowledged_writes_when_the_master_is_cut_off(server_path: Path) -> None:
+    r = _partition(server_path, "plain")
     c = r.verdict.count
     # The cut-off master's own client went on being acknowledged, and those writes are not on the new master.
     assert c.lost > 100, c.line()
@@ -58,12 +58,12 @@ def test_plain_loses_acknowledged_writes_when_the_master_is_cut_off(tmp_path: Pa
     # after twice failover-timeout (6 s).
     assert r.failover_s is not None and r.failover_s < 12.0
     assert r.new_primary == "r1"
-    _nothing_left(tmp_path)
+    _nothing_left(server_path)
 
 
 @needs_namespaces
-def test_wait_acknowledges_only_replicated_writes_and_loses_none(tmp_path: Path) -> None:
-    r = _partition(tmp_path, "wait")
+def test_wait_acknowledges_only_replicated_writes_and_loses_none(server_path: Path) -> None:
+    r = _partition(server_path, "wait")
     c = r.verdict.count
     assert c.acknowledged > 100, c.line()
     assert c.lost == 0 and r.verdict.split_brain == 0, c.line()
@@ -73,12 +73,12 @@ def test_wait_acknowledges_only_replicated_writes_and_loses_none(tmp_path: Path)
     cut_off = _writes(r, "m", after_us=r.fault_us + 500_000)
     assert cut_off and not [op for op in cut_off if op.type == "ok"]
     assert [op for op in cut_off if "not replicated" in op.value.get("error", "")]
-    _nothing_left(tmp_path)
+    _nothing_left(server_path)
 
 
 @needs_namespaces
-def test_min_replicas_makes_the_cut_off_master_refuse_writes_after_the_lag(tmp_path: Path) -> None:
-    r = _partition(tmp_path, "min_replicas")
+def test_min_replicas_makes_the_cut_off_master_refuse_writes_after_the_lag(server_path: Path) -> None:
+    r = _partition(server_path, "min_replicas")
     assert r.fault_us is not None
     acks = _old_master_acks(r)
     # Redis measures the replica's lag in whole seconds and refreshes it once a second: the cut-off
@@ -91,7 +91,7 @@ def test_min_replicas_makes_the_cut_off_master_refuse_writes_after_the_lag(tmp_p
     # What it may lose is what the old master acknowledged before refusing: async replication's exposure.
     exposed = [t for t in acks if t >= r.fault_us]
     assert 0 < c.lost <= len(exposed) + 5, c.line()
-    _nothing_left(tmp_path)
+    _nothing_left(server_path)
 
 
 def _writes(r: DrillResult, tag: str, *, after_us: int) -> list[Op]:
@@ -101,10 +101,10 @@ def _writes(r: DrillResult, tag: str, *, after_us: int) -> list[Op]:
     return [op for op in r.history if op.type != "invoke" and op.index in invoked]
 
 
-def test_the_client_asks_sentinel_again_after_the_master_is_demoted(tmp_path: Path) -> None:
+def test_the_client_asks_sentinel_again_after_the_master_is_demoted(server_path: Path) -> None:
     """After a switch (SENTINEL FAILOVER) the old master becomes a replica: the client's next write gets
     READONLY, is refused (certainly not written), and the one after goes to the new master."""
-    cluster = RedisCluster(tmp_path / "cluster", design="plain", timers=TIMERS)
+    cluster = RedisCluster(server_path / "cluster", design="plain", timers=TIMERS)
 
     async def go() -> None:
         client = SentinelClient(cluster.sentinel_addresses(), SERVICE, timeout_s=1.0)
@@ -134,7 +134,7 @@ def test_the_client_asks_sentinel_again_after_the_master_is_demoted(tmp_path: Pa
         asyncio.run(go())
     finally:
         cluster.close()
-    _nothing_left(tmp_path)
+    _nothing_left(server_path)
 
 
 def _named(sentinel: RedisNode) -> str:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,11 +35,18 @@ SERVERS = 5  # 3 active + 2 spares (an isolation and an added shard)
 
 
 @pytest.fixture(scope="module")
-def shard_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShardServers]:
-    servers = ShardServers(tmp_path_factory.mktemp("shards"), SERVERS)
-    servers.start()
-    yield servers
-    servers.stop()
+def shard_servers() -> Iterator[ShardServers]:
+    # Outside pytest's private tmp tree, which the shard servers' unprivileged user could be shut out of
+    # (see the `server_path` fixture in tests/conftest.py).
+    root = Path(tempfile.mkdtemp(prefix="saaslab-shards-"))
+    root.chmod(0o755)
+    servers = ShardServers(root, SERVERS)
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _create_db(url: str, name: str) -> str:
