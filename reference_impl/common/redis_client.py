@@ -55,10 +55,19 @@ class Script:
 
     async def __call__(self, redis: Redis, keys: Sequence[str], args: Sequence[int | str]) -> Any:
         try:
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await self.load(redis)
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+            try:
+                return await redis.evalsha(self.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                await self.load(redis)
+                return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except ResponseError as e:
+            # A script that writes on a demoted master fails as `ERR Error running script ... -READONLY ...`,
+            # which redis-py does not take for READONLY: answer it as the lost master it is (the service's 503),
+            # and drop the connection so the next call asks the Sentinels again.
+            if not _read_only(str(e)):
+                raise
+            await redis.connection_pool.disconnect()
+            raise RedisConnectionError(f"the Redis master became a replica: {e}") from None
 
 
 @dataclass(frozen=True, slots=True)

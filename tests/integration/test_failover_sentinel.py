@@ -140,3 +140,32 @@ async def test_the_script_runner_and_the_general_client_follow_the_master_across
     finally:
         await runner.close()
         await general.aclose()
+
+
+def test_a_script_writing_on_a_replica_fails_as_a_lost_master_not_as_a_script_error(server_path: Path) -> None:
+    """redis-py reports a script's write on a replica as a plain ResponseError (`... -READONLY ...`); `Script` turns
+    it into a ConnectionError, which the service answers 503, never 500."""
+    from redis.asyncio import Redis
+
+    from reference_impl.common.redis_client import Script
+    from saaslab.servers import RedisServer
+
+    master = RedisServer(server_path / "master")
+    master.start()
+    replica = RedisServer(server_path / "replica", args=("--replicaof", "127.0.0.1", str(master.port)))
+    try:
+        replica.start()
+        script = Script("return redis.call('INCR', KEYS[1])")
+
+        async def run() -> None:
+            client = Redis.from_url(replica.url())
+            try:
+                with pytest.raises(RedisConnectionError, match="became a replica"):
+                    await script(client, ["counter"], [])
+            finally:
+                await client.aclose()
+
+        asyncio.run(run())
+    finally:
+        replica.stop()
+        master.stop()
