@@ -63,7 +63,7 @@ from reference_impl.common.problem import (
     install_problem_handlers,
     unavailable,
 )
-from reference_impl.common.redis_client import make_redis
+from reference_impl.common.redis_client import make_redis, sentinel_master
 from reference_impl.common.routing import DirectRoute
 from reference_impl.common.service import ServiceContext, ServiceParts
 from saaslab import patterns
@@ -136,7 +136,8 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
         faults.declare(parts.fault_points)
         metrics.register(*parts.metrics)
     # The request's one Redis round trip: a pattern's (the rate limiter's) if one provides it, else usage only.
-    per_request = ctx.find(PerRequest) or PerRequest(settings.redis_url, settings.redis_prefix)
+    per_request = ctx.find(PerRequest) or PerRequest(settings.redis_url, settings.redis_prefix,
+                                                          sentinel=sentinel_master(settings))
     on_start = [hook for parts in installed for hook in parts.on_start]
     on_stop = [hook for parts in reversed(installed) for hook in parts.on_stop]
     channel = faults_channel(settings.redis_prefix)

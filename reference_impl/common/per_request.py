@@ -15,7 +15,7 @@ from typing import Protocol
 
 from reference_impl.common.identity import Tenant
 from reference_impl.common.problem import Problem
-from reference_impl.common.redis_client import ScriptRunner
+from reference_impl.common.redis_client import ScriptRunner, SentinelMaster
 from reference_impl.common.usage import usage_key, usage_period
 
 SCRIPT = (Path(__file__).parent / "per_request.lua").read_text()
@@ -47,8 +47,9 @@ class Limiter(Protocol):
 
 
 class PerRequest:
-    def __init__(self, redis_url: str, prefix: str, limiter: Limiter | None = None) -> None:
-        self._script = ScriptRunner(redis_url, SCRIPT)
+    def __init__(self, redis_url: str, prefix: str, limiter: Limiter | None = None, *,
+                 sentinel: SentinelMaster | None = None) -> None:
+        self._script = ScriptRunner(redis_url, SCRIPT, sentinel=sentinel)
         self._limiter = limiter
         self._prefix = prefix
         self._period = ""

@@ -5,6 +5,12 @@ in the lifespan. The one call every /v1 request makes goes through `ScriptRunner
 measured about ten times cheaper per call than redis-py's asyncio client on this path (connection
 pool checkout, Python-side command packing and reply handling per call, against one shared
 connection, packing and parsing in C by hiredis).
+
+With Sentinels configured (`SAASLAB_REDIS_SENTINELS`, `sentinel_master`) both find the master through
+Sentinel and ask again after a switch: the general client is redis-py's `Sentinel.master_for`, whose
+connections ask on each connect and drop themselves on READONLY; `ScriptRunner` asks redis-py's
+`Sentinel.discover_master` each time it connects, and drops its connection on READONLY. Asking happens
+on connecting only, so a call stays one round trip.
 """
 
 from __future__ import annotations
@@ -14,17 +20,19 @@ import hashlib
 import ssl
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlparse
 
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import parse_url
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from saaslab.settings import Settings
+from saaslab.settings import Settings, sentinel_addresses
 
 Arg = str | int | float | bytes
 # A pending reply: its future, and for a script call its (keys, args), to rerun it after NOSCRIPT.
@@ -47,18 +55,51 @@ class Script:
 
     async def __call__(self, redis: Redis, keys: Sequence[str], args: Sequence[int | str]) -> Any:
         try:
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await self.load(redis)
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+            try:
+                return await redis.evalsha(self.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                await self.load(redis)
+                return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except ResponseError as e:
+            # A script that writes on a demoted master fails as `ERR Error running script ... -READONLY ...`,
+            # which redis-py does not take for READONLY: answer it as the lost master it is (the service's 503),
+            # and drop the connection so the next call asks the Sentinels again.
+            if not _read_only(str(e)):
+                raise
+            await redis.connection_pool.disconnect()
+            raise RedisConnectionError(f"the Redis master became a replica: {e}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelMaster:
+    """Where the Redis master is to be found: the Sentinels, and the name they monitor it under."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    name: str
+
+    def sentinel(self) -> Sentinel:
+        """redis-py's Sentinel client, which asks the Sentinels in turn (the first that answers)."""
+        return Sentinel(self.sentinels, socket_timeout=CONNECT_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S)
+
+
+def sentinel_master(settings: Settings) -> SentinelMaster | None:
+    """`SAASLAB_REDIS_SENTINELS` and `SAASLAB_REDIS_MASTER_NAME`; None without Sentinels (one Redis)."""
+    sentinels = sentinel_addresses(settings.redis_sentinels)
+    return SentinelMaster(tuple(sentinels), settings.redis_master_name) if sentinels else None
 
 
 def make_redis(settings: Settings) -> Redis:
     if not settings.redis_url:
         raise ValueError("settings.redis_url is not set")
     # The socket timeouts bound how long a request can hang on a stalled Redis.
-    return Redis.from_url(settings.redis_url, socket_connect_timeout=CONNECT_TIMEOUT_S,
-                          socket_timeout=REPLY_TIMEOUT_S, health_check_interval=0)
+    timeouts: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT_S, "socket_timeout": REPLY_TIMEOUT_S,
+                                "health_check_interval": 0}
+    master = sentinel_master(settings)
+    if master is None:
+        return Redis.from_url(settings.redis_url, **timeouts)
+    options = parse_url(settings.redis_url)  # the password and database; the master's address is Sentinel's
+    auth = {k: options[k] for k in ("username", "password", "db") if options.get(k)}
+    return master.sentinel().master_for(master.name, **timeouts, **auth)
 
 
 class ScriptRunner:
@@ -73,12 +114,18 @@ class ScriptRunner:
     which also loads the script for the calls after it. A lost connection fails the calls in flight
     with ConnectionError and the next call reconnects; a Redis silent for `reply_timeout_s` fails
     them with TimeoutError. Plain `redis://`, `rediss://` and `unix://` URLs are supported (with
-    password and db); Sentinel and Cluster need redis-py's clients.
+    password and db); Cluster needs redis-py's client.
+
+    With `sentinel` the runner connects to the master the Sentinels name, asking them on every
+    connect, and a READONLY reply (the master it knew is a replica now) drops the connection and fails
+    the calls in flight with ConnectionError: the next call asks the Sentinels again.
     """
 
     def __init__(self, url: str, script: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S,
-                 reply_timeout_s: float = REPLY_TIMEOUT_S) -> None:
+                 reply_timeout_s: float = REPLY_TIMEOUT_S, sentinel: SentinelMaster | None = None) -> None:
         self._options = parse_url(url)
+        self._master = sentinel
+        self._sentinel = sentinel.sentinel() if sentinel is not None else None
         self.connect_timeout_s = connect_timeout_s
         self.reply_timeout_s = reply_timeout_s
         self._tls = urlparse(url).scheme == "rediss"
@@ -132,6 +179,9 @@ class ScriptRunner:
             self._connecting.cancel()
         if self._conn is not None:
             self._conn.close()
+        if self._sentinel is not None:
+            for client in self._sentinel.sentinels:
+                await client.aclose()
         self._fail_queued(RedisConnectionError("the Redis script runner is closed"))
 
     def _flush(self) -> None:
@@ -152,7 +202,11 @@ class ScriptRunner:
 
     async def _connect(self) -> None:
         try:
-            self._conn = await _RespConnection.open(self, self._options, tls=self._tls)
+            options = self._options
+            if self._master is not None and self._sentinel is not None:
+                host, port = await self._sentinel.discover_master(self._master.name)
+                options = {**{k: v for k, v in options.items() if k != "path"}, "host": host, "port": port}
+            self._conn = await _RespConnection.open(self, options, tls=self._tls)
         except Exception as exc:
             self._fail_queued(exc if isinstance(exc, RedisConnectionError) else RedisConnectionError(
                 f"cannot connect to Redis: {type(exc).__name__}: {exc}"))
@@ -166,6 +220,11 @@ class ScriptRunner:
         for _, (result, _) in queued:
             if not result.done():
                 result.set_exception(error)
+
+
+def _read_only(error: str) -> bool:
+    """READONLY, for a command, or inside a script's error (`ERR Error running script ... -READONLY ...`)."""
+    return error.startswith("READONLY") or " -READONLY " in error
 
 
 class _RespConnection(asyncio.Protocol):
@@ -239,6 +298,12 @@ class _RespConnection(asyncio.Protocol):
                 if isinstance(reply, ResponseError):
                     if call is not None and str(reply).startswith("NOSCRIPT"):
                         self.send(self._runner.eval_command(*call), [(result, None)])
+                    elif _read_only(str(reply)):
+                        # A master demoted to a replica: a reconnect finds (with Sentinel, asks for) the master.
+                        if not result.done():
+                            result.set_exception(RedisConnectionError(f"the Redis master is a replica now ({reply})"))
+                        assert self._transport is not None
+                        self._transport.abort()
                     elif not result.done():
                         result.set_exception(reply)
                 elif not result.done():

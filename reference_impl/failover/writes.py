@@ -11,7 +11,8 @@ Without members it writes to the service's own database, one member called `main
 
 `read_topology` answers `GET /admin/topology` (docs/contract.md "Failover"): from what the failover
 manager's agents publish beside the lease (`<SAASLAB_FAILOVER_LEASE_KEY>:members`, reference_impl/failover/manager.py)
-when the key is set, else by asking each member itself.
+when the key is set, else by asking each member itself; its `redis` part is Sentinel's
+(reference_impl/failover/redis_topology.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from redis.asyncio import Redis
 
 from reference_impl.failover.pgcluster import CREATE_TABLE_SQL, TABLE, status
 from reference_impl.failover.pool import PrimaryPool, PrimaryUnavailable, WriteUnknown
+from reference_impl.failover.redis_topology import redis_topology
 from saaslab.patterns.failover import member_urls
 from saaslab.settings import Settings
 
@@ -114,8 +116,7 @@ async def read_topology(settings: Settings, redis: Redis, members: Mapping[str, 
                      "replicas": sorted(n for n, m in published.items() if m.get("role") == "replica"),
                      "timeline": timeline,
                      "replication": "sync" if settings.failover == "sync" else "async"},
-        # Sentinel's view (master, replicas, Sentinels) joins here with the Redis half of the pattern.
-        "redis": {"master": None, "replicas": [], "sentinels": []},
+        "redis": await redis_topology(settings),
         "design": {"postgres": settings.failover, "redis": settings.failover_redis},
     }
 

@@ -45,6 +45,7 @@ from typing import Protocol
 from redis.asyncio import Redis
 
 from reference_impl.common.db import Pool
+from reference_impl.common.redis_client import SentinelMaster
 from reference_impl.idempotency.core import Claim, Policy, StoredResponse, claim_step, finish_step
 from reference_impl.idempotency.ledger import (
     ChargeThenRecord,
@@ -111,13 +112,15 @@ class NoIdempotency(ChargeThenRecord):
 
 
 def make_design(design: str, *, pool: Pool, redis: Redis, prefix: str, policy: Policy | None = None,
-                publish: Publish | None = None, redis_url: str | None = None) -> IdempotencyDesign:
+                publish: Publish | None = None, redis_url: str | None = None,
+                sentinel: SentinelMaster | None = None) -> IdempotencyDesign:
     """The design named `design`; `publish` (ledger.Publish) is called with each recorded payment.
     With `redis_url` the `redis` design claims keys through an auto-pipelined ScriptRunner."""
     if design == "none":
         return NoIdempotency(pool, publish=publish)
     if design == "redis":
-        return RedisIdempotency(redis, pool, prefix, policy, publish=publish, redis_url=redis_url)
+        return RedisIdempotency(redis, pool, prefix, policy, publish=publish, redis_url=redis_url,
+                                sentinel=sentinel)
     if design == "postgres":
         return PostgresIdempotency(pool, policy, publish=publish)
     raise ValueError(f"unknown idempotency design {design!r}; choose one of {', '.join(DESIGNS)}")

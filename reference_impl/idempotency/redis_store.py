@@ -27,7 +27,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from reference_impl.common.db import Pool
-from reference_impl.common.redis_client import Script, ScriptRunner
+from reference_impl.common.redis_client import Script, ScriptRunner, SentinelMaster
 from reference_impl.idempotency.core import Claim, Outcome, Policy, Record, State, StoredResponse
 from reference_impl.idempotency.ledger import (
     ChargeThenRecord,
@@ -63,8 +63,8 @@ class RedisIdempotency(ChargeThenRecord):
     design = "redis"
 
     def __init__(self, redis: Redis, pool: Pool, prefix: str, policy: Policy | None = None, *,
-                 ttl_slack_ms: int = TTL_SLACK_MS, publish: Publish | None = None, redis_url: str | None = None
-                 ) -> None:
+                 ttl_slack_ms: int = TTL_SLACK_MS, publish: Publish | None = None, redis_url: str | None = None,
+                 sentinel: SentinelMaster | None = None) -> None:
         self.redis = redis
         self._pool = pool
         self._publish = publish
@@ -75,7 +75,8 @@ class RedisIdempotency(ChargeThenRecord):
                                                     for name in ("claim", "finish", "release"))
         # The claim is every keyed POST's round trip (a replay's only one): with `redis_url` it goes
         # through the service's auto-pipelined runner, as the rate limiter's script does.
-        self._claim_runner = ScriptRunner(redis_url, self._claim.source) if redis_url else None
+        self._claim_runner = (ScriptRunner(redis_url, self._claim.source, sentinel=sentinel)
+                              if redis_url else None)
 
     async def close(self) -> None:
         if self._claim_runner is not None:

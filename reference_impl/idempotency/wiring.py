@@ -10,6 +10,7 @@ from __future__ import annotations
 from starlette.middleware import Middleware
 
 from reference_impl.common.metrics import counter, counter_family
+from reference_impl.common.redis_client import sentinel_master
 from reference_impl.common.service import PaymentSink, ServiceContext, ServiceParts
 from reference_impl.idempotency import postgres, provider
 from reference_impl.idempotency.designs import NoIdempotency, make_design
@@ -27,7 +28,8 @@ def install(ctx: ServiceContext) -> ServiceParts:
     settings = ctx.settings
     publish = ctx.need(PaymentSink)
     design = make_design(settings.idempotency, pool=ctx.pool, redis=ctx.redis, prefix=settings.redis_prefix,
-                         policy=policy_of(settings), publish=publish, redis_url=settings.redis_url)
+                         policy=policy_of(settings), publish=publish, redis_url=settings.redis_url,
+                         sentinel=sentinel_master(settings))
     requests = IdempotentRequests(design, unprotected=NoIdempotency(ctx.pool, publish=publish), faults=ctx.faults,
                                   unavailable=ctx.unavailable_errors)
     ctx.provide(IdempotentRequests, requests)

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from reference_impl.common.auth import ADMISSION_SCOPE_KEY, TENANT_SCOPE_KEY
 from reference_impl.common.problem import Problem
+from reference_impl.common.redis_client import sentinel_master
 from reference_impl.ratelimit.breaker import FailurePolicy
 from reference_impl.ratelimit.redis_store import RedisConcurrencyLimiter
 from saaslab.settings import Settings
@@ -51,7 +52,8 @@ class ConcurrencyControl:
         if not settings.redis_url:
             raise ValueError("the concurrency limiter needs settings.redis_url")
         self.limiter = RedisConcurrencyLimiter(settings.redis_url, settings.redis_prefix,
-                                               lease_us=settings.concurrency_lease_ms * 1000)
+                                               lease_us=settings.concurrency_lease_ms * 1000,
+                                               sentinel=sentinel_master(settings))
         self.timeout_s = settings.ratelimit_timeout_ms / 1000
         self.failure = FailurePolicy(settings.ratelimit_failure)
         self.outcomes = dict.fromkeys(OUTCOMES, 0)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from reference_impl.common.redis_client import ScriptRunner
+from reference_impl.common.redis_client import ScriptRunner, SentinelMaster
 from reference_impl.common.usage import usage_key, usage_period
 from reference_impl.ratelimit.core import (
     ALGORITHMS,
@@ -146,12 +146,12 @@ class RedisRateLimiter:
     """A strict algorithm decided atomically in Redis, one EVALSHA per request, through a `ScriptRunner`."""
 
     def __init__(self, redis_url: str, prefix: str, algorithm: str, *, ttl_slack_ms: int = TTL_SLACK_MS,
-                 usage_ttl_s: int = USAGE_TTL_S) -> None:
+                 usage_ttl_s: int = USAGE_TTL_S, sentinel: SentinelMaster | None = None) -> None:
         if algorithm not in STRICT_ALGORITHMS:
             raise ValueError(f"no Lua script for {algorithm!r}; choose one of {', '.join(STRICT_ALGORITHMS)}")
         self.prefix = prefix
         self.algorithm = algorithm
-        self.runner = ScriptRunner(redis_url, script_source(algorithm))
+        self.runner = ScriptRunner(redis_url, script_source(algorithm), sentinel=sentinel)
         self._tail = (ttl_slack_ms, usage_ttl_s)
 
     async def load(self) -> None:
@@ -263,10 +263,11 @@ class NaiveRedisRateLimiter:
     algorithm = "naive"
 
     def __init__(self, redis_url: str, prefix: str, *, race_delay_s: float = 0.0,
-                 ttl_slack_ms: int = TTL_SLACK_MS, usage_ttl_s: int = USAGE_TTL_S) -> None:
+                 ttl_slack_ms: int = TTL_SLACK_MS, usage_ttl_s: int = USAGE_TTL_S,
+                 sentinel: SentinelMaster | None = None) -> None:
         self.prefix = prefix
         self.race_delay_s = race_delay_s
-        self.runner = ScriptRunner(redis_url, "")
+        self.runner = ScriptRunner(redis_url, "", sentinel=sentinel)
         self._ttl_slack_ms = ttl_slack_ms
         self._usage_ttl_s = usage_ttl_s
 
@@ -333,13 +334,14 @@ class RedisConcurrencyLimiter:
     set it above the longest request the service allows.
     """
 
-    def __init__(self, redis_url: str, prefix: str, *, lease_us: int, ttl_slack_ms: int = TTL_SLACK_MS) -> None:
+    def __init__(self, redis_url: str, prefix: str, *, lease_us: int, ttl_slack_ms: int = TTL_SLACK_MS,
+                 sentinel: SentinelMaster | None = None) -> None:
         if lease_us < 1:
             raise ValueError("lease_us must be >= 1")
         self.prefix = prefix
         self.lease_us = lease_us
         self._ttl_slack_ms = ttl_slack_ms
-        self.runner = ScriptRunner(redis_url, script_source("concurrency"))
+        self.runner = ScriptRunner(redis_url, script_source("concurrency"), sentinel=sentinel)
 
     async def load(self) -> None:
         await self.runner.load()

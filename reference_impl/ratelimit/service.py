@@ -39,6 +39,7 @@ import redis.exceptions
 from reference_impl.common.identity import Tenant
 from reference_impl.common.per_request import Admission
 from reference_impl.common.problem import Problem
+from reference_impl.common.redis_client import sentinel_master
 from reference_impl.ratelimit.breaker import FailurePolicy, redis_breaker
 from reference_impl.ratelimit.concurrency import ConcurrencyControl
 from reference_impl.ratelimit.core import US_PER_S, Policy, ratelimit_headers, remaining_header, reset_header
@@ -105,7 +106,8 @@ class RateLimitService:
         self.timeout_s = settings.ratelimit_timeout_ms / 1000
         self.breaker = redis_breaker(fail_max=settings.ratelimit_breaker_fail_max,
                                      reset_timeout_us=round(settings.ratelimit_breaker_reset_s * US_PER_S))
-        self.limiter = make_limiter(settings.redis_url, settings.redis_prefix, self.algorithm)
+        self.limiter = make_limiter(settings.redis_url, settings.redis_prefix, self.algorithm,
+                                    sentinel=sentinel_master(settings))
         # Leases in the limiter's round trip need its script: not `naive`'s.
         self.concurrency = concurrency if isinstance(self.limiter, RedisRateLimiter) else None
         self._tenants: dict[str, _TenantLimit] = {}

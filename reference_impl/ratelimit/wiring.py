@@ -15,6 +15,7 @@ from starlette.middleware import Middleware
 
 from reference_impl.common.metrics import counter, counter_family, gauge
 from reference_impl.common.per_request import PerRequest
+from reference_impl.common.redis_client import sentinel_master
 from reference_impl.common.service import ServiceContext, ServiceParts
 from reference_impl.ratelimit.admission import admission_control
 from reference_impl.ratelimit.concurrency import ConcurrencyMiddleware
@@ -34,7 +35,8 @@ def install(ctx: ServiceContext) -> ServiceParts:
         return ServiceParts(**parts)
     assert settings.redis_url is not None
     limiter = RateLimitService(settings, admission.concurrency)
-    ctx.provide(PerRequest, PerRequest(settings.redis_url, settings.redis_prefix, limiter))
+    ctx.provide(PerRequest, PerRequest(settings.redis_url, settings.redis_prefix, limiter,
+                                          sentinel=sentinel_master(settings)))
     return ServiceParts(**parts, metrics=(
         counter_family("saaslab_ratelimit_decisions_total", "Rate-limit decisions by outcome", "outcome",
                        lambda: limiter.outcomes),

@@ -4,6 +4,8 @@ The same routes during a real failover are tests/e2e/test_load_failover.py's."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import pytest
 from live_app import live_service
 from pydantic import ValidationError
@@ -65,9 +67,15 @@ async def test_the_topology_of_the_services_own_database(settings: Settings) -> 
         assert r.json() == {
             "postgres": {"primary": "main", "replicas": [], "timeline": r.json()["postgres"]["timeline"],
                          "replication": "async"},
-            "redis": {"master": None, "replicas": [], "sentinels": []},
+            # No Sentinel configured: the one Redis the service uses.
+            "redis": {"master": redis_endpoint(settings), "replicas": [], "sentinels": []},
             "design": {"postgres": "async", "redis": "min_replicas"},
         }
+
+
+def redis_endpoint(settings: Settings) -> str:
+    url = urlsplit(settings.redis_url or "")
+    return f"{url.hostname}:{url.port or 6379}"
 
 
 def test_members_are_named_urls() -> None:
