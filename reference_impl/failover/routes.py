@@ -25,6 +25,7 @@ from reference_impl.common.problem import PROBLEM_RESPONSES, Problem, not_found
 from reference_impl.common.routing import DirectRoute, body_schema, json_response, parse_body
 from reference_impl.failover.pool import PrimaryUnavailable, WriteUnknown
 from reference_impl.failover.writes import WriteLog
+from reference_impl.idempotency.http import IdempotentRequests
 
 WRITE_ID = re.compile(r"[\x21-\x7e]{1,200}")
 
@@ -56,18 +57,24 @@ def switching(err: PrimaryUnavailable) -> Problem:
                    headers={"Retry-After": str(err.retry_after_s)})
 
 
-def writes_router(log: WriteLog) -> APIRouter:
+def writes_router(log: WriteLog, idempotency: IdempotentRequests) -> APIRouter:
     router = APIRouter(prefix="/v1/failover", tags=["failover"], responses=PROBLEM_RESPONSES)
 
     async def write(request: Request) -> Response:
         body = parse_body(WriteIn, await request.body())
         tenant = request.scope[TENANT_SCOPE_KEY]
-        try:
-            done = await log.write(tenant.id, body.id)
-        except PrimaryUnavailable as err:
-            raise switching(err) from None
-        return json_response({"id": done.id, "server": done.server, "created": done.created},
-                             status_code=201 if done.created else 200)
+
+        async def write_once() -> Response:
+            try:
+                done = await log.write(tenant.id, body.id)
+            except PrimaryUnavailable as err:
+                raise switching(err) from None
+            return json_response({"id": done.id, "server": done.server, "created": done.created},
+                                 status_code=201 if done.created else 200)
+
+        # Like every POST under /v1, an Idempotency-Key replays the first answer; a 503 during the switch is not
+        # stored, so its retry writes (the write is keyed by its id besides, so it lands at most once).
+        return await idempotency.respond(request, tenant, write_once)
 
     async def read(request: Request) -> Response:
         write_id = request.path_params["write_id"]

@@ -17,6 +17,7 @@ from reference_impl.common.metrics import counter
 from reference_impl.common.service import Routes, ServiceContext, ServiceParts
 from reference_impl.failover.routes import topology_router, writes_router
 from reference_impl.failover.writes import WriteLog, members_of, read_topology
+from reference_impl.idempotency.http import IdempotentRequests
 
 MIGRATIONS = ()
 """None in the main database: the writes' table lives on the members (WriteLog creates it where missing)."""
@@ -31,7 +32,7 @@ def install(ctx: ServiceContext) -> ServiceParts:
             await log.write_table()
 
     def routes() -> Routes:
-        return Routes(hot=(writes_router(log),),
+        return Routes(hot=(writes_router(log, ctx.need(IdempotentRequests)),),
                       rest=(topology_router(partial(read_topology, ctx.settings, ctx.redis, members),
                                             ctx.require_admin),))
 

@@ -53,7 +53,8 @@ RAW_BODY = json.dumps(BODY).encode()
 JSON = {"content-type": "application/json"}
 # One valid body per POST route under /v1: a route missing here fails the test that checks them all.
 POST_BODIES = {"/v1/payments": RAW_BODY, "/v1/projects": b'{"name":"apollo"}',
-               "/v1/orders": b'{"items":[{"sku":"apollo","qty":1}],"amount":100,"currency":"EUR"}'}
+               "/v1/orders": b'{"items":[{"sku":"apollo","qty":1}],"amount":100,"currency":"EUR"}',
+               "/v1/failover/writes": b'{"id":"apollo-1"}'}
 CREATED = {"/v1/orders": 202}
 """A POST route's success status when it is not 201 (a checkout is accepted, then runs)."""
 
