@@ -39,7 +39,9 @@ def drill(
     seed: Annotated[int, typer.Option("--seed", metavar="N")] = 0,
     lag: Annotated[float, typer.Option("--lag", metavar="S", min=0, max=60,
                                        help="Hold the replicas' WAL receivers this long before the fault.")] = 0.0,
-    out: Annotated[Path | None, typer.Option("--out", metavar="DIR", help="Default: reports/failover/drill/.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", metavar="DIR",
+        help="Default: <SAASLAB_RESULTS_DIR>/failover/live/, the measured runs `saaslab report failover` reads.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every design against every fault.")] = False,
 ) -> None:
     from reference_impl.failover import drill as drills
@@ -62,7 +64,7 @@ def drill(
                                  settings.failover_retry_timeout_s)
     sentinel_timers = SentinelTimers(down_after_ms=settings.failover_sentinel_down_after_ms,
                                      min_replicas_max_lag_s=settings.failover_min_replicas_max_lag_s)
-    out = out or Path("reports/failover/drill")
+    out = out or Path(settings.results_dir) / "failover" / "live"
     run_id = new_run_id("failover", "live")
     rows, summaries, ran = [], [], []
     with services_for(settings) as s:
