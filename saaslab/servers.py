@@ -183,6 +183,12 @@ class PostgresServer:
         """Start the server (initdb first if needed) on `port`, or on a free one."""
         self.init()
         self.port = self.port if self.port and port_is_free(self.port) else free_port(self.port)
+        self.pg_ctl_start(timeout_s, f"PostgreSQL in {self.datadir}")
+        wait_port(self.port, 30, "PostgreSQL", self.log)
+
+    def pg_ctl_start(self, timeout_s: float, label: str) -> None:
+        """`pg_ctl start` with this server's options, its data and log handed to PostgreSQL's user; a failure
+        raises with the log's tail."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.log.touch()
         give_to(self.user, self.datadir, mode=0o700)
@@ -191,8 +197,7 @@ class PostgresServer:
                          "-t", str(round(timeout_s)), "start", check=False, timeout=timeout_s + 10)
         if r.returncode != 0:
             tail = self.log.read_text()[-800:] if self.log.exists() else r.stderr
-            raise ServiceError(f"PostgreSQL in {self.datadir} failed to start: {tail.strip()}")
-        wait_port(self.port, 30, "PostgreSQL", self.log)
+            raise ServiceError(f"{label} failed to start: {tail.strip()}")
 
     @property
     def pid(self) -> int | None:

@@ -62,15 +62,7 @@ class Node(PostgresServer):
     def start(self, *, timeout_s: float = 60) -> None:
         if self.host is None:
             return super().start(timeout_s=timeout_s)
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self.log.touch()
-        give_to(self.user, self.datadir, mode=0o700)
-        give_to(self.user, self.log)
-        r = self.run_bin("pg_ctl", "-D", str(self.datadir), "-l", str(self.log), "-o", self.command_options(), "-w",
-                         "-t", str(round(timeout_s)), "start", check=False, timeout=timeout_s + 10)
-        if r.returncode != 0:
-            tail = self.log.read_text()[-800:] if self.log.exists() else r.stderr
-            raise ServiceError(f"PostgreSQL {self.name} failed to start: {tail.strip()}")
+        self.pg_ctl_start(timeout_s, f"PostgreSQL {self.name}")
         wait_port(self.port or PG_PORT_IN_NAMESPACE, 30, f"PostgreSQL {self.name}", self.log, host=self.address)
 
     @property
